@@ -1,0 +1,147 @@
+"""Training callbacks: MLSDES latent-space metrics and sample MIDI at every validation epoch."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from amadeus.losses import (
+    dispersive_loss,
+    effective_rank,
+    masked_mean_pool,
+    pairwise_cosine_stats,
+    uniformity,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _run_dir(trainer: L.Trainer) -> Path:
+    """Where this run writes its files: the logger's version folder, else the trainer's root."""
+    for logger in trainer.loggers:
+        if getattr(logger, "log_dir", None):
+            return Path(logger.log_dir)
+        if isinstance(logger, WandbLogger) and logger.save_dir:
+            return Path(logger.save_dir)
+    return Path(trainer.default_root_dir)
+
+
+class MLSDESMonitor(L.Callback):
+    """Logs how discriminable the mid-depth note latents are, on a fixed set of validation windows.
+
+    Metrics (prefix ``mlsdes/``): the dispersive loss, mean and std of pairwise cosine similarity of
+    the mean-pooled latents, uniformity (log mean exp(-2 ||u_a - u_b||^2) on unit vectors; lower is
+    more uniform) and the effective rank of the latent matrix. The windows are the first
+    ``num_windows`` of the validation loader, captured once, so epochs are comparable.
+    """
+
+    def __init__(self, num_windows: int = 64) -> None:
+        self.num_windows = num_windows
+        self._windows: list[dict[str, Any]] | None = None
+
+    def _capture(self, trainer: L.Trainer) -> list[dict[str, Any]]:
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        windows, count = [], 0
+        if loader is None:
+            return windows
+        for batch in loader:
+            windows.append({"notes": batch["notes"].cpu(), "mask": batch["mask"].cpu(),
+                            "caption": list(batch.get("caption", []))})
+            count += batch["notes"].shape[0]
+            if count >= self.num_windows:
+                break
+        return windows
+
+    @torch.no_grad()
+    def features(self, pl_module: L.LightningModule) -> torch.Tensor:
+        """Mean-pooled mid-depth latents [W, d] of the fixed windows."""
+        pooled = []
+        for batch in self._windows or []:
+            notes = batch["notes"].to(pl_module.device)[:, :-1]
+            mask = batch["mask"].to(pl_module.device)[:, :-1]
+            prefix, prefix_mask = pl_module.encode_text(batch["caption"] or None)
+            out = pl_module.backbone(notes, prefix=prefix, prefix_mask=prefix_mask)
+            pooled.append(masked_mean_pool(out.mid.float(), mask))
+        return torch.cat(pooled)[: self.num_windows] if pooled else torch.empty(0)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self._windows is None:
+            self._windows = self._capture(trainer)
+        was_training = pl_module.training
+        pl_module.eval()
+        f = self.features(pl_module)
+        pl_module.train(was_training)
+        if f.shape[0] < 2:
+            return
+        mean, std = pairwise_cosine_stats(f)
+        tau = getattr(pl_module.config, "mlsdes_tau", 0.5)
+        metrics = {
+            "mlsdes/dispersive_loss": dispersive_loss(f, tau=tau),
+            "mlsdes/cos_mean": mean,
+            "mlsdes/cos_std": std,
+            "mlsdes/uniformity": uniformity(f),
+            "mlsdes/effective_rank": effective_rank(f),
+        }
+        pl_module.log_dict({k: float(v) for k, v in metrics.items()}, sync_dist=True)
+
+
+class SampleMidi(L.Callback):
+    """Writes `num_samples` short unconditional samples (.mid + piano-roll .png) each validation epoch.
+
+    Files go to ``<run dir>/samples/epoch=NNN/``. With a W&B logger the piano rolls (and audio, when a
+    soundfont is installed) are logged too. Only rank 0 samples.
+    """
+
+    def __init__(self, num_samples: int = 2, max_notes: int = 256, steps: int = 4,
+                 temperature: float = 1.0, top_p: float = 0.95, seed: int = 0, audio: bool = True) -> None:
+        self.num_samples = num_samples
+        self.max_notes = max_notes
+        self.steps = steps
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.audio = audio
+        self.written: list[Path] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.num_samples <= 0:
+            return
+        from amadeus.render import find_soundfont, piano_roll_png, render_wav
+
+        out_dir = _run_dir(trainer) / "samples" / f"epoch={trainer.current_epoch:03d}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        was_training = pl_module.training
+        pl_module.eval()
+        result = pl_module.generate(num=self.num_samples, max_notes=self.max_notes, steps=self.steps,
+                                    temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        pl_module.train(was_training)
+        soundfont = find_soundfont() if self.audio else None
+        wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        images, audios = [], []
+        for i, tokens in enumerate(result.tokens):
+            score = pl_module.tokenizer.decode(tokens)
+            mid = out_dir / f"sample_{i}.mid"
+            score.dump_midi(str(mid))
+            png = out_dir / f"sample_{i}.png"
+            piano_roll_png(score, png, title=f"epoch {trainer.current_epoch} sample {i}")
+            self.written += [mid, png]
+            images.append(str(png))
+            if wandb is not None and soundfont is not None:
+                wav = out_dir / f"sample_{i}.wav"
+                render_wav(score, wav, soundfont=soundfont)
+                audios.append(str(wav))
+        log.info("SampleMidi: wrote %d samples to %s", len(result.tokens), out_dir)
+        if wandb is not None:
+            wandb.log_image(key="samples/piano_roll", images=images, step=trainer.global_step)
+            if audios:
+                import wandb as wb
+
+                wandb.experiment.log({"samples/audio": [wb.Audio(a) for a in audios]},
+                                     step=trainer.global_step)

@@ -1,0 +1,87 @@
+"""The `amadeus` command.
+
+Training subcommands (fit, validate, test) are Lightning's own `LightningCLI`, so every key of a
+YAML config maps onto a constructor argument of `AmadeusModule`, `MusicDataModule` or the Trainer.
+The data and generation subcommands are plain argparse; each lives next to the code it drives and
+exposes `add_arguments(parser)` and `run(args) -> int`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+# name -> (module exposing add_arguments/run, one-line help)
+TOOL_COMMANDS: dict[str, tuple[str, str]] = {
+    "corpus": ("amadeus.corpus", "build the embedded corpus (Bach chorales from music21) and its shards"),
+    "preprocess": ("amadeus.preprocess", "MIDI folder / glob / tar / list file -> tokenized Parquet shards"),
+    "generate": ("amadeus.generate", "sample MIDI (and WAV/PNG) from a checkpoint, with controls and text"),
+    "evaluate": ("amadeus.evaluate", "text-adherence and unconditional metrics of a checkpoint"),
+    "export": ("amadeus.hub", "checkpoint -> folder with model.safetensors, config.json, tokenizer.json"),
+    "demo": ("amadeus.demo", "the main job: corpus -> train tiny -> samples (what `make demo` runs)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: amadeus <command> [options]", "", "training (LightningCLI; `amadeus fit --help`):"]
+    lines += [f"  {c:<11} {h}" for c, h in (
+        ("fit", "train: amadeus fit -c configs/tiny.yaml [--trainer.devices N --trainer.strategy ddp]"),
+        ("validate", "validate a checkpoint: amadeus validate -c CONFIG --ckpt_path PATH"),
+        ("test", "test a checkpoint on the test split"),
+    )]
+    lines += ["", "data and generation:"]
+    lines += [f"  {c:<11} {h}" for c, (_, h) in TOOL_COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def lightning_cli(args: list[str]) -> None:
+    """Run LightningCLI on `args` (e.g. ["fit", "-c", "configs/tiny.yaml"])."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from amadeus.datamodule import MusicDataModule
+    from amadeus.module import AmadeusModule
+
+    LightningCLI(
+        AmadeusModule,
+        MusicDataModule,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else {},
+    )
+
+
+def _has_omegaconf() -> bool:
+    try:
+        importlib.import_module("omegaconf")
+        return True
+    except ImportError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    command = argv[0]
+    if command in LIGHTNING_COMMANDS:
+        lightning_cli(argv)
+        return 0
+    if command not in TOOL_COMMANDS:
+        print(f"amadeus: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, help_text = TOOL_COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"amadeus {command}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""AmadeusModule: the Lightning glue around NoteTransformer + AttributeDiffusionHead.
+
+Kept thin on purpose: the networks live in `amadeus.model`, the diffusion maths in
+`amadeus.model.diffusion`, the dispersive loss in `amadeus.losses`. This file only wires a batch
+through them, logs, and builds the optimiser.
+
+A batch (see `amadeus.datamodule`) is ``notes [B, T+1, K]``, ``mask [B, T+1]`` and ``caption``;
+the model reads rows ``0..T-1`` and predicts rows ``1..T``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, fields
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from amadeus.losses import mlsdes_loss
+from amadeus.model.config import ModelConfig
+from amadeus.model.diffusion import corrupt, diffusion_loss
+from amadeus.model.head import AttributeDiffusionHead
+from amadeus.model.transformer import NoteTransformer
+from amadeus.tokenizer import NoteTokenizer, TokenizerConfig
+
+
+def _model_config(network: ModelConfig | dict | None, tokenizer: NoteTokenizer, prefix_dim: int) -> ModelConfig:
+    """Normalise the `network` argument (dataclass from the CLI, dict from a checkpoint)."""
+    model = network
+    if model is None:
+        model = ModelConfig()
+    elif isinstance(model, dict):
+        model = ModelConfig.from_dict(model)
+    vocab = tuple(tokenizer.vocab_sizes)
+    if model.vocab_sizes and tuple(model.vocab_sizes) != vocab:
+        raise ValueError(
+            f"model.vocab_sizes {tuple(model.vocab_sizes)} do not match the tokenizer's {vocab} "
+            f"(tokenizer hash {tokenizer.config_hash})"
+        )
+    values = {f.name: getattr(model, f.name) for f in fields(model)}
+    values.update(vocab_sizes=list(vocab), prefix_dim=prefix_dim)
+    return ModelConfig(**values)
+
+
+def _metric_key(stage: str) -> str:
+    # nn.ModuleDict cannot hold a key named "train" (it is an nn.Module method).
+    return "fit" if stage == "train" else stage
+
+
+class AmadeusModule(L.LightningModule):
+    """Trains the note transformer and the diffusion attribute head; rebuilds itself from a checkpoint.
+
+    Args:
+        network: network sizes (`ModelConfig`); vocab sizes are filled in from the tokenizer.
+        tokenizer: tokenizer config (dict) or None for the defaults. Its hash travels with the
+            checkpoint and must match the data's.
+        lr, min_lr_ratio, warmup_steps, weight_decay, betas: AdamW with linear warmup + cosine decay
+            to ``lr * min_lr_ratio`` over the trainer's ``max_steps``.
+        text_encoder: None (unconditional) or a TextEncoder name/path (text prefix conditioning).
+        caption_dropout: probability of replacing a caption by "" in training (classifier-free guidance).
+        freeze_backbone_steps: fine-tuning only: backbone weights frozen for this many optimizer steps.
+        init_from: fine-tuning only: a checkpoint whose matching weights are loaded (new ones reported).
+    """
+
+    def __init__(
+        self,
+        network: ModelConfig | None = None,
+        tokenizer: dict | None = None,
+        lr: float = 3e-4,
+        min_lr_ratio: float = 0.1,
+        warmup_steps: int = 200,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        text_encoder: str | None = None,
+        text_max_length: int = 64,
+        caption_dropout: float = 0.1,
+        freeze_backbone_steps: int = 0,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = NoteTokenizer(TokenizerConfig.from_dict(tokenizer) if tokenizer else None)
+        self.text_encoder = None
+        prefix_dim = 0
+        if text_encoder:
+            from amadeus.model.text import TextEncoder
+
+            # Kept out of the state_dict by TextEncoder itself: checkpoints stay small.
+            self.text_encoder = TextEncoder(text_encoder, max_length=text_max_length)
+            prefix_dim = self.text_encoder.dim
+        self.config = _model_config(network, self.tokenizer, prefix_dim)
+        self.save_hyperparameters(
+            {
+                "network": self.config.to_dict(),
+                "tokenizer": self.tokenizer.config.to_dict(),
+                "tokenizer_hash": self.tokenizer.config_hash,
+                "lr": lr,
+                "min_lr_ratio": min_lr_ratio,
+                "warmup_steps": warmup_steps,
+                "weight_decay": weight_decay,
+                "betas": tuple(betas),
+                "text_encoder": text_encoder,
+                "text_max_length": text_max_length,
+                "caption_dropout": caption_dropout,
+                "freeze_backbone_steps": freeze_backbone_steps,
+                "init_from": None,  # weights are in this checkpoint now; never re-load on restore
+            }
+        )
+        self.backbone = NoteTransformer(self.config)
+        self.head = AttributeDiffusionHead(self.config)
+        self.K = len(self.config.vocab_sizes)
+        names = self.tokenizer.attribute_names
+        # One metric object per stage and attribute (torchmetrics handles DDP reduction).
+        self.stage_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {f"{kind}_{name}": MeanMetric() for kind in ("acc", "nll") for name in names}
+                )
+                for stage in ("fit", "val", "test")
+            }
+        )
+        if init_from:
+            self.load_init_weights(init_from)
+
+    # ------------------------------------------------------------------ loading pretrained weights
+    def load_init_weights(self, path: str) -> dict[str, list[str]]:
+        """Load every weight of a pretrained checkpoint whose name and shape match; report the rest.
+
+        Used to start text fine-tuning from an unconditional model: the prefix projection (and
+        anything else new) keeps its fresh initialisation. A tokenizer mismatch is an error.
+        """
+        from amadeus.hub import read_checkpoint
+
+        state, hparams = read_checkpoint(path)
+        their_hash = hparams.get("tokenizer_hash")
+        if their_hash and their_hash != self.tokenizer.config_hash:
+            raise ValueError(
+                f"{path}: tokenizer hash {their_hash} differs from this model's {self.tokenizer.config_hash}"
+            )
+        own = self.state_dict()
+        loaded, shape_mismatch = [], []
+        for name, tensor in state.items():
+            if name in own and own[name].shape == tensor.shape:
+                own[name] = tensor
+                loaded.append(name)
+            elif name in own:
+                shape_mismatch.append(f"{name}: {tuple(tensor.shape)} vs {tuple(own[name].shape)}")
+        if shape_mismatch:
+            raise ValueError(f"{path}: incompatible shapes: " + "; ".join(shape_mismatch[:5]))
+        new = sorted(set(own) - set(loaded))
+        unused = sorted(set(state) - set(own))
+        self.load_state_dict(own, strict=True)
+        print(f"init_from {path}: loaded {len(loaded)} tensors, new {len(new)}: {new[:8]}"
+              + (f", unused {len(unused)}: {unused[:8]}" if unused else ""))
+        return {"loaded": loaded, "new": new, "unused": unused}
+
+    # ------------------------------------------------------------------ forward pieces
+    def encode_text(self, captions: list[str] | None, train: bool = False) -> tuple[Tensor | None, Tensor | None]:
+        """Caption strings -> (prefix states [B, P, D], mask [B, P]) or (None, None) if unconditional."""
+        if self.text_encoder is None or captions is None:
+            return None, None
+        if train and self.hparams.caption_dropout > 0:
+            drop = torch.rand(len(captions)) < self.hparams.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        states, mask = self.text_encoder(list(captions))
+        return states.to(self.device), mask.to(self.device)
+
+    def shared_step(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
+        notes: Tensor = batch["notes"]  # [B, T+1, K]
+        mask: Tensor = batch["mask"]  # [B, T+1]
+        inputs, targets = notes[:, :-1], notes[:, 1:]  # [B, T, K] each
+        in_mask = mask[:, :-1]
+        valid = mask[:, 1:] & in_mask  # [B, T]: a target row exists and so does its input
+        prefix, prefix_mask = self.encode_text(batch.get("caption"), train=stage == "train")
+        out = self.backbone(inputs, prefix=prefix, prefix_mask=prefix_mask)
+
+        # The head runs on the whole [B, T] grid (the prefix is shared per row, never copied per
+        # note); padding rows are excluded from the loss by `valid`.
+        masked, p = corrupt(targets.shape, eps=self.config.diffusion_eps, device=targets.device)
+        logits = self.head(out.z, targets, masked, prefix_states=prefix, prefix_mask=prefix_mask)
+        diff, per_attr = diffusion_loss(logits, targets, masked, p, valid)
+        if stage != "test":
+            mlsdes = mlsdes_loss(out.mid, in_mask, self.config)
+        else:
+            mlsdes = diff.new_zeros(())
+        loss = diff + self.config.mlsdes_weight * mlsdes
+
+        metrics = self.stage_metrics[_metric_key(stage)]
+        with torch.no_grad():
+            # Weighted means over the masked real slots; no host sync (count 0 -> weight 0).
+            for k, name in enumerate(self.tokenizer.attribute_names):
+                m = (masked[..., k] & valid).float()
+                count = m.sum()
+                correct = ((logits[k].argmax(-1) == targets[..., k]).float() * m).sum()
+                metrics[f"acc_{name}"].update(correct / count.clamp_min(1), weight=count)
+                metrics[f"nll_{name}"].update(per_attr[k].detach(), weight=count)
+        return {"loss": loss, "diffusion": diff, "mlsdes": mlsdes, "notes": valid.sum()}
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self.shared_step(batch, "train")
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step}: diffusion={out['diffusion'].item():.4g}, "
+                f"mlsdes={out['mlsdes'].item():.4g}. Lower model.lr, check the data, or resume from the "
+                "last good checkpoint."
+            )
+        self._log_stage("train", out, batch_size=batch["notes"].shape[0])
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self.shared_step(batch, "val")
+        self._log_stage("val", out, batch_size=batch["notes"].shape[0])
+        return out["loss"]
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self.shared_step(batch, "test")
+        self._log_stage("test", out, batch_size=batch["notes"].shape[0])
+        return out["loss"]
+
+    def _log_stage(self, stage: str, out: dict[str, Tensor], batch_size: int) -> None:
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", out["loss"], prog_bar=True, on_step=on_step, on_epoch=True,
+                 batch_size=batch_size, sync_dist=not on_step)
+        self.log(f"{stage}/diffusion", out["diffusion"], on_step=on_step, on_epoch=True,
+                 batch_size=batch_size, sync_dist=not on_step)
+        self.log(f"{stage}/mlsdes", out["mlsdes"], on_step=on_step, on_epoch=True,
+                 batch_size=batch_size, sync_dist=not on_step)
+        for name, metric in self.stage_metrics[_metric_key(stage)].items():
+            kind, attr = name.split("_", 1)
+            self.log(f"{stage}/{kind}/{attr}", metric, on_step=False, on_epoch=True)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        frozen = self.global_step < self.hparams.freeze_backbone_steps
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad and self.hparams.freeze_backbone_steps == 0:
+                continue
+            (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr, betas=tuple(hp.betas), fused=False,
+        )
+        total = self._total_steps()
+        warmup = max(1, min(hp.warmup_steps, total // 2 if total else hp.warmup_steps))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not total:
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return hp.min_lr_ratio + 0.5 * (1 - hp.min_lr_ratio) * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        trainer = self._trainer
+        if trainer is None:
+            return 0
+        if trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        est = trainer.estimated_stepping_batches
+        return int(est) if math.isfinite(est) else 0
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, **kwargs: Any):
+        """Sample pieces; see `amadeus.sampling.generate` for the options. Returns token matrices."""
+        from amadeus.sampling import generate
+
+        return generate(self, **kwargs)
