@@ -1,0 +1,941 @@
+"""NoteTokenizer: symusic Score <-> note matrix [N, K] (one row per note), with fixed vocabularies.
+
+Every note becomes one row of K = 8 attribute indices (metric, position, chord, tempo, instrument,
+pitch, duration, velocity); SOS / EOS / empty-bar rows frame them. The layout is the contract in
+docs/interfaces.md ("Token matrix"). What the grid or the bins cannot hold is counted, never dropped
+silently: `encode_with_stats` returns EncodeStats, `decode_with_stats` DecodeStats, and `fidelity`
+compares the notes of a file with the notes of its encode -> decode round trip.
+
+Encoding and decoding are vectorised numpy over whole note arrays; the only Python loops run over
+tracks, time-signature events and instruments.
+
+Run `python -m amadeus.tokenizer FILE_OR_DIR...` to print the fidelity of MIDI/ABC files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from symusic import Note, Score, Tempo, TimeSignature, TimeUnit, Track
+
+FORMAT_VERSION = 2  # 2: tempo ladder anchored at 120 bpm
+
+ATTRIBUTES = ("metric", "position", "chord", "tempo", "instrument", "pitch", "duration", "velocity")
+COL_METRIC, COL_POSITION, COL_CHORD, COL_TEMPO, COL_INSTRUMENT, COL_PITCH, COL_DURATION, COL_VELOCITY = range(8)
+
+METRIC_PAD = 0
+METRIC_SOS = 1
+METRIC_EOS = 2
+METRIC_EMPTY_BAR = 3
+METRIC_SAME_ONSET = 4
+METRIC_NEW_POSITION = 5
+METRIC_NEW_BAR = 6
+METRIC_TS_OFFSET = 7
+
+DRUM_INSTRUMENT = 129
+DEFAULT_TEMPO = 120.0
+DECODE_TPQ = 480
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".abc")
+
+CHORD_QUALITIES = ("maj", "min", "dim", "aug", "7", "maj7", "m7", "m7b5", "dim7", "sus2", "sus4")
+CHORD_INTERVALS = {
+    "maj": (0, 4, 7), "min": (0, 3, 7), "dim": (0, 3, 6), "aug": (0, 4, 8),
+    "7": (0, 4, 7, 10), "maj7": (0, 4, 7, 11), "m7": (0, 3, 7, 10), "m7b5": (0, 3, 6, 10),
+    "dim7": (0, 3, 6, 9), "sus2": (0, 2, 7), "sus4": (0, 5, 7),
+}
+CHORD_SUFFIXES = {"maj": "", "min": "m", "dim": "dim", "aug": "aug", "7": "7", "maj7": "maj7",
+                  "m7": "m7", "m7b5": "m7b5", "dim7": "dim7", "sus2": "sus2", "sus4": "sus4"}
+CHORD_NONE = 1  # chord column value for "no chord"
+PITCH_CLASS_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+
+GM_PROGRAM_NAMES = (
+    "Acoustic Grand Piano", "Bright Acoustic Piano", "Electric Grand Piano", "Honky-tonk Piano",
+    "Electric Piano 1", "Electric Piano 2", "Harpsichord", "Clavinet", "Celesta", "Glockenspiel",
+    "Music Box", "Vibraphone", "Marimba", "Xylophone", "Tubular Bells", "Dulcimer", "Drawbar Organ",
+    "Percussive Organ", "Rock Organ", "Church Organ", "Reed Organ", "Accordion", "Harmonica",
+    "Tango Accordion", "Acoustic Guitar (nylon)", "Acoustic Guitar (steel)", "Electric Guitar (jazz)",
+    "Electric Guitar (clean)", "Electric Guitar (muted)", "Overdriven Guitar", "Distortion Guitar",
+    "Guitar Harmonics", "Acoustic Bass", "Electric Bass (finger)", "Electric Bass (pick)",
+    "Fretless Bass", "Slap Bass 1", "Slap Bass 2", "Synth Bass 1", "Synth Bass 2", "Violin", "Viola",
+    "Cello", "Contrabass", "Tremolo Strings", "Pizzicato Strings", "Orchestral Harp", "Timpani",
+    "String Ensemble 1", "String Ensemble 2", "Synth Strings 1", "Synth Strings 2", "Choir Aahs",
+    "Voice Oohs", "Synth Voice", "Orchestra Hit", "Trumpet", "Trombone", "Tuba", "Muted Trumpet",
+    "French Horn", "Brass Section", "Synth Brass 1", "Synth Brass 2", "Soprano Sax", "Alto Sax",
+    "Tenor Sax", "Baritone Sax", "Oboe", "English Horn", "Bassoon", "Clarinet", "Piccolo", "Flute",
+    "Recorder", "Pan Flute", "Blown Bottle", "Shakuhachi", "Whistle", "Ocarina", "Lead 1 (square)",
+    "Lead 2 (sawtooth)", "Lead 3 (calliope)", "Lead 4 (chiff)", "Lead 5 (charang)", "Lead 6 (voice)",
+    "Lead 7 (fifths)", "Lead 8 (bass + lead)", "Pad 1 (new age)", "Pad 2 (warm)", "Pad 3 (polysynth)",
+    "Pad 4 (choir)", "Pad 5 (bowed)", "Pad 6 (metallic)", "Pad 7 (halo)", "Pad 8 (sweep)",
+    "FX 1 (rain)", "FX 2 (soundtrack)", "FX 3 (crystal)", "FX 4 (atmosphere)", "FX 5 (brightness)",
+    "FX 6 (goblins)", "FX 7 (echoes)", "FX 8 (sci-fi)", "Sitar", "Banjo", "Shamisen", "Koto",
+    "Kalimba", "Bagpipe", "Fiddle", "Shanai", "Tinkle Bell", "Agogo", "Steel Drums", "Woodblock",
+    "Taiko Drum", "Melodic Tom", "Synth Drum", "Reverse Cymbal", "Guitar Fret Noise", "Breath Noise",
+    "Seashore", "Bird Tweet", "Telephone Ring", "Helicopter", "Applause", "Gunshot",
+)
+
+
+class TokenizerError(ValueError):
+    """A file or a saved tokenizer that cannot be used; the message names the file and the problem."""
+
+
+def instrument_name(instrument: int) -> str:
+    """GM name of an instrument column value (1 + program, or DRUM_INSTRUMENT -> "Drums")."""
+    if instrument == DRUM_INSTRUMENT:
+        return "Drums"
+    return GM_PROGRAM_NAMES[instrument - 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Everything that fixes the vocabularies; saved (with its hash) beside every shard and checkpoint.
+
+    resolution: grid steps per quarter note (must divide 480, the tick rate of decoded MIDI).
+    max_bar_quarters: longest bar; time signatures longer than this are replaced by 4/4.
+    tempo_min / tempo_max / tempo_bins: geometric tempo ladder (bpm), nearest bin in log space.
+    velocity_bins: equal-width bins over velocities 1..127, decoded to the bin centre.
+    max_duration_quarters: longest duration; durations are every grid step up to 4 quarters, every
+        half quarter up to 8 quarters, then every quarter.
+    max_bars: guard against pathological files (a clear error beyond it).
+    """
+
+    resolution: int = 12
+    max_bar_quarters: int = 8
+    tempo_min: float = 24.0
+    tempo_max: float = 320.0
+    tempo_bins: int = 64
+    velocity_bins: int = 32
+    max_duration_quarters: int = 32
+    max_bars: int = 20000
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.resolution < 1 or DECODE_TPQ % self.resolution:
+            problems.append(f"resolution={self.resolution} must divide {DECODE_TPQ}")
+        if self.max_bar_quarters < 4:
+            problems.append("max_bar_quarters must be >= 4 (4/4 is the default signature)")
+        if not 0 < self.tempo_min < self.tempo_max or self.tempo_bins < 2:
+            problems.append("need 0 < tempo_min < tempo_max and tempo_bins >= 2")
+        if not 1 <= self.velocity_bins <= 127:
+            problems.append("velocity_bins must be in 1..127")
+        if self.max_duration_quarters < 1 or self.max_bars < 1:
+            problems.append("max_duration_quarters and max_bars must be >= 1")
+        if problems:
+            raise ValueError("invalid TokenizerConfig: " + "; ".join(problems))
+
+    @cached_property
+    def time_signatures(self) -> tuple[tuple[int, int], ...]:
+        """Every n/d (d in 1,2,4,8,16) whose bar fits max_bar_quarters and the grid; ordered by d, n."""
+        out = []
+        for d in (1, 2, 4, 8, 16):
+            for n in range(1, self.max_bar_quarters * d // 4 + 1):
+                if (n * 4 * self.resolution) % d == 0:
+                    out.append((n, d))
+        return tuple(out)
+
+    def bar_lengths(self) -> np.ndarray:
+        """Bar length in grid steps of each time signature: int64 [n_time_signatures]."""
+        return np.array([n * 4 * self.resolution // d for n, d in self.time_signatures], dtype=np.int64)
+
+    def _tempo_ladder(self) -> tuple[float, int]:
+        """(ratio, first exponent): the ladder is 120 * ratio**(k0 + i), i < tempo_bins.
+
+        Geometric from about tempo_min to tempo_max, anchored so that 120 bpm (MIDI's default)
+        is a ladder value and decodes exactly.
+        """
+        ratio = (self.tempo_max / self.tempo_min) ** (1.0 / (self.tempo_bins - 1))
+        return ratio, int(round(np.log(self.tempo_min / 120.0) / np.log(ratio)))
+
+    def tempo_values(self) -> np.ndarray:
+        """The tempo ladder in bpm: float64 [tempo_bins]."""
+        ratio, k0 = self._tempo_ladder()
+        return 120.0 * ratio ** (k0 + np.arange(self.tempo_bins, dtype=np.float64))
+
+    def tempo_index(self, bpm: np.ndarray) -> np.ndarray:
+        """Nearest ladder bin (in log space) of each tempo; out-of-range tempos clip to the ends."""
+        ratio, k0 = self._tempo_ladder()
+        bpm = np.clip(np.asarray(bpm, dtype=np.float64), 1e-6, None)
+        x = np.log(bpm / 120.0) / np.log(ratio) - k0
+        return np.clip(np.rint(x), 0, self.tempo_bins - 1).astype(np.int64)
+
+    def velocity_index(self, velocity: np.ndarray) -> np.ndarray:
+        """Equal-width bin of each velocity (0 counts as 1)."""
+        v = np.clip(np.asarray(velocity, dtype=np.int64), 1, 127)
+        return (v - 1) * self.velocity_bins // 127
+
+    def velocity_values(self) -> np.ndarray:
+        """Decoded velocity of each bin: the middle integer of the bin, int64 [velocity_bins]."""
+        v = np.arange(1, 128)
+        idx = self.velocity_index(v)
+        bins = np.arange(self.velocity_bins)
+        lo = v[np.searchsorted(idx, bins, side="left")]
+        hi = v[np.searchsorted(idx, bins, side="right") - 1]
+        return (lo + hi) // 2
+
+    def duration_values(self) -> np.ndarray:
+        """Duration bins in grid steps, ascending: int64 [n_durations]."""
+        r = self.resolution
+        half = max(1, r // 2)
+        top = self.max_duration_quarters * r
+        vals = np.concatenate([np.arange(1, 4 * r + 1), np.arange(4 * r + half, 8 * r + 1, half),
+                               np.arange(9 * r, top + 1, r)])
+        return np.unique(vals[vals <= top]).astype(np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown TokenizerConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+    @property
+    def config_hash(self) -> str:
+        """First 16 hex digits of sha256 over the canonical JSON of the config and the format version."""
+        blob = json.dumps({"format_version": FORMAT_VERSION, **self.to_dict()}, sort_keys=True,
+                          separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics
+
+
+@dataclass
+class _Counts:
+    """Integer counters that add up across files and print as a dict."""
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def __add__(self, other: _Counts) -> _Counts:
+        return type(self)(**{k: v + getattr(other, k) for k, v in self.as_dict().items()})
+
+
+@dataclass
+class EncodeStats(_Counts):
+    """What encoding saw and what the grid/bins changed (all counts; nothing is dropped)."""
+
+    notes: int = 0
+    drum_notes: int = 0
+    rows: int = 0
+    bars: int = 0
+    empty_bars: int = 0
+    off_grid_onset: int = 0  # onset not on the grid (rounded to the nearest step)
+    off_grid_duration: int = 0  # duration not a whole number of grid steps (rounded)
+    zero_duration: int = 0  # duration 0 ticks (kept as one grid step)
+    duration_snapped: int = 0  # grid duration not a bin (too long or between bins): nearest bin
+    time_signature_changes: int = 0  # NEW_BAR_TS rows written after bar 0
+    time_signature_moved: int = 0  # change not on a bar line (or off the grid): moved to the next one
+    time_signature_replaced: int = 0  # unsupported signature replaced (same bar length, else 4/4)
+    tempo_changes: int = 0  # tempo-bin changes in the file (the initial tempo counts as one)
+    tempo_change_off_onset: int = 0  # of those, not reproduced at their time (no onset there)
+    tempo_out_of_range: int = 0  # tempo events outside [tempo_min, tempo_max] (clipped)
+
+
+@dataclass
+class DecodeStats(_Counts):
+    """What decoding produced and which rows it skipped (and why)."""
+
+    rows: int = 0
+    notes: int = 0
+    bars: int = 0
+    after_eos: int = 0  # rows after the first EOS (not decoded)
+    unknown_id: int = 0  # a value outside its attribute's vocabulary
+    pad_row: int = 0  # metric 0
+    misplaced_sos: int = 0  # SOS anywhere but the first row
+    no_pitch: int = 0  # SAME_ONSET / NEW_POSITION row with pitch 0
+    no_position: int = 0
+    position_beyond_bar: int = 0
+    no_instrument: int = 0
+    no_duration: int = 0
+    no_velocity: int = 0
+    no_tempo: int = 0  # note rows with tempo 0 (decoded with the previous tempo; not skipped)
+
+    @property
+    def skipped(self) -> int:
+        return (self.unknown_id + self.pad_row + self.misplaced_sos + self.no_pitch + self.no_position
+                + self.position_beyond_bar + self.no_instrument + self.no_duration + self.no_velocity)
+
+
+LOSS_REASONS = ("zero_duration", "off_grid_onset", "off_grid_duration", "duration_snapped", "unexplained")
+
+
+@dataclass
+class FidelityReport:
+    """Original notes vs the notes of encode -> decode (onset, duration, pitch, instrument, velocity bin)."""
+
+    source: str
+    notes: int
+    exact: int
+    lost: dict[str, int]
+    extra: int  # decoded notes with no original counterpart
+    stats: EncodeStats = field(default_factory=EncodeStats)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.exact / self.notes if self.notes else 100.0
+
+    def __add__(self, other: FidelityReport) -> FidelityReport:
+        lost = {k: self.lost.get(k, 0) + other.lost.get(k, 0) for k in {*self.lost, *other.lost}}
+        return FidelityReport("total", self.notes + other.notes, self.exact + other.exact, lost,
+                              self.extra + other.extra, self.stats + other.stats)
+
+    def summary(self) -> str:
+        lost = ", ".join(f"{k}={v}" for k, v in sorted(self.lost.items()) if v) or "none"
+        return f"{self.percent:7.3f}%  {self.exact}/{self.notes} exact  lost: {lost}  {self.source}"
+
+
+# ----------------------------------------------------------------------------------------------
+# chords
+
+
+def _chord_templates() -> tuple[np.ndarray, np.ndarray]:
+    """Binary pitch-class templates [12 * Q, 12] in chord-id order (root-major) and their roots."""
+    q = len(CHORD_QUALITIES)
+    templates = np.zeros((12 * q, 12))
+    for root in range(12):
+        for qi, quality in enumerate(CHORD_QUALITIES):
+            templates[root * q + qi, [(root + i) % 12 for i in CHORD_INTERVALS[quality]]] = 1.0
+    return templates, np.repeat(np.arange(12), q)
+
+
+_TEMPLATES, _TEMPLATE_ROOTS = _chord_templates()
+
+
+def pitch_class_profile(starts: np.ndarray, ends: np.ndarray, pitches: np.ndarray, times: np.ndarray,
+                        window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pitch classes around each query time, from note intervals [start, end).
+
+    Returns (sounding [U, 12]: notes sounding at t, i.e. start <= t < end; weight [U, 12]: note-time
+    of each pitch class inside [t, t + window)). Built from a start/end difference array on the
+    compressed time axis (bincount + cumsum), so memory is O(notes), not O(time span).
+    """
+    times = np.asarray(times, dtype=np.int64)
+    if len(starts) == 0 or len(times) == 0:
+        return np.zeros((len(times), 12), np.int64), np.zeros((len(times), 12), np.float64)
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    pcs = np.asarray(pitches, dtype=np.int64) % 12
+    coords = np.unique(np.concatenate([starts, ends, times, times + window]))
+    size = len(coords) * 12
+    diff = (np.bincount(np.searchsorted(coords, starts) * 12 + pcs, minlength=size)
+            - np.bincount(np.searchsorted(coords, ends) * 12 + pcs, minlength=size))  # np.add.at, faster
+    count = np.cumsum(diff.reshape(-1, 12), axis=0)  # count[j] = notes sounding on [coords[j], coords[j+1])
+    widths = np.diff(coords, append=coords[-1]).astype(np.float64)
+    integral = np.concatenate([np.zeros((1, 12)), np.cumsum(count * widths[:, None], axis=0)])
+    ti = np.searchsorted(coords, times)
+    tw = np.searchsorted(coords, times + window)
+    return count[ti], integral[tw] - integral[ti]
+
+
+def detect_chords(starts: np.ndarray, ends: np.ndarray, pitches: np.ndarray, times: np.ndarray,
+                  window: int) -> np.ndarray:
+    """Chord id at each query time (chord column values: 1 = none, 2 + root * Q + quality).
+
+    Pass pitched notes only (no drums). Weights = note-time of each pitch class over the next
+    `window` (a beat); the template of 12 roots x CHORD_QUALITIES that best explains them wins:
+    score = weight inside the template - 0.5 * fraction of template tones missing
+    (+ 0.05 if the root is the lowest pitch starting at t; ties go to the lower id). No chord when
+    fewer than 2 pitch classes sound at t, when the root is absent, when fewer than 2 tones match,
+    or when less than 60 % of the weight lies inside the template.
+    """
+    times = np.asarray(times, dtype=np.int64)
+    out = np.full(len(times), CHORD_NONE, dtype=np.int64)
+    if len(starts) == 0 or len(times) == 0:
+        return out
+    sounding, weight = pitch_class_profile(starts, ends, pitches, times, window)
+    w = weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-9)  # [U, 12]
+    tones = (sounding > 0) | (w >= 0.15)  # [U, 12] pitch classes that count as present
+    # bass: lowest pitch among notes starting exactly at t
+    order = np.lexsort((pitches, starts))
+    s_sorted, p_sorted = np.asarray(starts)[order], np.asarray(pitches)[order] % 12
+    i = np.minimum(np.searchsorted(s_sorted, times), len(s_sorted) - 1)
+    bass = np.where(s_sorted[i] == times, p_sorted[i], -1)
+    bass_onehot = bass[:, None] == np.arange(12)[None, :]  # [U, 12]
+    # one matmul: inside + 0.5 * covered / size + 0.05 * (root == bass)  (= score + 0.5)
+    size = _TEMPLATES.sum(axis=1)  # [C]
+    feats = np.concatenate([w, 0.5 * tones, 0.05 * bass_onehot], axis=1).astype(np.float32)  # [U, 36]
+    root_onehot = (_TEMPLATE_ROOTS[:, None] == np.arange(12)[None, :]).astype(np.float64)  # [C, 12]
+    proj = np.concatenate([_TEMPLATES, _TEMPLATES / size[:, None], root_onehot], axis=1).T  # [36, C]
+    best = np.argmax(feats @ proj.astype(np.float32), axis=1)  # [U]
+    tmpl = _TEMPLATES[best]  # [U, 12]
+    inside = (w * tmpl).sum(axis=1)
+    covered = (tones * tmpl).sum(axis=1)
+    rows = np.arange(len(times))
+    ok = ((sounding > 0).sum(axis=1) >= 2) & (inside >= 0.6) & (covered >= 2)
+    ok &= tones[rows, _TEMPLATE_ROOTS[best]]
+    out[ok] = 2 + best[ok]
+    return out
+
+
+def chord_name(chord_id: int) -> str | None:
+    """Chord column value -> name like "G", "Em", "D7", "Bdim" (None for n/a or no chord)."""
+    q = len(CHORD_QUALITIES)
+    if not 2 <= chord_id < 2 + 12 * q:
+        return None
+    root, quality = divmod(int(chord_id) - 2, q)
+    return PITCH_CLASS_NAMES[root] + CHORD_SUFFIXES[CHORD_QUALITIES[quality]]
+
+
+# ----------------------------------------------------------------------------------------------
+# I/O helpers
+
+
+def load_score(score_or_path: Score | str | Path) -> tuple[Score, str]:
+    """A tick-time Score and a label for messages; a bad path raises TokenizerError naming it."""
+    if isinstance(score_or_path, Score):
+        score, label = score_or_path, "<Score>"
+    else:
+        path = Path(score_or_path)
+        label = str(path)
+        if not path.is_file():
+            raise TokenizerError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+        try:
+            score = Score(str(path))
+        except Exception as e:  # symusic raises RuntimeError/ValueError with terse messages
+            raise TokenizerError(f"{path}: cannot read as MIDI/ABC ({e})") from None
+    if score.ttype != TimeUnit.tick:
+        score = score.to("tick")
+    return score, label
+
+
+def note_table(score: Score) -> dict[str, np.ndarray]:
+    """All notes of all tracks as int64 arrays (time, duration, pitch, velocity, instrument)."""
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("time", "duration", "pitch", "velocity", "instrument")}
+    for track in score.tracks:
+        a = track.notes.numpy()
+        n = len(a["time"])
+        if n == 0:
+            continue
+        for k in ("time", "duration", "pitch", "velocity"):
+            cols[k].append(a[k].astype(np.int64))
+        inst = DRUM_INSTRUMENT if track.is_drum else 1 + int(track.program)
+        cols["instrument"].append(np.full(n, inst, dtype=np.int64))
+    return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in cols.items()}
+
+
+def _excl_cumsum(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(x)[:-1]]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# the tokenizer
+
+
+class NoteTokenizer:
+    """Score <-> note matrix [N, K]; see docs/interfaces.md "Token matrix" for the layout."""
+
+    def __init__(self, config: TokenizerConfig | None = None) -> None:
+        self.config = config or TokenizerConfig()
+        c = self.config
+        self._ts_index = {ts: i for i, ts in enumerate(c.time_signatures)}
+        self._bar_lengths = c.bar_lengths()
+        # preferred signature per bar length (largest denominator) for replacing unsupported ones
+        self._ts_by_length: dict[int, int] = {}
+        for i, (n, d) in enumerate(c.time_signatures):
+            self._ts_by_length[int(self._bar_lengths[i])] = i
+        self._durations = c.duration_values()
+        self._tempos = c.tempo_values()
+        self._velocities = c.velocity_values()
+        self.default_ts = self._ts_index[(4, 4)]
+
+    # -- vocabulary ------------------------------------------------------------------------------
+
+    @property
+    def config_hash(self) -> str:
+        return self.config.config_hash
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        return ATTRIBUTES
+
+    @property
+    def K(self) -> int:
+        return len(ATTRIBUTES)
+
+    @property
+    def vocab_sizes(self) -> tuple[int, ...]:
+        c = self.config
+        return (
+            METRIC_TS_OFFSET + len(c.time_signatures),
+            1 + int(self._bar_lengths.max()),
+            2 + 12 * len(CHORD_QUALITIES),
+            1 + c.tempo_bins,
+            1 + DRUM_INSTRUMENT,
+            1 + 128,
+            1 + len(self._durations),
+            1 + c.velocity_bins,
+        )
+
+    def bar_length(self, ts_index: int) -> int:
+        """Bar length in grid steps of config.time_signatures[ts_index]."""
+        return int(self._bar_lengths[ts_index])
+
+    def sos_row(self) -> np.ndarray:
+        row = np.zeros(self.K, np.int64)
+        row[COL_METRIC] = METRIC_SOS
+        return row
+
+    def eos_row(self) -> np.ndarray:
+        row = np.zeros(self.K, np.int64)
+        row[COL_METRIC] = METRIC_EOS
+        return row
+
+    def _duration_index(self, steps: np.ndarray) -> np.ndarray:
+        """Nearest duration bin (ties to the shorter one)."""
+        vals = self._durations
+        i = np.clip(np.searchsorted(vals, steps), 1, len(vals) - 1)
+        return np.where(steps - vals[i - 1] <= vals[i] - steps, i - 1, i)
+
+    # -- encoding --------------------------------------------------------------------------------
+
+    def encode(self, score_or_path: Score | str | Path) -> np.ndarray:
+        """Note matrix int64 [N, K] of a Score or a MIDI/ABC file."""
+        return self.encode_with_stats(score_or_path)[0]
+
+    def encode_with_stats(self, score_or_path: Score | str | Path) -> tuple[np.ndarray, EncodeStats]:
+        score, label = load_score(score_or_path)
+        tokens, stats, _ = self._encode(score, label)
+        return tokens, stats
+
+    def _time_signature_segments(self, score: Score, stats: EncodeStats) -> tuple[np.ndarray, np.ndarray]:
+        """Segments of constant signature: (start grid step, signature index), starts on bar lines."""
+        R, tpq = self.config.resolution, score.ticks_per_quarter
+        ts = score.time_signatures.numpy()
+        order = np.argsort(ts["time"], kind="stable")
+        times = ts["time"].astype(np.int64)[order]
+        nums = ts["numerator"].astype(np.int64)[order]
+        dens = ts["denominator"].astype(np.int64)[order]
+        grid = (2 * times * R + tpq) // (2 * tpq)
+        off_grid = (times * R) % tpq != 0
+        starts, sigs = [0], [self.default_ts]
+        for g, n, d, off in zip(grid.tolist(), nums.tolist(), dens.tolist(), off_grid.tolist()):
+            idx = self._ts_index.get((n, d))
+            if idx is None:
+                stats.time_signature_replaced += 1
+                length = n * 4 * R // d if d > 0 and (n * 4 * R) % d == 0 else -1
+                idx = self._ts_by_length.get(length, self.default_ts)
+            start, cur = starts[-1], sigs[-1]
+            if idx == cur:  # a repeated signature changes nothing
+                continue
+            if g <= start:  # same bar line as the current segment (or pushed behind it by a move)
+                stats.time_signature_moved += int(g < start or off)
+                sigs[-1] = idx
+                if len(sigs) > 1 and sigs[-2] == idx:
+                    starts.pop()
+                    sigs.pop()
+                continue
+            length = int(self._bar_lengths[cur])
+            line = start + -(-(g - start) // length) * length
+            stats.time_signature_moved += int(line != g or off)
+            starts.append(line)
+            sigs.append(idx)
+        return np.array(starts, np.int64), np.array(sigs, np.int64)
+
+    def _encode(self, score: Score, label: str) -> tuple[np.ndarray, EncodeStats, np.ndarray]:
+        """Tokens, stats, and a loss-reason code per original note (index into LOSS_REASONS, -1 = none)."""
+        c, R, tpq = self.config, self.config.resolution, score.ticks_per_quarter
+        if tpq <= 0:
+            raise TokenizerError(f"{label}: invalid ticks per quarter {tpq}")
+        stats = EncodeStats()
+        t = note_table(score)
+        n = len(t["time"])
+        stats.notes = n
+        stats.drum_notes = int((t["instrument"] == DRUM_INSTRUMENT).sum())
+
+        # grid quantisation, with what it changes counted
+        time = np.maximum(t["time"], 0)
+        dur = np.maximum(t["duration"], 0)
+        onset = (2 * time * R + tpq) // (2 * tpq)
+        steps = np.maximum(1, (2 * dur * R + tpq) // (2 * tpq))
+        zero = dur == 0
+        off_onset = (time * R) % tpq != 0
+        off_dur = ((dur * R) % tpq != 0) & ~zero
+        dur_idx = self._duration_index(steps) if n else np.zeros(0, np.int64)
+        snapped = self._durations[dur_idx] != steps
+        stats.off_grid_onset = int(off_onset.sum())
+        stats.off_grid_duration = int(off_dur.sum())
+        stats.zero_duration = int(zero.sum())
+        stats.duration_snapped = int(snapped.sum())
+        reason = np.full(n, -1, np.int64)
+        for code in range(3, -1, -1):  # first applicable reason wins
+            flag = (zero, off_onset, off_dur, snapped)[code]
+            reason[flag] = code
+
+        # bars from the time signatures
+        seg_start, seg_ts = self._time_signature_segments(score, stats)
+        end = int(onset.max()) + 1 if n else 1
+        keep = seg_start < end
+        seg_start, seg_ts = seg_start[keep], seg_ts[keep]
+        seg_len = self._bar_lengths[seg_ts]
+        seg_stop = np.minimum(np.append(seg_start[1:], end), end)
+        seg_bars = -(-(seg_stop - seg_start) // seg_len)
+        n_bars = int(seg_bars.sum())
+        if n_bars > c.max_bars:
+            raise TokenizerError(f"{label}: {n_bars} bars exceed max_bars={c.max_bars}")
+        bar_seg = np.repeat(np.arange(len(seg_start)), seg_bars)
+        bar_in_seg = np.arange(n_bars) - np.repeat(_excl_cumsum(seg_bars), seg_bars)
+        bar_start = seg_start[bar_seg] + bar_in_seg * seg_len[bar_seg]
+        bar_ts = seg_ts[bar_seg]
+        bar_ts_row = bar_in_seg == 0  # first bar of each segment carries NEW_BAR_TS
+        stats.bars = n_bars
+        stats.time_signature_changes = int(bar_ts_row.sum()) - 1
+
+        # tempo at each onset: last tempo event at or before it (on the grid), binned
+        tp = score.tempos.numpy()
+        t_order = np.argsort(tp["time"], kind="stable")
+        t_time = tp["time"].astype(np.int64)[t_order]
+        t_grid = (2 * t_time * R + tpq) // (2 * tpq)
+        bpm = 6e7 / np.maximum(tp["mspq"].astype(np.float64)[t_order], 1.0)
+        stats.tempo_out_of_range = int(((bpm < c.tempo_min * 0.999) | (bpm > c.tempo_max * 1.001)).sum())
+        t_bin = c.tempo_index(bpm)
+        default_bin = int(c.tempo_index(np.array([DEFAULT_TEMPO]))[0])
+
+        # order notes: onset, instrument, pitch, duration, velocity
+        vel_idx = c.velocity_index(t["velocity"])
+        order = np.lexsort((vel_idx, dur_idx, t["pitch"], t["instrument"], onset))
+        onset_s = onset[order]
+        bar = np.searchsorted(bar_start, onset_s, side="right") - 1
+        pos = onset_s - bar_start[bar]
+        # the default tempo sits before time 0, so a tempo event at 0 overrides it
+        ti = np.searchsorted(np.append(-1, t_grid), onset_s, side="right") - 1
+        tempo_bin = np.append(default_bin, t_bin)[ti]
+        stats.tempo_changes, stats.tempo_change_off_onset = self._tempo_change_counts(
+            t_grid, t_bin, default_bin, onset_s, tempo_bin)
+
+        # chord at each onset, from the pitched notes on the grid
+        u_onset, u_inv = np.unique(onset_s, return_inverse=True)
+        pitched = t["instrument"] != DRUM_INSTRUMENT
+        chords = detect_chords(onset[pitched], onset[pitched] + steps[pitched], t["pitch"][pitched],
+                               u_onset, R)
+        chord = chords[u_inv]
+
+        # metric of each note row
+        first_in_bar = np.ones(n, bool)
+        first_in_bar[1:] = bar[1:] != bar[:-1]
+        same = np.zeros(n, bool)
+        same[1:] = onset_s[1:] == onset_s[:-1]
+        metric = np.where(same, METRIC_SAME_ONSET, METRIC_NEW_POSITION)
+        bar_metric = np.where(bar_ts_row, METRIC_TS_OFFSET + bar_ts, METRIC_NEW_BAR)
+        metric = np.where(first_in_bar, bar_metric[bar], metric)
+
+        # assemble: SOS, then per bar its note rows or one empty-bar row, then EOS
+        counts = np.bincount(bar, minlength=n_bars)
+        empty = counts == 0
+        rows_per_bar = np.maximum(counts, 1)
+        bar_row0 = 1 + _excl_cumsum(rows_per_bar)
+        tokens = np.zeros((2 + int(rows_per_bar.sum()), self.K), np.int64)
+        tokens[0, COL_METRIC] = METRIC_SOS
+        tokens[-1, COL_METRIC] = METRIC_EOS
+        eb = np.nonzero(empty)[0]
+        tokens[bar_row0[eb], COL_METRIC] = np.where(bar_ts_row[eb], METRIC_TS_OFFSET + bar_ts[eb],
+                                                    METRIC_EMPTY_BAR)
+        row = bar_row0[bar] + np.arange(n) - _excl_cumsum(counts)[bar]
+        tokens[row, COL_METRIC] = metric
+        tokens[row, COL_POSITION] = 1 + pos
+        tokens[row, COL_CHORD] = chord
+        tokens[row, COL_TEMPO] = 1 + tempo_bin
+        tokens[row, COL_INSTRUMENT] = t["instrument"][order]
+        tokens[row, COL_PITCH] = 1 + t["pitch"][order]
+        tokens[row, COL_DURATION] = 1 + dur_idx[order]
+        tokens[row, COL_VELOCITY] = 1 + vel_idx[order]
+        stats.rows = len(tokens)
+        stats.empty_bars = int(empty.sum())
+        return tokens, stats, reason
+
+    @staticmethod
+    def _tempo_change_counts(t_grid: np.ndarray, t_bin: np.ndarray, default_bin: int,
+                             onset_s: np.ndarray, tempo_bin: np.ndarray) -> tuple[int, int]:
+        """(tempo-bin changes in the file, changes the tokens do not reproduce at their grid time)."""
+        times = np.concatenate([[0], t_grid])
+        bins = np.concatenate([[default_bin], t_bin])
+        last = np.append(times[1:] != times[:-1], True)  # the last event at a time wins
+        times, bins = times[last], bins[last]
+        change = np.append(True, bins[1:] != bins[:-1])
+        original = set(zip(times[change].tolist(), bins[change].tolist()))
+        if len(onset_s):
+            d_change = np.append(True, tempo_bin[1:] != tempo_bin[:-1])
+            d_times = onset_s[d_change].copy()
+            d_times[0] = 0
+            decoded = set(zip(d_times.tolist(), tempo_bin[d_change].tolist()))
+        else:
+            decoded = {(0, default_bin)}
+        return len(original), len(original - decoded)
+
+    # -- decoding --------------------------------------------------------------------------------
+
+    def decode(self, tokens: np.ndarray) -> Score:
+        """Score (tpq 480) of a note matrix; invalid rows are skipped (see decode_with_stats)."""
+        return self.decode_with_stats(tokens)[0]
+
+    def decode_with_stats(self, tokens: np.ndarray) -> tuple[Score, DecodeStats]:
+        """Score (tpq 480) and DecodeStats; stops at the first EOS, never raises on bad rows."""
+        tok = np.asarray(tokens)
+        if tok.ndim != 2 or tok.shape[1] != self.K:
+            raise ValueError(f"tokens must have shape [N, {self.K}], got {tok.shape}")
+        tok = tok.astype(np.int64)
+        stats = DecodeStats(rows=len(tok))
+        eos = np.nonzero(tok[:, COL_METRIC] == METRIC_EOS)[0]
+        if len(eos):
+            stats.after_eos = len(tok) - int(eos[0]) - 1
+            tok = tok[: eos[0]]
+        c, R = self.config, self.config.resolution
+        step = DECODE_TPQ // R
+        m = tok[:, COL_METRIC]
+
+        unknown = ((tok < 0) | (tok >= np.array(self.vocab_sizes))).any(axis=1)
+        pad = ~unknown & (m == METRIC_PAD)
+        sos = ~unknown & (m == METRIC_SOS)
+        stats.unknown_id = int(unknown.sum())
+        stats.pad_row = int(pad.sum())
+        stats.misplaced_sos = int(sos[1:].sum())
+        valid = ~unknown & ~pad & ~sos
+
+        # bars: every EMPTY_BAR / NEW_BAR / NEW_BAR_TS row starts one
+        is_ts = valid & (m >= METRIC_TS_OFFSET)
+        bar_row = valid & ((m == METRIC_EMPTY_BAR) | (m == METRIC_NEW_BAR) | is_ts)
+        note_type = valid & ((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION) | (m == METRIC_NEW_BAR)
+                             | is_ts)
+        bar_idx = np.cumsum(bar_row) - 1
+        n_bars = int(bar_row.sum())
+        if (note_type & (bar_idx < 0)).any():  # note rows before any bar start: implicit bar 0
+            bar_idx = bar_idx + 1
+            n_bars += 1
+        n_bars = max(n_bars, 1)
+        bar_idx = np.maximum(bar_idx, 0)
+        bar_sig = np.full(n_bars, -1, np.int64)
+        bar_sig[bar_idx[is_ts]] = m[is_ts] - METRIC_TS_OFFSET
+        first_has_ts = bar_sig[0] >= 0
+        if not first_has_ts:
+            bar_sig[0] = self.default_ts
+        fill = np.maximum.accumulate(np.where(bar_sig >= 0, np.arange(n_bars), 0))
+        bar_sig = bar_sig[fill]
+        bar_len = self._bar_lengths[bar_sig]
+        bar_start = _excl_cumsum(bar_len)
+        stats.bars = n_bars
+
+        # note rows and their validity
+        pitch = tok[:, COL_PITCH]
+        no_pitch = note_type & (pitch == 0) & ((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION))
+        cand = note_type & (pitch > 0)
+        pos = tok[:, COL_POSITION]
+        bl = bar_len[bar_idx]
+        checks = [
+            ("no_position", pos == 0),
+            ("position_beyond_bar", pos - 1 >= bl),
+            ("no_instrument", tok[:, COL_INSTRUMENT] == 0),
+            ("no_duration", tok[:, COL_DURATION] == 0),
+            ("no_velocity", tok[:, COL_VELOCITY] == 0),
+        ]
+        stats.no_pitch = int(no_pitch.sum())
+        ok = cand.copy()
+        for name, bad in checks:
+            setattr(stats, name, int((ok & bad).sum()))
+            ok &= ~bad
+        r = np.nonzero(ok)[0]
+        stats.notes = len(r)
+
+        # notes
+        onset = (bar_start[bar_idx[r]] + pos[r] - 1) * step
+        dur = self._durations[tok[r, COL_DURATION] - 1] * step
+        inst = tok[r, COL_INSTRUMENT]
+        vel = self._velocities[tok[r, COL_VELOCITY] - 1]
+        p = pitch[r] - 1
+
+        # tempo: carry the previous one over tempo 0; an event wherever the bin changes
+        tb = tok[r, COL_TEMPO] - 1
+        stats.no_tempo = int((tb < 0).sum())
+        default_bin = int(c.tempo_index(np.array([DEFAULT_TEMPO]))[0])
+        known = np.where(tb >= 0, np.arange(len(tb)), -1)
+        carried = np.maximum.accumulate(known) if len(tb) else known
+        tb = np.where(carried >= 0, tb[np.maximum(carried, 0)], default_bin)
+        if len(tb):
+            change = np.append(True, tb[1:] != tb[:-1])
+            tempo_time = onset[change].copy()
+            tempo_time[0] = 0
+            tempo_bins = tb[change]
+        else:
+            tempo_time, tempo_bins = np.zeros(1, np.int64), np.array([default_bin])
+        mspq = np.rint(6e7 / self._tempos[tempo_bins])
+
+        score = Score(DECODE_TPQ)
+        score.tempos = Tempo.from_numpy(tempo_time.astype(np.int32), mspq.astype(np.int32))
+        ts_bars = np.zeros(0 if first_has_ts else 1, np.int64)  # default 4/4 at 0 if bar 0 has none
+        ts_rows = np.nonzero(is_ts)[0]
+        ts_time = np.concatenate([bar_start[ts_bars], bar_start[bar_idx[ts_rows]]]) * step
+        ts_sig = np.concatenate([bar_sig[ts_bars], m[ts_rows] - METRIC_TS_OFFSET])
+        sigs = np.array(c.time_signatures, dtype=np.int64)[ts_sig].reshape(-1, 2)
+        score.time_signatures = TimeSignature.from_numpy(
+            ts_time.astype(np.int32), sigs[:, 0].astype(np.uint8), sigs[:, 1].astype(np.uint8))
+
+        order = np.lexsort((p, onset, inst))
+        onset, dur, inst, vel, p = onset[order], dur[order], inst[order], vel[order], p[order]
+        values, first = np.unique(inst, return_index=True)
+        bounds = np.append(first, len(inst))
+        for i, value in enumerate(values.tolist()):
+            a, b = bounds[i], bounds[i + 1]
+            drum = value == DRUM_INSTRUMENT
+            track = Track(name=instrument_name(value), program=0 if drum else value - 1, is_drum=drum)
+            track.notes = Note.from_numpy(onset[a:b].astype(np.int32), dur[a:b].astype(np.int32),
+                                          p[a:b].astype(np.int8), vel[a:b].astype(np.int8))
+            score.tracks.append(track)
+        return score, stats
+
+    # -- fidelity --------------------------------------------------------------------------------
+
+    def fidelity(self, score_or_path: Score | str | Path) -> FidelityReport:
+        """Compare the multiset of original notes with the notes of encode -> decode.
+
+        A note matches when onset and duration (in quarters), pitch, instrument (drums apart) and
+        velocity bin are equal. Lost notes are attributed to the first reason that applies to them
+        (zero_duration, off_grid_onset, off_grid_duration, duration_snapped, else unexplained).
+        """
+        score, label = load_score(score_or_path)
+        tokens, stats, reason = self._encode(score, label)
+        decoded = self.decode(tokens)
+        tpq = score.ticks_per_quarter
+        o = note_table(score)
+        d = note_table(decoded)
+        c = self.config
+        ok = np.stack([np.maximum(o["time"], 0) * DECODE_TPQ, np.maximum(o["duration"], 0) * DECODE_TPQ,
+                       o["pitch"], o["instrument"], c.velocity_index(o["velocity"])], axis=1)
+        dk = np.stack([d["time"] * tpq, d["duration"] * tpq, d["pitch"], d["instrument"],
+                       c.velocity_index(d["velocity"])], axis=1)
+        n = len(ok)
+        lost = {k: 0 for k in LOSS_REASONS}
+        if n + len(dk) == 0:
+            return FidelityReport(label, 0, 0, lost, 0, stats)
+        _, inv = np.unique(np.concatenate([ok, dk]), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        u = int(inv.max()) + 1
+        co = np.bincount(inv[:n], minlength=u)
+        cd = np.bincount(inv[n:], minlength=u)
+        matched = np.minimum(co, cd)
+        excess = co - matched
+        key_reason = np.full(u, len(LOSS_REASONS) - 1, np.int64)
+        key_reason[inv[:n]] = np.where(reason >= 0, reason, len(LOSS_REASONS) - 1)
+        per = np.bincount(key_reason, weights=excess, minlength=len(LOSS_REASONS))
+        lost = {k: int(v) for k, v in zip(LOSS_REASONS, per)}
+        return FidelityReport(label, n, int(matched.sum()), lost, int((cd - matched).sum()), stats)
+
+    # -- augmentation ----------------------------------------------------------------------------
+
+    def transpose(self, tokens: np.ndarray, semitones: int) -> np.ndarray | None:
+        """Shift the pitch of non-drum note rows and rotate chord roots; None if a pitch leaves 0..127."""
+        out = np.array(tokens, dtype=np.int64, copy=True)
+        if semitones == 0:
+            return out
+        m = out[:, COL_METRIC]
+        note = (((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION) | (m == METRIC_NEW_BAR)
+                 | (m >= METRIC_TS_OFFSET)) & (out[:, COL_PITCH] > 0)
+                & (out[:, COL_INSTRUMENT] > 0) & (out[:, COL_INSTRUMENT] != DRUM_INSTRUMENT))
+        shifted = out[note, COL_PITCH] + semitones
+        if len(shifted) and (shifted.min() < 1 or shifted.max() > 128):
+            return None
+        out[note, COL_PITCH] = shifted
+        q = len(CHORD_QUALITIES)
+        ch = out[:, COL_CHORD]
+        has = (ch >= 2) & (ch < 2 + 12 * q)
+        root, quality = np.divmod(ch[has] - 2, q)
+        out[has, COL_CHORD] = 2 + ((root + semitones) % 12) * q + quality
+        return out
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "amadeus.NoteTokenizer", "format_version": FORMAT_VERSION,
+                "config": self.config.to_dict(), "config_hash": self.config_hash,
+                "attributes": list(ATTRIBUTES), "vocab_sizes": list(self.vocab_sizes)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NoteTokenizer:
+        """Rebuild from to_dict(); a hash that does not match the config is an error."""
+        if not isinstance(d, dict) or "config" not in d:
+            raise TokenizerError("not a saved NoteTokenizer (no 'config')")
+        if d.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise TokenizerError(f"tokenizer format_version {d.get('format_version')} != {FORMAT_VERSION}")
+        try:
+            tok = cls(TokenizerConfig.from_dict(d["config"]))
+        except (TypeError, ValueError) as e:
+            raise TokenizerError(f"invalid tokenizer config: {e}") from None
+        saved = d.get("config_hash")
+        if saved is not None and saved != tok.config_hash:
+            raise TokenizerError(f"tokenizer config hash mismatch: saved {saved}, config gives {tok.config_hash}")
+        return tok
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> NoteTokenizer:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise TokenizerError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"{path}: not JSON ({e})") from None
+        try:
+            return cls.from_dict(d)
+        except TokenizerError as e:
+            raise TokenizerError(f"{path}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# command line: fidelity of files
+
+
+def _iter_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in MIDI_SUFFIXES and f.is_file())
+        else:
+            files.append(p)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m amadeus.tokenizer",
+                                     description="Fidelity of encode -> decode for MIDI/ABC files.")
+    parser.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
+    parser.add_argument("--tokenizer", help="tokenizer.json to use (default config otherwise)")
+    parser.add_argument("--quiet", action="store_true", help="print only errors and the total")
+    args = parser.parse_args(argv)
+    tok = NoteTokenizer.load(args.tokenizer) if args.tokenizer else NoteTokenizer()
+    total, errors = None, 0
+    for f in _iter_files(args.paths):
+        try:
+            report = tok.fidelity(f)
+        except TokenizerError as e:
+            errors += 1
+            print(f"ERROR {e}", file=sys.stderr)
+            continue
+        if not args.quiet:
+            print(report.summary())
+        total = report if total is None else total + report
+    if total is None:
+        print("no readable files", file=sys.stderr)
+        return 1
+    print(total.summary() + f"  ({errors} unreadable)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Build small symusic Scores for tests (no files needed; `write` saves one as MIDI when a path is).
+
+Times are in ticks unless a helper says quarters. Reusable by any test module:
+`from midi_factory import make_score, part, ...` (pytest puts tests/ on sys.path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from symusic import Note, Score, Tempo, TimeSignature, Track
+
+NoteSpec = tuple[int, int, int, int]  # (time, duration, pitch, velocity) in ticks
+
+
+def part(notes: Iterable[NoteSpec], program: int = 0, is_drum: bool = False, name: str = "") -> Track:
+    """A track from (time, duration, pitch, velocity) tuples."""
+    arr = np.array(list(notes), dtype=np.int64).reshape(-1, 4)
+    track = Track(name=name or ("Drums" if is_drum else f"program {program}"), program=program, is_drum=is_drum)
+    track.notes = Note.from_numpy(arr[:, 0].astype(np.int32), arr[:, 1].astype(np.int32),
+                                  arr[:, 2].astype(np.int8), arr[:, 3].astype(np.int8))
+    return track
+
+
+def make_score(tracks: Sequence[Track], tpq: int = 480, tempos: Sequence[tuple[int, float]] = (),
+               time_signatures: Sequence[tuple[int, int, int]] = ()) -> Score:
+    """A Score from tracks, tempo events (tick, bpm) and time signatures (tick, numerator, denominator)."""
+    score = Score(tpq)
+    for t, bpm in tempos:
+        score.tempos.append(Tempo(int(t), qpm=float(bpm)))
+    for t, n, d in time_signatures:
+        score.time_signatures.append(TimeSignature(int(t), int(n), int(d)))
+    for track in tracks:
+        score.tracks.append(track)
+    return score
+
+
+def quarters(tpq: int, items: Iterable[tuple[float, float, int]], velocity: int = 80) -> list[NoteSpec]:
+    """Notes from (onset in quarters, duration in quarters, pitch); onsets rounded to ticks."""
+    return [(round(on * tpq), round(du * tpq), p, velocity) for on, du, p in items]
+
+
+def block_chords(chords: Sequence[Sequence[int]], tpq: int = 480, beats: float = 1.0, velocity: int = 80,
+                 start: float = 0.0) -> list[NoteSpec]:
+    """One block chord (list of MIDI pitches) every `beats` quarters."""
+    out = []
+    for i, chord in enumerate(chords):
+        for p in chord:
+            out.append((round((start + i * beats) * tpq), round(beats * tpq), p, velocity))
+    return out
+
+
+def random_grid_notes(rng: np.random.Generator, n: int, tpq: int, steps_per_quarter: int = 12,
+                      span_quarters: int = 64, max_quarters: int = 8) -> list[NoteSpec]:
+    """n notes with onsets and durations on a grid of tpq / steps_per_quarter ticks."""
+    step = tpq // steps_per_quarter
+    on = rng.integers(0, span_quarters * steps_per_quarter, n) * step
+    du = rng.integers(1, max_quarters * steps_per_quarter // 2, n)
+    du = np.where(du > 4 * steps_per_quarter, (du // steps_per_quarter) * steps_per_quarter, du) * step
+    pitch = rng.integers(30, 100, n)
+    vel = rng.integers(1, 128, n)
+    return list(zip(on.tolist(), du.tolist(), pitch.tolist(), vel.tolist()))
+
+
+def write(score: Score, path: str | Path) -> Path:
+    """Save as a MIDI file and return the path."""
+    path = Path(path)
+    score.dump_midi(str(path))
+    return path
