@@ -22,8 +22,8 @@ from pathlib import Path
 SIZES = {
     # name: (d_model, n_layers, n_heads, head_width, head_heads)
     "tiny": (128, 3, 4, 64, 4),
-    "30m": (512, 6, 8, 256, 4),
-    "150m": (768, 20, 12, 384, 6),
+    "30m": (512, 6, 8, 128, 4),
+    "150m": (768, 20, 12, 256, 4),
 }
 RESULTS = Path(__file__).parent / "results" / "train.json"
 
