@@ -125,7 +125,8 @@ def _text_demo(ckpt: Path, out: Path, num: int = 8) -> dict[str, Any]:
     for i, caption in enumerate(CAPTIONS):
         target = parse_caption(caption)
         for mode, text in (("text", caption), ("no text", None)):
-            scores = model.generate(num=num, max_notes=256, steps=4, seed=100 + i, text=text, guidance=2.0)
+            guide = {"text": text, "guidance": 2.0} if text else {}
+            scores = model.generate(num=num, max_notes=256, steps=4, seed=100 + i, **guide)
             metric = TextAdherence()
             metric.update(scores, [target] * len(scores))
             rows[f"{caption[:28]}... / {mode}"] = {k: round(float(v), 1) for k, v in metric.compute().items()}

@@ -407,7 +407,10 @@ def load_score(score_or_path: Score | str | Path) -> tuple[Score, str]:
         if not path.is_file():
             raise TokenizerError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
         try:
-            score = Score(str(path))
+            if path.suffix.lower() in (".abc",):
+                score = Score(str(path))
+            else:  # by content, so .kar / odd suffixes work too
+                score = Score.from_midi(path.read_bytes())
         except Exception as e:  # symusic raises RuntimeError/ValueError with terse messages
             raise TokenizerError(f"{path}: cannot read as MIDI/ABC ({e})") from None
     if score.ttype != TimeUnit.tick:

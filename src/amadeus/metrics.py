@@ -1,0 +1,898 @@
+"""Evaluation metrics (torchmetrics), usable from a Lightning callback and from the CLI.
+
+Text adherence (the MidiCaps / Text2Midi columns, reference-spec section 5.1): `TextAdherence`
+compares the features of a generated piece (amadeus.features) with those stated by its caption
+(`parse_caption`) or stored with its target.
+
+Structure of generated token matrices (section 5.2): `SyntaxErrorRate`, `PitchClassEntropy`,
+`GrooveConsistency`, and generation speed `NotesPerSecond`.
+
+Likelihood: `diffusion_elbo_nll` / `DiffusionNLL` give the masked-diffusion ELBO per attribute, the
+proper bound on the NLL (the reference code scored random-mask training forwards, unmasked slots
+included: weakness 19).
+
+Audio-text: `ClapScore`, only with a local CLAP checkpoint (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from symusic import Score
+from torchmetrics import Metric
+
+from amadeus.features import SIMPLE_TEMPO_EDGES, TEMPO_BIN_EDGES, TEMPO_WORDS, extract_features, tempo_bin
+from amadeus.tokenizer import (
+    ATTRIBUTES,
+    COL_INSTRUMENT,
+    COL_METRIC,
+    COL_PITCH,
+    COL_POSITION,
+    DRUM_INSTRUMENT,
+    GM_PROGRAM_NAMES,
+    METRIC_EMPTY_BAR,
+    METRIC_EOS,
+    METRIC_NEW_BAR,
+    METRIC_NEW_POSITION,
+    METRIC_PAD,
+    METRIC_SAME_ONSET,
+    METRIC_SOS,
+    METRIC_TS_OFFSET,
+    NoteTokenizer,
+    load_score,
+)
+
+# ================================================================================================
+# caption / target vocabulary: keys, chords, instruments, tempo words
+
+_ACCIDENTAL = {"": 0, "#": 1, "♯": 1, "sharp": 1, "b": -1, "♭": -1, "flat": -1}
+_NATURAL_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_KEY_RE = re.compile(r"\b([A-G])(#|♯|b|♭|[ -](?i:sharp|flat))?\s*((?i:major|minor))\b")  # 'a major' is not a key
+
+# chord suffix spellings -> amadeus.tokenizer.CHORD_QUALITIES (others stay as their own label)
+_CHORD_SUFFIX = {
+    "": "maj", "maj": "maj", "M": "maj", "major": "maj",
+    "m": "min", "min": "min", "-": "min", "minor": "min",
+    "dim": "dim", "°": "dim", "o": "dim", "aug": "aug", "+": "aug",
+    "7": "7", "dom7": "7", "maj7": "maj7", "M7": "maj7", "Δ7": "maj7", "Δ": "maj7",
+    "m7": "m7", "min7": "m7", "-7": "m7", "m7b5": "m7b5", "ø": "m7b5", "ø7": "m7b5",
+    "dim7": "dim7", "°7": "dim7", "o7": "dim7", "sus2": "sus2", "sus4": "sus4", "sus": "sus4",
+}
+_CHORD_RE = re.compile(r"^([A-G])(#|♯|b|♭)?([A-Za-z0-9°ø+Δ#♯♭-]*?)(?:/[A-G](?:#|♯|b|♭)?)?$")
+
+
+def parse_key(text: str | None) -> tuple[int, str] | None:
+    """'G major' / 'F# minor' / 'B flat minor' -> (tonic pitch class, 'major'|'minor'); None if none."""
+    if not text:
+        return None
+    m = _KEY_RE.search(str(text))
+    if not m:
+        return None
+    acc = (m.group(2) or "").strip(" -").lower()
+    return (_NATURAL_PC[m.group(1).upper()] + _ACCIDENTAL[acc]) % 12, m.group(3).lower()
+
+
+def parse_chord(name: str | None) -> tuple[int, str] | None:
+    """'Em' / 'D7' / 'Bbmaj7' / 'F#m7b5' / 'C/G' -> (root pitch class, quality); None if not a chord.
+
+    Qualities are amadeus.tokenizer.CHORD_QUALITIES where the spelling maps to one; other suffixes
+    (e.g. '9', 'add9') are kept verbatim, so they only match the same spelling.
+    """
+    m = _CHORD_RE.match(str(name or "").strip())
+    if not m:
+        return None
+    suffix = m.group(3)
+    quality = _CHORD_SUFFIX.get(suffix) or _CHORD_SUFFIX.get(suffix.lower())
+    if quality is None and re.fullmatch(r"(m|min|maj)?(add)?\d{1,2}", suffix):
+        quality = suffix  # extended chords ('9', 'add9', 'm6'): only the same spelling matches
+    if quality is None:
+        return None
+    acc = {"♯": "#", "♭": "b"}.get(m.group(2) or "", m.group(2) or "")
+    return (_NATURAL_PC[m.group(1)] + _ACCIDENTAL[acc]) % 12, quality
+
+
+# phrases (normalised words) folded before instrument matching
+_INSTRUMENT_SYNONYMS = {"double bass": "contrabass", "bass guitar": "bass", "synthesizer": "synth",
+                        "percussion": "drum", "drum kit": "drum", "drum set": "drum"}
+
+
+def _norm_token(w: str) -> str:
+    """Lower case, naive singular ('strings' -> 'string', but 'bass', 'brass' stay)."""
+    w = w.lower().strip("-")
+    w = w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+    return "sax" if w == "saxophone" else w
+
+
+def _words(name: str) -> frozenset[str]:
+    """Instrument name -> normalised word set (no digits or brackets' punctuation, synonyms folded)."""
+    text = " " + " ".join(_norm_token(w) for w in re.findall(r"[a-z]+", name.lower())) + " "
+    for a, b in _INSTRUMENT_SYNONYMS.items():
+        text = text.replace(f" {a} ", f" {b} ")
+    return frozenset(text.split())
+
+
+_DRUM_KIT = frozenset({"drum"})
+
+
+def instrument_present(target: str, piece_instruments: Sequence[str]) -> bool:
+    """Whether a target instrument name is played in a piece (piece names are GM names / 'Drums').
+
+    Matching on normalised word sets: exact set equality, or the target's words all appear in a
+    piece instrument's name ('piano' matches 'Acoustic Grand Piano', 'acoustic guitar' matches
+    'Acoustic Guitar (nylon)', 'strings' matches 'String Ensemble 1'). 'drums' / 'drum kit' /
+    'percussion' mean the drum kit only (not 'Steel Drums' or 'Taiko Drum').
+    """
+    t = _words(target)
+    if not t:
+        return False
+    pieces = [_words(p) for p in piece_instruments]
+    if t == _DRUM_KIT:
+        return _DRUM_KIT in pieces
+    return any(t <= p for p in pieces)
+
+
+# instrument phrases recognised in captions: GM names without their bracketed detail, plus
+# everyday words; single generic GM stems ('lead', 'pad', 'fx', 'voice') are left out on purpose
+_GENERIC_INSTRUMENTS = (
+    "piano", "guitar", "bass", "drums", "drum kit", "percussion", "strings", "string ensemble", "violin",
+    "viola", "cello", "double bass", "flute", "clarinet", "oboe", "bassoon", "trumpet", "trombone", "tuba",
+    "french horn", "horn", "saxophone", "sax", "organ", "harp", "choir", "synthesizer", "synth",
+    "electric guitar", "acoustic guitar", "electric bass", "bass guitar", "electric piano", "brass",
+    "synth pad", "synth lead", "synth bass", "synth strings", "keyboard",
+)
+
+
+def _caption_instrument_phrases() -> list[tuple[tuple[str, ...], str]]:
+    names = {}
+    for gm in GM_PROGRAM_NAMES:
+        base = re.sub(r"\s*\(.*?\)|\s+\d+$", "", gm).strip()
+        if base.lower() in ("lead", "pad", "fx"):
+            continue
+        names.setdefault(base.lower(), base.lower())
+    for g in _GENERIC_INSTRUMENTS:
+        names.setdefault(g, g)
+    phrases = [(tuple(_norm_token(w) for w in k.split()), v) for k, v in names.items()]
+    return sorted(phrases, key=lambda p: -len(p[0]))
+
+
+_INSTRUMENT_PHRASES = _caption_instrument_phrases()
+
+# tempo words -> sets of TEMPO_WORDS bins (MidiCaps bins of amadeus.features)
+_ITALIAN_TEMPO = {w.lower(): {i} for i, w in enumerate(TEMPO_WORDS)}
+_ITALIAN_TEMPO.update({
+    "larghissimo": {0}, "lento": {1}, "larghetto": {2}, "adagietto": {2}, "andantino": {3},
+    "allegretto": {4, 5}, "vivacissimo": {7}, "allegro vivace": {6},
+})
+
+
+def _bins_overlapping(lo: float, hi: float) -> set[int]:
+    """TEMPO_WORDS bins whose bpm range (edges[i-1], edges[i]] overlaps (lo, hi]."""
+    edges = [-math.inf, *TEMPO_BIN_EDGES, math.inf]
+    return {i for i in range(len(TEMPO_WORDS)) if edges[i] < hi and edges[i + 1] > lo}
+
+
+_s = SIMPLE_TEMPO_EDGES  # (80, 120, 160): MidiCaps' Slow / Moderate tempo / Fast / Very fast
+_ENGLISH_TEMPO = {
+    "very slow": _bins_overlapping(-math.inf, 60), "slow": _bins_overlapping(-math.inf, _s[0]),
+    "moderate tempo": _bins_overlapping(_s[0], _s[1]), "moderate": _bins_overlapping(_s[0], _s[1]),
+    "medium tempo": _bins_overlapping(_s[0], _s[1]), "mid-tempo": _bins_overlapping(_s[0], _s[1]),
+    "fast": _bins_overlapping(_s[1], _s[2]), "very fast": _bins_overlapping(_s[2], math.inf),
+}
+_TEMPO_WORD_RE = re.compile(
+    r"\b(" + "|".join(sorted(map(re.escape, {**_ITALIAN_TEMPO, **_ENGLISH_TEMPO}), key=len, reverse=True)) + r")\b",
+    re.IGNORECASE,
+)
+_BPM_RE = re.compile(r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute|beats a minute)\b", re.IGNORECASE)
+_TS_RE = re.compile(r"(?<![\w/])(\d{1,2})\s*/\s*(1|2|4|8|16|32)(?![\w/])")
+_CHORD_TRIGGER_RE = re.compile(
+    r"chord progression|chord sequence|progression|chords|built on|built around|revolves around|"
+    r"revolving around|centres on|centers on|based on|harmony",
+    re.IGNORECASE,
+)
+_CHORD_SEPARATORS = {"and", "then", "to", "followed", "by", "&"}
+
+
+def _parse_chords(text: str) -> list[str]:
+    """Chord names listed after a trigger phrase ('built on G, Em and D7'), in order, no repeats.
+
+    After the trigger up to 5 lower-case filler words may come ('is', 'centres on'); the list then
+    runs over chord names and separators (commas, 'and', 'then', dashes) to the first other word or
+    the end of the sentence. A chord-like word followed by 'major'/'minor'/'key' is a key, not a chord.
+    """
+    found: list[str] = []
+    for trig in _CHORD_TRIGGER_RE.finditer(text):
+        clause = re.split(r"\.(?:\s|$)|;", text[trig.end():], maxsplit=1)[0]
+        tokens = [t for t in re.split(r"[\s,:()\"'→–—]+|(?<=\w)-(?=[A-G])", clause) if t]
+        chords, skipped = [], 0
+        for j, tok in enumerate(tokens):
+            after = tokens[j + 1].lower() if j + 1 < len(tokens) else ""
+            if parse_chord(tok) is not None and after not in ("major", "minor", "key"):
+                chords.append(tok)
+            elif tok.lower() in _CHORD_SEPARATORS and chords:
+                continue
+            elif not chords and skipped < 5 and tok[:1].islower():
+                skipped += 1  # filler words before the list ("is", "of the", "the chords")
+            else:
+                break
+        for c in chords:
+            if c not in found:
+                found.append(c)
+        if found:
+            break
+    return found
+
+
+def parse_caption(text: str) -> dict[str, Any]:
+    """Target fields stated by a free-text caption (fields that the caption does not state are absent).
+
+    Returns any of: key ('G major'), time_signature ('3/4'), tempo (bpm, when a number is given),
+    tempo_bins (sorted list of TEMPO_WORDS bins, from a tempo word when no bpm is given: 'Allegro'
+    -> [5], 'slow' -> every bin overlapping <= 80 bpm), tempo_word (lower case), instruments (phrases as written, lower
+    case, e.g. ['piano', 'electric bass']), chords (['G', 'Em', 'D7'], in caption order).
+    """
+    text = str(text or "")
+    out: dict[str, Any] = {}
+    m = _KEY_RE.search(text)
+    if m:
+        acc = {1: "#", -1: "b", 0: ""}[_ACCIDENTAL[(m.group(2) or "").strip(" -").lower()]]
+        out["key"] = f"{m.group(1).upper()}{acc} {m.group(3).lower()}"
+    ts = _TS_RE.search(text)
+    if ts and 1 <= int(ts.group(1)) <= 32:
+        out["time_signature"] = f"{int(ts.group(1))}/{int(ts.group(2))}"
+    bpm = _BPM_RE.search(text)
+    words = [w.lower() for w in _TEMPO_WORD_RE.findall(text)]
+    words = [w for w in words if w in _ITALIAN_TEMPO] or words  # an Italian marking wins
+    if bpm:
+        out["tempo"] = float(bpm.group(1))
+    if words:
+        w = words[0]
+        out["tempo_word"] = w
+        if not bpm:
+            out["tempo_bins"] = sorted(_ITALIAN_TEMPO.get(w) or _ENGLISH_TEMPO[w])
+    toks = [_norm_token(w) for w in re.findall(r"[A-Za-z]+(?:-[A-Za-z]+)*", text)]
+    instruments, i = [], 0
+    while i < len(toks):
+        for phrase, name in _INSTRUMENT_PHRASES:
+            if tuple(toks[i:i + len(phrase)]) == phrase:
+                if name not in instruments:
+                    instruments.append(name)
+                i += len(phrase)
+                break
+        else:
+            i += 1
+    if instruments:
+        out["instruments"] = instruments
+    chords = _parse_chords(text)
+    if chords:
+        out["chords"] = chords
+    return out
+
+
+# ================================================================================================
+# text adherence
+
+ADHERENCE_METRICS = ("TB", "TBT", "CK", "CKD", "CTS", "CI", "CM_top3")
+
+
+def _target_tempo_bins(target: dict[str, Any]) -> set[int] | None:
+    if target.get("tempo") is not None:
+        return {tempo_bin(float(target["tempo"]))}
+    if target.get("tempo_bin") is not None:
+        return {int(target["tempo_bin"])}
+    if target.get("tempo_bins"):
+        return {int(b) for b in target["tempo_bins"]}
+    return None
+
+
+def keys_match_with_duplicates(a: tuple[int, str], b: tuple[int, str]) -> bool:
+    """CKD: same key, its relative (C major ~ A minor) or its parallel (C major ~ C minor)."""
+    if a[0] == b[0]:
+        return True  # same tonic: identical or parallel
+    if a[1] == b[1]:
+        return False
+    major, minor = (a, b) if a[1] == "major" else (b, a)
+    return (minor[0] + 3) % 12 == major[0]
+
+
+def _ts_norm(ts: Any) -> tuple[int, int] | None:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(ts or ""))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def adherence_scores(piece: dict[str, Any], target: dict[str, Any]) -> dict[str, float]:
+    """Per-piece scores in [0, 1] for the metrics the target allows (see TextAdherence)."""
+    out: dict[str, float] = {}
+    bins = _target_tempo_bins(target)
+    if bins:
+        pb = tempo_bin(float(piece["tempo"])) if piece.get("tempo") is not None else None
+        out["TB"] = float(pb in bins)
+        out["TBT"] = float(pb is not None and min(abs(pb - b) for b in bins) <= 1)
+    tk = parse_key(target.get("key"))
+    if tk:
+        pk = parse_key(piece.get("key"))
+        out["CK"] = float(pk == tk)
+        out["CKD"] = float(pk is not None and keys_match_with_duplicates(pk, tk))
+    tts = _ts_norm(target.get("time_signature"))
+    if tts:
+        out["CTS"] = float(_ts_norm(piece.get("time_signature")) == tts)
+    tins = [t for t in target.get("instruments") or [] if _words(t)]
+    if tins:
+        have = piece.get("instruments") or []
+        out["CI"] = sum(instrument_present(t, have) for t in dict.fromkeys(tins)) / len(dict.fromkeys(tins))
+    tch = list(dict.fromkeys(c for c in map(parse_chord, target.get("chords") or []) if c))[:3]
+    if tch:
+        top3 = {c for c in map(parse_chord, (piece.get("chords") or [])[:3]) if c}
+        out["CM_top3"] = sum(c in top3 for c in tch) / len(tch)
+    if piece.get("n_notes", 1) == 0:  # nothing generated: every scored field is a miss
+        out = {name: 0.0 for name in out}
+    return out
+
+
+class TextAdherence(Metric):
+    """Text-adherence percentages: TB, TBT, CK, CKD, CTS, CI, CM_top3.
+
+    Each generated piece's features (amadeus.features.extract_features) are compared with its
+    target (a dict, e.g. the features stored with the test piece, or `parse_caption(caption)`):
+    - TB: tempo bin (MidiCaps bins, TEMPO_WORDS) equal to the target's; TBT: within one bin. A
+      target bpm gives one bin; a tempo word may give several (a hit on any counts).
+    - CK: same key (tonic pitch class and mode, so enharmonic spellings match).
+      CKD: also counts the relative (C major ~ A minor) and parallel (C major ~ C minor) keys.
+    - CTS: same time signature ('n/d', the piece's most used one).
+    - CI: share of the target's (distinct) instruments played in the piece (`instrument_present`).
+    - CM_top3: the target's first 3 distinct chords (its top chords, as listed by the caption or
+      features) - share of them among the piece's 3 most used chords (by time, features 'chords');
+      chords compare by root pitch class and quality.
+    Per-piece scores in [0, 1] are averaged over the pieces whose target states the field (a missing
+    field is not scored; `counts()` says how many were); a piece without notes scores 0.
+    compute() -> {metric: percent} (nan where nothing was scored).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        n = len(ADHERENCE_METRICS)
+        self.add_state("hits", torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("scored", torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pieces: Sequence[Score | str | Path | dict], targets: Sequence[dict[str, Any] | str]) -> None:
+        """pieces: Scores, MIDI paths or already extracted feature dicts; targets: dicts (keys: tempo
+        (bpm) or tempo_bin / tempo_bins, key, time_signature, instruments, chords) or caption strings
+        (read with parse_caption)."""
+        if len(pieces) != len(targets):
+            raise ValueError(f"TextAdherence: {len(pieces)} pieces but {len(targets)} targets")
+        hits = torch.zeros_like(self.hits)
+        scored = torch.zeros_like(self.scored)
+        for piece, target in zip(pieces, targets):
+            target = parse_caption(target) if isinstance(target, str) else target
+            feats = piece if isinstance(piece, dict) else extract_features(piece)
+            for name, value in adherence_scores(feats, target).items():
+                i = ADHERENCE_METRICS.index(name)
+                hits[i] += value
+                scored[i] += 1
+        self.hits += hits.to(self.hits.device)
+        self.scored += scored.to(self.scored.device)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        pct = 100.0 * self.hits / self.scored  # nan where nothing was scored
+        return {name: pct[i].float() for i, name in enumerate(ADHERENCE_METRICS)}
+
+    def counts(self) -> dict[str, int]:
+        """How many pieces each metric scored."""
+        return {name: int(self.scored[i]) for i, name in enumerate(ADHERENCE_METRICS)}
+
+
+# ================================================================================================
+# structure of token matrices
+
+
+def _as_numpy(tokens: np.ndarray | torch.Tensor) -> np.ndarray:
+    tok = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+    if tok.ndim != 2:
+        raise ValueError(f"token matrix must be [N, K], got shape {tok.shape}")
+    return tok.astype(np.int64)
+
+
+def _iter_matrices(tokens: Any) -> list[np.ndarray]:
+    """A [B, N, K] tensor/array or a list of [N, K] matrices -> list of int64 numpy [N, K]."""
+    if isinstance(tokens, (torch.Tensor, np.ndarray)) and tokens.ndim == 3:
+        return [_as_numpy(t) for t in tokens]
+    if isinstance(tokens, (torch.Tensor, np.ndarray)):
+        return [_as_numpy(tokens)]
+    return [_as_numpy(t) for t in tokens]
+
+
+def _until_eos(tok: np.ndarray) -> np.ndarray:
+    """Rows before the first EOS, padding rows (all zero) dropped."""
+    eos = np.nonzero(tok[:, COL_METRIC] == METRIC_EOS)[0]
+    tok = tok[: eos[0]] if len(eos) else tok
+    return tok[tok.any(axis=1)]
+
+
+def note_rows(tok: np.ndarray) -> np.ndarray:
+    """Bool [N]: rows that carry a note (note metric and a pitch; the NEW_BAR_TS marker row has none)."""
+    m = tok[:, COL_METRIC]
+    note_metric = (m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION) | (m == METRIC_NEW_BAR) | (m >= METRIC_TS_OFFSET)
+    return note_metric & (tok[:, COL_PITCH] > 0)
+
+
+SYNTAX_ERRORS = (
+    "bad_metric",  # metric 0 (n/a) in a non-padding row, unknown id in any column, SOS after row 0
+    "orphan_onset",  # SAME_ONSET / NEW_POSITION with no note of the same bar before it
+    "position_backwards",  # NEW_POSITION at or before the previous onset of the bar
+    "same_onset_moved",  # SAME_ONSET with a position different from the previous note's
+    "position_outside_bar",  # position beyond the bar length of the current time signature
+    "note_missing_attribute",  # a note row with 0 (n/a) in a column (pitch 0 included)
+    "drum_pitch",  # a drum note outside the GM drum map 27..87
+    "stray_attributes",  # SOS / EOS / EMPTY_BAR / bar-marker rows with values in note columns
+    "after_eos",  # non-padding rows after the first EOS
+)
+
+
+def syntax_errors(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[np.ndarray, int]:
+    """Error flags of each non-padding row: (flags bool [rows, len(SYNTAX_ERRORS)], rows).
+
+    A row may have several kinds; the 'any' rate of SyntaxErrorRate counts it once.
+    """
+    tok = _as_numpy(tok)
+    tok = tok[tok.any(axis=1)]  # all-zero rows are padding
+    n = len(tok)
+    flags = np.zeros((n, len(SYNTAX_ERRORS)), bool)
+    if n == 0:
+        return flags, 0
+    eos = np.nonzero(tok[:, COL_METRIC] == METRIC_EOS)[0]
+    end = int(eos[0]) + 1 if len(eos) else n
+    flags[end:, SYNTAX_ERRORS.index("after_eos")] = True
+    t = tok[:end]
+    m, pos, pitch, inst = t[:, COL_METRIC], t[:, COL_POSITION], t[:, COL_PITCH], t[:, COL_INSTRUMENT]
+    vocab = np.asarray(tokenizer.vocab_sizes)
+    n_ts = len(tokenizer.config.time_signatures)
+    unknown = ((t < 0) | (t >= vocab)).any(axis=1)
+    bad = unknown | (m == METRIC_PAD)
+    bad[1:] |= m[1:] == METRIC_SOS
+
+    is_ts = ~bad & (m >= METRIC_TS_OFFSET)
+    marker = is_ts & (pos == 0) & (pitch == 0)  # NEW_BAR_TS row of an empty bar
+    notes = ~bad & ~marker & ((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION) | (m == METRIC_NEW_BAR) | is_ts)
+
+    # time signature in force at every row (forward fill of NEW_BAR_TS; default 4/4 before any)
+    ts_idx = np.where(is_ts, np.clip(m - METRIC_TS_OFFSET, 0, n_ts - 1), -1)
+    last = np.maximum.accumulate(np.where(ts_idx >= 0, np.arange(len(t)), -1))
+    cur_ts = np.where(last >= 0, ts_idx[np.maximum(last, 0)], tokenizer.default_ts)
+    bar_len = tokenizer.config.bar_lengths()[cur_ts]
+
+    # the previous row, when it is a note of the same bar (bars start at bar rows)
+    prev_note = np.zeros(len(t), bool)
+    prev_note[1:] = notes[:-1]
+    prev_pos = np.zeros(len(t), np.int64)
+    prev_pos[1:] = pos[:-1]
+    within = (m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION)
+    within &= ~bad
+
+    col = {k: i for i, k in enumerate(SYNTAX_ERRORS)}
+    flags[:end, col["bad_metric"]] = bad
+    flags[:end, col["orphan_onset"]] = within & ~prev_note
+    flags[:end, col["position_backwards"]] = (m == METRIC_NEW_POSITION) & prev_note & (pos > 0) & (pos <= prev_pos)
+    flags[:end, col["same_onset_moved"]] = (m == METRIC_SAME_ONSET) & prev_note & (pos != prev_pos)
+    flags[:end, col["position_outside_bar"]] = notes & (pos > 0) & (pos - 1 >= bar_len)
+    flags[:end, col["note_missing_attribute"]] = notes & (t[:, 1:] == 0).any(axis=1)
+    flags[:end, col["drum_pitch"]] = notes & (inst == DRUM_INSTRUMENT) & (pitch > 0) & ((pitch - 1 < 27) | (pitch - 1 > 87))
+    non_note = ~bad & ~notes
+    flags[:end, col["stray_attributes"]] = non_note & (t[:, 1:] != 0).any(axis=1)
+    return flags, n
+
+
+class SyntaxErrorRate(Metric):
+    """Share (%) of rows of generated token matrices that break the grammar (docs/interfaces.md).
+
+    Kinds: SYNTAX_ERRORS. compute() -> {'any': % of rows with at least one error, kind: % of rows}.
+    Rows are every non-padding row (all-zero rows are padding); rows after the first EOS count as
+    'after_eos' errors (a decoder would have to ignore them).
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, tokenizer: NoteTokenizer | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tokenizer = tokenizer or NoteTokenizer()
+        self.add_state("errors", torch.zeros(len(SYNTAX_ERRORS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("any_errors", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, tokens: Any) -> None:
+        """tokens: [B, N, K] tensor/array or a list of [N, K] matrices."""
+        for tok in _iter_matrices(tokens):
+            flags, n = syntax_errors(tok, self.tokenizer)
+            self.errors += torch.as_tensor(flags.sum(axis=0), dtype=torch.float64, device=self.errors.device)
+            self.any_errors += float(flags.any(axis=1).sum())
+            self.rows += n
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        rows = self.rows.clamp(min=1)
+        out = {"any": (100.0 * self.any_errors / rows).float()}
+        out.update({k: (100.0 * self.errors[i] / rows).float() for i, k in enumerate(SYNTAX_ERRORS)})
+        return out
+
+
+def _pieces_to_tokens(pieces: Any, tokenizer: NoteTokenizer | None) -> list[np.ndarray]:
+    if isinstance(pieces, (Score, str, Path)):
+        pieces = [pieces]
+    if isinstance(pieces, (torch.Tensor, np.ndarray)):
+        return _iter_matrices(pieces)
+    out = []
+    for p in pieces:
+        if isinstance(p, (Score, str, Path)):
+            out.append((tokenizer or NoteTokenizer()).encode(p))
+        else:
+            out.append(_as_numpy(p))
+    return out
+
+
+def pitch_class_entropy(pitches: np.ndarray) -> float:
+    """Entropy (bits) of the pitch-class histogram; nan without notes (0 .. log2 12 = 3.585)."""
+    hist = np.bincount(np.asarray(pitches, dtype=np.int64) % 12, minlength=12).astype(np.float64)
+    if hist.sum() == 0:
+        return math.nan
+    p = hist[hist > 0] / hist.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+class PitchClassEntropy(Metric):
+    """Mean over pieces of the pitch-class entropy (bits) of their pitched (non-drum) notes, as MusPy.
+
+    update(pieces): Scores / MIDI paths, or token matrices ([B, N, K] or a list of [N, K]); pieces
+    without pitched notes are not counted.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("pieces", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pieces: Any) -> None:
+        for pitches in _pitched_notes(pieces):
+            h = pitch_class_entropy(pitches)
+            if not math.isnan(h):
+                self.total += h
+                self.pieces += 1
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.pieces).float()
+
+
+def _pitched_notes(pieces: Any) -> list[np.ndarray]:
+    """MIDI pitches of the non-drum notes of each piece (Scores, paths or token matrices)."""
+    if isinstance(pieces, (Score, str, Path)):
+        pieces = [pieces]
+    if isinstance(pieces, (torch.Tensor, np.ndarray)):
+        pieces = _iter_matrices(pieces)
+    out = []
+    for p in pieces:
+        if isinstance(p, (Score, str, Path)):
+            score, _ = load_score(p)
+            arrs = [tr.notes.numpy()["pitch"] for tr in score.tracks if not tr.is_drum and len(tr.notes)]
+            out.append(np.concatenate(arrs).astype(np.int64) if arrs else np.zeros(0, np.int64))
+        else:
+            tok = _until_eos(_as_numpy(p))
+            rows = note_rows(tok) & (tok[:, COL_INSTRUMENT] != DRUM_INSTRUMENT)
+            out.append(tok[rows, COL_PITCH] - 1)
+    return out
+
+
+def onset_patterns(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bar onset patterns of a token matrix: (pattern [bars, max_len] bool, bar_len [bars]).
+
+    Bars come from EMPTY_BAR / NEW_BAR / NEW_BAR_TS rows; every note sets its grid position.
+    """
+    tok = _until_eos(_as_numpy(tok))
+    m, pos = tok[:, COL_METRIC], tok[:, COL_POSITION]
+    is_ts = m >= METRIC_TS_OFFSET
+    bar_row = (m == METRIC_EMPTY_BAR) | (m == METRIC_NEW_BAR) | is_ts
+    n_bars = int(bar_row.sum())
+    if n_bars == 0:
+        return np.zeros((0, 0), bool), np.zeros(0, np.int64)
+    bar = np.cumsum(bar_row) - 1  # [N]
+    ts = np.full(n_bars, -1, np.int64)
+    n_ts = len(tokenizer.config.time_signatures)
+    ts[bar[is_ts]] = np.clip(m[is_ts] - METRIC_TS_OFFSET, 0, n_ts - 1)
+    last = np.maximum.accumulate(np.where(ts >= 0, np.arange(n_bars), -1))
+    ts = np.where(last >= 0, ts[np.maximum(last, 0)], tokenizer.default_ts)
+    bar_len = tokenizer.config.bar_lengths()[ts]
+    pattern = np.zeros((n_bars, int(bar_len.max())), bool)
+    rows = note_rows(tok) & (bar >= 0) & (pos > 0) & (pos - 1 < bar_len[np.maximum(bar, 0)])
+    pattern[bar[rows], pos[rows] - 1] = True
+    return pattern, bar_len
+
+
+def groove_consistency(tok: np.ndarray, tokenizer: NoteTokenizer) -> float:
+    """1 - mean Hamming distance of consecutive bars' onset patterns (MusPy's definition).
+
+    The distance of two bars is the share of grid positions (over the longer bar) where exactly one
+    of them has an onset. nan with fewer than 2 bars.
+    """
+    pattern, bar_len = onset_patterns(tok, tokenizer)
+    if len(pattern) < 2:
+        return math.nan
+    diff = (pattern[1:] != pattern[:-1]).sum(axis=1)  # [bars-1]
+    span = np.maximum(bar_len[1:], bar_len[:-1])
+    return float(1.0 - np.mean(diff / span))
+
+
+class GrooveConsistency(Metric):
+    """Mean over pieces of `groove_consistency` (1.0 = every bar has the same onset pattern).
+
+    update(pieces): token matrices ([B, N, K] or a list of [N, K]) or Scores / paths (encoded with
+    the tokenizer); pieces with fewer than 2 bars are not counted.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, tokenizer: NoteTokenizer | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tokenizer = tokenizer or NoteTokenizer()
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("pieces", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pieces: Any) -> None:
+        for tok in _pieces_to_tokens(pieces, self.tokenizer):
+            g = groove_consistency(tok, self.tokenizer)
+            if not math.isnan(g):
+                self.total += g
+                self.pieces += 1
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.pieces).float()
+
+
+class NotesPerSecond(Metric):
+    """Generation speed: notes generated / wall-clock seconds spent, accumulated over calls."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("notes", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("seconds", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, notes: int | Any, seconds: float) -> None:
+        """notes: a count, or token matrices whose note rows are counted (up to EOS)."""
+        if not isinstance(notes, (int, np.integer)):
+            notes = sum(int(note_rows(_until_eos(t)).sum()) for t in _iter_matrices(notes))
+        if seconds < 0:
+            raise ValueError(f"NotesPerSecond: negative duration {seconds}")
+        self.notes += float(notes)
+        self.seconds += float(seconds)
+
+    def compute(self) -> torch.Tensor:
+        return (self.notes / self.seconds).float()
+
+
+# ================================================================================================
+# masked-diffusion ELBO
+
+
+def diffusion_elbo_nll(
+    logits_fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    targets: torch.Tensor,
+    num_samples: int = 16,
+    *,
+    method: str = "subsets",
+    eps: float = 0.0,
+    seed: int = 0,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-note, per-attribute terms of the masked-diffusion ELBO, in nats: float64 [N, K].
+
+    logits_fn(masked BoolTensor[N, K]) -> K tensors [N, V_k]: the head's logits when the slots
+    marked True are hidden ([MASK]) and the others show their target value. targets: LongTensor
+    [N, K]. valid: BoolTensor [N, K] of slots to score (default all; masking is unchanged).
+
+    The ELBO of masked diffusion with the linear schedule (p = t, t ~ U(0, 1)) is
+        -log p(x) <= E_t E_{M ~ Bernoulli(t)^K} [ sum_{k in M} CE_k(x | x_not_M) / t ]
+                   = sum_{m=1..K} (1/m) E_{|M| = m} [ sum_{k in M} CE_k(x | x_not_M) ],
+    (integrating t out: C(K, m) * Beta(m, K - m + 1) = 1/m). The sum over notes of row.sum() is an
+    upper bound on the NLL of the notes, tight when the head's conditionals are exact. Column k is
+    attribute k's share (its masked-slot terms); it is not the NLL of attribute k alone.
+
+    method 'subsets' (default): for each m, every subset of size m when there are at most
+        num_samples of them (exact), else num_samples uniformly drawn subsets per note. Unbiased for
+        the ELBO above with bounded variance; sum_m min(C(K, m), num_samples) calls of logits_fn.
+    method 't': the training estimator, p = (1 - eps) t + eps, each slot masked with probability p,
+        weight 1/p, t stratified over num_samples draws per note. Its mean is the training loss
+        (1/(1 - eps)) * integral_eps^1 S(p)/p dp, within O(eps) of the ELBO (equal at eps = 0,
+        where its variance is unbounded: prefer 'subsets' for reporting).
+    Draws use a CPU generator seeded with `seed`, so numbers are reproducible on any device.
+    """
+    if targets.ndim != 2:
+        raise ValueError(f"targets must be [N, K], got shape {tuple(targets.shape)}")
+    if num_samples < 1:
+        raise ValueError("num_samples must be >= 1")
+    N, K = targets.shape
+    device = targets.device
+    gen = torch.Generator().manual_seed(int(seed))
+    out = torch.zeros(N, K, dtype=torch.float64, device=device)
+
+    def masked_ce(masked: torch.Tensor) -> torch.Tensor:
+        """CE of every masked slot (0 elsewhere): float64 [N, K]."""
+        logits = logits_fn(masked)
+        if len(logits) != K:
+            raise ValueError(f"logits_fn returned {len(logits)} tensors for K = {K} attributes")
+        ce = torch.zeros(N, K, dtype=torch.float64, device=device)
+        for k in range(K):
+            if masked[:, k].any():
+                ce[:, k] = F.cross_entropy(logits[k].float(), targets[:, k], reduction="none").double()
+        return ce * masked
+
+    if method == "subsets":
+        for m in range(1, K + 1):
+            n_sub = math.comb(K, m)
+            if n_sub <= num_samples:
+                for combo in itertools.combinations(range(K), m):
+                    masked = torch.zeros(N, K, dtype=torch.bool, device=device)
+                    masked[:, list(combo)] = True
+                    out += masked_ce(masked) / (m * n_sub)
+            else:
+                for _ in range(num_samples):
+                    rank = torch.rand(N, K, generator=gen).argsort(dim=1).argsort(dim=1)  # random permutation
+                    out += masked_ce((rank < m).to(device)) / (m * num_samples)
+    elif method == "t":
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"eps must be in [0, 1), got {eps}")
+        offset = torch.rand(N, 1, generator=gen)
+        for s in range(num_samples):
+            t = (s + offset) / num_samples  # [N, 1] stratified
+            p = (1.0 - eps) * t + eps
+            masked = torch.rand(N, K, generator=gen) < p
+            out += masked_ce(masked.to(device)) / (p.to(device).double() * num_samples)
+    else:
+        raise ValueError(f"method must be 'subsets' or 't', got {method!r}")
+    if valid is not None:
+        out = out * valid.to(device)
+    return out
+
+
+class DiffusionNLL(Metric):
+    """Per-attribute masked-diffusion ELBO (nats per note), accumulated over batches.
+
+    update(logits_fn, targets [N, K], valid=None): see `diffusion_elbo_nll`; each call uses the
+    seed `seed + number of previous calls`, so a fixed evaluation order gives fixed numbers.
+    compute() -> {'nll/<attribute>': nats per note, 'nll/total': their sum, an upper bound on the
+    NLL per note}.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, attribute_names: Sequence[str] = ATTRIBUTES, num_samples: int = 16, method: str = "subsets",
+                 eps: float = 0.0, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.attribute_names = tuple(attribute_names)
+        self.num_samples, self.method, self.eps, self.seed = num_samples, method, eps, seed
+        self._calls = 0
+        self.add_state("nll", torch.zeros(len(self.attribute_names), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("notes", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits_fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], targets: torch.Tensor,
+               valid: torch.Tensor | None = None) -> None:
+        if targets.shape[1] != len(self.attribute_names):
+            raise ValueError(f"DiffusionNLL: targets have {targets.shape[1]} attributes, expected "
+                             f"{len(self.attribute_names)}")
+        terms = diffusion_elbo_nll(logits_fn, targets, self.num_samples, method=self.method, eps=self.eps,
+                                   seed=self.seed + self._calls, valid=valid)
+        self._calls += 1
+        self.nll += terms.sum(dim=0).to(self.nll.device)
+        self.notes += targets.shape[0]
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        per = self.nll / self.notes
+        out = {f"nll/{name}": per[i].float() for i, name in enumerate(self.attribute_names)}
+        out["nll/total"] = per.sum().float()
+        return out
+
+    def reset(self) -> None:
+        super().reset()
+        self._calls = 0
+
+
+# ================================================================================================
+# CLAP (audio-text similarity), local checkpoints only
+
+CLAP_MISSING = "CLAP needs a local checkpoint (--clap PATH); none given"
+SOUNDFONT_CANDIDATES = (
+    "/usr/share/sounds/sf3/MuseScore_General.sf3",
+    "/usr/share/sounds/sf2/MuseScore_General.sf2",
+    "/usr/share/sounds/sf3/default-GM.sf3",
+)
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric that cannot run here (no local checkpoint, no soundfont); the message says why."""
+
+
+class ClapScore(Metric):
+    """CLAP text-audio cosine similarity (Text2Midi's protocol), from a local checkpoint only.
+
+    Each piece is rendered to 48 kHz mono audio with symusic's Synthesizer and a local soundfont,
+    cut into `chunk_seconds` chunks; each chunk's audio embedding is compared with the caption's
+    text embedding (transformers ClapModel); chunks scoring below `min_similarity` are discarded and
+    compute() is the mean over all kept chunks. Without a checkpoint path: MetricUnavailable with
+    CLAP_MISSING (nothing is ever downloaded).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, checkpoint: str | Path | None = None, soundfont: str | Path | None = None,
+                 chunk_seconds: float = 20.0, min_similarity: float = 0.01, sample_rate: int = 48000,
+                 **kwargs: Any) -> None:
+        if not checkpoint:
+            raise MetricUnavailable(CLAP_MISSING)
+        path = Path(checkpoint).expanduser()
+        if not (path / "config.json").is_file():
+            raise MetricUnavailable(f"CLAP checkpoint {str(path)!r}: not a local Hugging Face model directory "
+                                    "(no config.json)")
+        sf = Path(soundfont) if soundfont else next((Path(p) for p in SOUNDFONT_CANDIDATES if Path(p).is_file()), None)
+        if sf is None or not sf.is_file():
+            raise MetricUnavailable(f"CLAP needs a soundfont to render audio; none found at "
+                                    f"{soundfont or ', '.join(SOUNDFONT_CANDIDATES)}")
+        super().__init__(**kwargs)
+        from transformers import ClapModel, ClapProcessor
+
+        try:
+            model = ClapModel.from_pretrained(path, local_files_only=True).eval()
+            self._processor = ClapProcessor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise MetricUnavailable(f"CLAP checkpoint {str(path)!r}: cannot load ({e})") from e
+        model.requires_grad_(False)
+        object.__setattr__(self, "_model", model)  # not a submodule: kept out of the metric's state_dict
+        self.soundfont, self.sample_rate = str(sf), int(sample_rate)
+        self.chunk, self.min_similarity = int(chunk_seconds * sample_rate), float(min_similarity)
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("chunks", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _render(self, piece: Score | str | Path) -> np.ndarray:
+        from symusic import Synthesizer
+
+        score, _ = load_score(piece)
+        audio = np.asarray(Synthesizer(self.soundfont, sample_rate=self.sample_rate).render(score, stereo=False))
+        return audio.reshape(-1).astype(np.float32)
+
+    @torch.no_grad()
+    def update(self, pieces: Sequence[Score | str | Path], captions: Sequence[str]) -> None:
+        if len(pieces) != len(captions):
+            raise ValueError(f"ClapScore: {len(pieces)} pieces but {len(captions)} captions")
+        for piece, caption in zip(pieces, captions):
+            audio = self._render(piece)
+            chunks = [audio[i:i + self.chunk] for i in range(0, max(len(audio), 1), self.chunk)]
+            chunks = [c for c in chunks if len(c) > self.sample_rate // 10] or [np.zeros(self.sample_rate, np.float32)]
+            words = self._processor.tokenizer([caption], return_tensors="pt", padding=True)
+            sound = self._processor.feature_extractor(chunks, sampling_rate=self.sample_rate, return_tensors="pt")
+            text = _embedding(self._model.get_text_features(input_ids=words["input_ids"],
+                                                            attention_mask=words["attention_mask"]))  # [1, D]
+            audio_emb = _embedding(self._model.get_audio_features(
+                **{k: v for k, v in sound.items() if k in ("input_features", "is_longer")}))  # [chunks, D]
+            sim = F.cosine_similarity(audio_emb, text.expand_as(audio_emb), dim=-1)  # [chunks]
+            kept = sim[sim >= self.min_similarity]
+            self.total += float(kept.sum())
+            self.chunks += len(kept)
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.chunks).float()
+
+
+def _embedding(out: Any) -> torch.Tensor:
+    """Projected embedding from get_*_features (a tensor in transformers 4, an output object in 5)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output

@@ -1,0 +1,383 @@
+"""Metrics on hand-made pieces and token matrices with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from midi_factory import block_chords, make_score, part, quarters
+from symusic import Score
+
+from amadeus.captions import make_caption
+from amadeus.features import extract_features
+from amadeus.metrics import (
+    CLAP_MISSING,
+    SYNTAX_ERRORS,
+    ClapScore,
+    DiffusionNLL,
+    GrooveConsistency,
+    MetricUnavailable,
+    NotesPerSecond,
+    PitchClassEntropy,
+    SyntaxErrorRate,
+    TextAdherence,
+    diffusion_elbo_nll,
+    instrument_present,
+    parse_caption,
+    parse_chord,
+    parse_key,
+    syntax_errors,
+)
+from amadeus.tokenizer import CHORD_QUALITIES, METRIC_NEW_POSITION, NoteTokenizer, chord_name
+
+Q = 480
+TOK = NoteTokenizer()
+
+
+def c_major_waltz() -> Score:
+    """C major triads, one per bar, 90 bpm, 3/4, piano."""
+    return make_score([part(block_chords([[60, 64, 67]] * 6, Q, beats=3), program=0)], tempos=[(0, 90)],
+                      time_signatures=[(0, 3, 4)])
+
+
+def violin_and_drums() -> Score:
+    """G Em D7 C twice on violin, a kick drum every quarter, 140 bpm, 6/8."""
+    prog = [[55, 59, 62], [52, 55, 59], [50, 54, 57, 60], [48, 52, 55]] * 2
+    drums = part(quarters(Q, [(i, 0.5, 36) for i in range(24)]), is_drum=True)
+    return make_score([part(block_chords(prog, Q, beats=3), program=40), drums], tempos=[(0, 140)],
+                      time_signatures=[(0, 6, 8)])
+
+
+def adherence(piece, target) -> dict[str, float]:
+    m = TextAdherence()
+    m.update([piece], [target])
+    return {k: float(v) for k, v in m.compute().items()}
+
+
+# ---- text adherence ---------------------------------------------------------------------------
+
+
+def test_adherence_all_correct_and_wrong_key():
+    full = {"key": "C major", "tempo": 90, "time_signature": "3/4", "instruments": ["piano"], "chords": ["C"]}
+    assert adherence(c_major_waltz(), full) == {k: 100.0 for k in ("TB", "TBT", "CK", "CKD", "CTS", "CI", "CM_top3")}
+    r = adherence(c_major_waltz(), {"key": "F# major"})
+    assert r["CK"] == 0.0 and r["CKD"] == 0.0 and math.isnan(r["TB"]) and math.isnan(r["CI"])
+
+
+@pytest.mark.parametrize("key, ck, ckd", [("A minor", 0, 100), ("C minor", 0, 100), ("E minor", 0, 0),
+                                          ("B# major", 100, 100), ("G major", 0, 0)])
+def test_key_with_duplicates(key, ck, ckd):
+    r = adherence(c_major_waltz(), {"key": key})
+    assert (r["CK"], r["CKD"]) == (ck, ckd)
+
+
+def test_tempo_bins_time_signature_instruments_chords():
+    piece = c_major_waltz()  # 90 bpm: Andante bin (70, 90]
+    r = adherence(piece, {"tempo": 100})  # Moderato: next bin
+    assert (r["TB"], r["TBT"]) == (0.0, 100.0)
+    r = adherence(piece, {"tempo": 150})  # Vivace: three bins away
+    assert (r["TB"], r["TBT"]) == (0.0, 0.0)
+    assert adherence(piece, {"tempo_bins": {0, 1, 2, 3}})["TB"] == 100.0  # "slow"
+    assert adherence(piece, {"time_signature": "4/4"})["CTS"] == 0.0
+    assert adherence(piece, {"instruments": ["piano", "violin"]})["CI"] == 50.0
+    assert adherence(piece, {"chords": ["C", "F", "G"]})["CM_top3"] == pytest.approx(100 / 3)
+
+    other = violin_and_drums()
+    assert adherence(other, {"instruments": ["violin", "drums"]})["CI"] == 100.0
+    assert adherence(other, {"instruments": ["steel drums", "drum kit"]})["CI"] == 50.0
+    assert adherence(other, {"chords": ["G", "Em", "D7", "C"]})["CM_top3"] == 100.0  # first 3 of the target
+    assert adherence(other, {"chords": ["Em", "G", "Am"]})["CM_top3"] == pytest.approx(200 / 3)
+    assert adherence(other, {"chords": ["Cmaj7"]})["CM_top3"] == 0.0  # quality matters
+
+
+def test_accumulates_and_counts_per_metric():
+    m = TextAdherence()
+    m.update([c_major_waltz(), violin_and_drums()], [{"key": "C major"}, {"key": "C major", "tempo": 140}])
+    feats = extract_features(c_major_waltz())
+    m.update([feats], [{}])  # pre-extracted features; nothing stated -> nothing scored
+    out = m.compute()
+    assert m.counts()["CK"] == 2 and m.counts()["TB"] == 1 and m.counts()["CI"] == 0
+    assert float(out["CK"]) == 50.0 and float(out["TB"]) == 100.0 and math.isnan(float(out["CI"]))
+    with pytest.raises(ValueError, match="2 pieces but 1 targets"):
+        m.update([feats, feats], [{}])
+
+
+def test_empty_piece_scores_zero():
+    empty = make_score([], tempos=[(0, 120)])
+    r = adherence(empty, {"tempo": 120, "time_signature": "4/4", "key": "C major"})
+    assert r["TB"] == r["TBT"] == r["CTS"] == r["CK"] == 0.0
+
+
+def test_instrument_matching_rules():
+    assert instrument_present("piano", ["Acoustic Grand Piano"])
+    assert instrument_present("strings", ["String Ensemble 1"])
+    assert instrument_present("acoustic guitar", ["Acoustic Guitar (nylon)"])
+    assert instrument_present("double bass", ["Contrabass"]) and instrument_present("alto saxophone", ["Alto Sax"])
+    assert instrument_present("drums", ["Drums"]) and not instrument_present("drums", ["Steel Drums"])
+    assert not instrument_present("violin", ["Viola"]) and not instrument_present("guitar", ["Acoustic Grand Piano"])
+
+
+def test_parse_key_and_chord():
+    assert parse_key("in the key of F# minor") == (6, "minor") == parse_key("F sharp minor")
+    assert parse_key("Bb major") == (10, "major") == parse_key("A# major")
+    assert parse_key("no key here") is None
+    assert parse_chord("Em") == (4, "min") and parse_chord("D7") == (2, "7") and parse_chord("Bbmaj7") == (10, "maj7")
+    assert parse_chord("F#m7b5") == (6, "m7b5") and parse_chord("C/G") == (0, "maj") and parse_chord("Gm") == (7, "min")
+    assert parse_chord("And") is None and parse_chord("Bass") is None
+    # every quality the tokenizer's chord detector names is read back as itself
+    for cid in range(2, 2 + 12 * len(CHORD_QUALITIES)):
+        root, q = divmod(cid - 2, len(CHORD_QUALITIES))
+        assert parse_chord(chord_name(cid)) == (root, CHORD_QUALITIES[q])
+
+
+def test_parse_caption_midicaps_sentences():
+    a = parse_caption(
+        "A melodic electronic song with ambient elements, featuring piano, acoustic guitar, alto saxophone, "
+        "string ensemble, and electric bass. Set in G minor with a 4/4 time signature, it moves at a lively "
+        "Presto tempo. The composition evokes a blend of relaxation and darkness.")
+    assert a["key"] == "G minor" and a["time_signature"] == "4/4" and a["tempo_bins"] == [7]
+    assert a["instruments"] == ["piano", "acoustic guitar", "alto sax", "string ensemble", "electric bass"]
+    assert "chords" not in a and "tempo" not in a
+
+    b = parse_caption("A slow classical piece for strings in the key of F# minor. The chord progression is "
+                      "F#m, D, A, E. A calm mood.")
+    assert b["key"] == "F# minor" and b["tempo_bins"] == [0, 1, 2, 3] and b["instruments"] == ["strings"]
+    assert b["chords"] == ["F#m", "D", "A", "E"]  # stops at the sentence end ("A calm" is not a chord)
+
+    c = parse_caption("This pop song in Bb major at 120 bpm features drums, bass guitar and synth pad; "
+                      "the chords are Bb-F-Gm-Eb and it is in 6/8.")
+    assert c["tempo"] == 120.0 and c["time_signature"] == "6/8" and c["chords"] == ["Bb", "F", "Gm", "Eb"]
+    assert c["instruments"] == ["drums", "bass guitar", "synth pad"]
+    assert parse_caption("") == {}
+
+
+def test_parse_caption_recovers_generated_captions():
+    feats = extract_features(violin_and_drums())
+    for seed in range(12):
+        caption = make_caption(feats, seed)
+        target = parse_caption(caption)
+        r = adherence(feats, caption)  # a caption string is parsed by TextAdherence itself
+        assert target["chords"] == feats["chords"][:4] and target["tempo"] == feats["tempo"]
+        assert all(v == 100.0 for v in r.values()), (make_caption(feats, seed), r)
+
+
+# ---- structure metrics ------------------------------------------------------------------------
+
+
+def small_piece_tokens() -> np.ndarray:
+    notes = quarters(Q, [(0, 1, 60), (0, 1, 64), (1, 1, 67), (2, 1, 72), (4, 1, 60), (6, 1, 62)])
+    drums = part(quarters(Q, [(0, 0.5, 36)]), is_drum=True)
+    return TOK.encode(make_score([part(notes, program=0), drums], tempos=[(0, 120)], time_signatures=[(0, 4, 4)]))
+
+
+def test_syntax_errors_on_hand_made_matrices():
+    tok = small_piece_tokens()
+    # rows: 0 SOS | 1 TS(C4) 2 SAME(E4) 3 SAME(drum) 4 NEWPOS(G4) 5 NEWPOS(C5) | 6 NEWBAR 7 NEWPOS | 8 EOS
+    flags, rows = syntax_errors(tok, TOK)
+    assert rows == 9 and not flags.any()
+    bad = tok.copy()
+    bad[5, 1] = bad[4, 1] - 2  # NEW_POSITION going backwards
+    bad[2, 1] += 1  # SAME_ONSET moved
+    bad[7, 5] = 0  # note row with pitch 0
+    bad[6, 1], bad[7, 1] = 49, 50  # positions beyond a 48-step 4/4 bar (the vocabulary allows 8/4)
+    bad[3, 5] = 1 + 20  # drum pitch outside 27..87
+    padded = np.concatenate([bad, bad[1:3], np.zeros((4, 8), np.int64)])  # 2 rows after EOS, 4 padding rows
+    flags, rows = syntax_errors(padded, TOK)
+    counts = dict(zip(SYNTAX_ERRORS, flags.sum(axis=0).tolist()))
+    assert rows == 11
+    assert counts == {"bad_metric": 0, "orphan_onset": 0, "position_backwards": 1, "same_onset_moved": 2,
+                      "position_outside_bar": 2, "note_missing_attribute": 1, "drum_pitch": 1,
+                      "stray_attributes": 0, "after_eos": 2}  # row 3 (drum) no longer shares row 2's moved onset
+    m = SyntaxErrorRate(TOK)
+    m.update([tok, padded])
+    out = m.compute()
+    assert float(out["any"]) == pytest.approx(100 * flags.any(axis=1).sum() / 20)
+    assert float(out["after_eos"]) == pytest.approx(100 * 2 / 20)
+
+
+def test_syntax_orphans_and_stray_values():
+    tok = small_piece_tokens()
+    bad = tok.copy()
+    bad[1, 0] = METRIC_NEW_POSITION  # first note of the piece without a bar
+    bad[0, 3] = 5  # SOS row with a tempo value
+    flags, _ = syntax_errors(bad, TOK)
+    counts = dict(zip(SYNTAX_ERRORS, flags.sum(axis=0).tolist()))
+    assert counts["orphan_onset"] == 1 and counts["stray_attributes"] == 1
+    bad = tok.copy()
+    bad[4, 0] = 0  # metric n/a on a non-padding row
+    bad[5, 6] = 10_000  # unknown duration id
+    counts = dict(zip(SYNTAX_ERRORS, syntax_errors(bad, TOK)[0].sum(axis=0).tolist()))
+    assert counts["bad_metric"] == 2
+
+
+def test_pitch_class_entropy_scores_and_tokens():
+    one = make_score([part(quarters(Q, [(i, 1, 60 + 12 * (i % 3)) for i in range(8)]))])
+    chromatic = make_score([part(quarters(Q, [(i, 1, 60 + i) for i in range(12)])),
+                            part(quarters(Q, [(0, 1, 36), (1, 1, 38)]), is_drum=True)])
+    m = PitchClassEntropy()
+    m.update([one])
+    assert float(m.compute()) == 0.0
+    m = PitchClassEntropy()
+    m.update([chromatic])
+    assert float(m.compute()) == pytest.approx(math.log2(12), abs=1e-6)
+    m = PitchClassEntropy()
+    m.update([TOK.encode(chromatic), TOK.encode(one)])  # token matrices; drums ignored
+    assert float(m.compute()) == pytest.approx(math.log2(12) / 2, abs=1e-6)
+
+
+def test_groove_consistency():
+    beats = [(q, 0.5, 60) for q in range(4)]
+    same = make_score([part(quarters(Q, [(4 * b + q, d, p) for b in range(4) for q, d, p in beats]))])
+    m = GrooveConsistency(TOK)
+    m.update([same])
+    assert float(m.compute()) == 1.0
+    # bars A, B, A: B lacks the onsets on beats 2 and 4 -> distance 2 of 48 grid steps each time
+    a_b_a = make_score([part(quarters(Q, [(0, 1, 60), (1, 1, 60), (2, 1, 60), (3, 1, 60), (4, 2, 62), (6, 2, 62),
+                                          (8, 1, 60), (9, 1, 60), (10, 1, 60), (11, 1, 60)]))])
+    m = GrooveConsistency(TOK)
+    m.update([TOK.encode(a_b_a)])
+    assert float(m.compute()) == pytest.approx(1 - 2 / 48)
+
+
+def test_notes_per_second():
+    m = NotesPerSecond()
+    m.update(100, 2.0)
+    m.update([small_piece_tokens()], 0.14)  # 7 note rows
+    assert float(m.compute()) == pytest.approx(107 / 2.14)
+
+
+# ---- diffusion ELBO ---------------------------------------------------------------------------
+
+
+def test_elbo_matches_hand_computation_k2():
+    # slot k's logits: a fixed vector, sharper towards the target when the other slot is visible
+    base = [torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 0.0, -1.0])]
+    bonus = 3.0
+    targets = torch.tensor([[2, 1]])
+
+    def logits_fn(masked):
+        out = []
+        for k in range(2):
+            lg = base[k].repeat(len(masked), 1)
+            lg[:, targets[0, k]] += bonus * (~masked[:, 1 - k]).float()
+            out.append(lg)
+        return out
+
+    def ce(k, other_visible):
+        lg = base[k].clone()
+        lg[targets[0, k]] += bonus * other_visible
+        return float(torch.logsumexp(lg, 0) - lg[targets[0, k]])
+
+    # m = 1: each of the 2 subsets with weight 1/2 (average) * 1/m; m = 2: both slots, weight 1/2
+    want = [0.5 * ce(k, True) + 0.5 * ce(k, False) for k in range(2)]
+    got = diffusion_elbo_nll(logits_fn, targets, num_samples=4)
+    assert got.shape == (1, 2)
+    assert got[0].tolist() == pytest.approx(want, rel=1e-6)
+
+
+def exact_conditional_fn(joint: np.ndarray, targets: torch.Tensor):
+    """logits_fn giving the true conditionals p(x_k | visible slots) of a joint table [V]*K."""
+    K, V = joint.ndim, joint.shape[0]
+
+    def fn(masked):
+        out = [torch.zeros(len(targets), V) for _ in range(K)]
+        for n in range(len(targets)):
+            idx = tuple(slice(None) if masked[n, j] else int(targets[n, j]) for j in range(K))
+            sub = joint[idx]  # over the masked slots
+            hidden = [j for j in range(K) if masked[n, j]]
+            for pos, k in enumerate(hidden):
+                marg = sub.sum(axis=tuple(a for a in range(len(hidden)) if a != pos))
+                out[k][n] = torch.log(torch.tensor(marg / marg.sum()))
+        return out
+
+    return fn
+
+
+@pytest.mark.parametrize("num_samples, tol", [(8, 1e-6), (2, 0.06)])
+def test_elbo_is_tight_for_true_conditionals(num_samples, tol):
+    rng = np.random.default_rng(0)
+    K, V = 3, 3
+    joint = rng.dirichlet(np.ones(V**K)).reshape([V] * K)
+    x = torch.tensor([[0, 2, 1]] * 400)  # one sequence many times: averages the sampled masks
+    fn = exact_conditional_fn(joint, x)
+    terms = diffusion_elbo_nll(fn, x, num_samples=num_samples, seed=1)  # 2 < C(3, 1): masks are sampled
+    nll = -math.log(joint[0, 2, 1])
+    assert float(terms.sum(dim=1).mean()) == pytest.approx(nll, rel=tol)
+
+
+def test_training_estimator_converges_to_its_expectation():
+    rng = np.random.default_rng(1)
+    K, V, eps = 2, 3, 0.1
+    joint = rng.dirichlet(np.ones(V**K)).reshape(V, V)
+    x = torch.tensor([[1, 2]] * 3000)
+    fn = exact_conditional_fn(joint, x)
+    got = float(diffusion_elbo_nll(fn, x, num_samples=8, method="t", eps=eps, seed=3).sum(dim=1).mean())
+    # expectation: E_t[(1/p) (p^2 (CE_0(none) + CE_1(none)) + p (1 - p) (CE_0(x1) + CE_1(x0)))], p = (1-eps) t + eps
+    p0, p1 = joint.sum(axis=1)[1], joint.sum(axis=0)[2]
+    ce_none = -math.log(p0) - math.log(p1)
+    ce_one = -math.log(joint[1, 2] / joint[:, 2].sum()) - math.log(joint[1, 2] / joint[1].sum())
+    mean_p = (1 - eps) / 2 + eps
+    want = mean_p * ce_none + (1 - mean_p) * ce_one
+    assert got == pytest.approx(want, rel=0.03)
+
+
+def test_diffusion_nll_metric_and_valid_mask():
+    rng = np.random.default_rng(2)
+    joint = rng.dirichlet(np.ones(27)).reshape(3, 3, 3)
+    x = torch.tensor([[0, 1, 2], [2, 2, 0]])
+    fn = exact_conditional_fn(joint, x)
+    m = DiffusionNLL(attribute_names=("a", "b", "c"), num_samples=8)
+    m.update(fn, x)
+    out = m.compute()
+    want = -(math.log(joint[0, 1, 2]) + math.log(joint[2, 2, 0])) / 2
+    assert float(out["nll/total"]) == pytest.approx(want, rel=1e-5)
+    assert float(out["nll/total"]) == pytest.approx(sum(float(out[f"nll/{a}"]) for a in "abc"), rel=1e-6)
+    valid = torch.tensor([[True, False, True]] * 2)
+    terms = diffusion_elbo_nll(fn, x, num_samples=8, valid=valid)
+    assert (terms[:, 1] == 0).all() and (terms[:, 0] > 0).all()
+    with pytest.raises(ValueError, match="method"):
+        diffusion_elbo_nll(fn, x, method="bogus")
+
+
+# ---- CLAP --------------------------------------------------------------------------------------
+
+
+def test_clap_refuses_without_local_checkpoint(tmp_path):
+    with pytest.raises(MetricUnavailable) as e:
+        ClapScore(None)
+    assert str(e.value) == CLAP_MISSING == "CLAP needs a local checkpoint (--clap PATH); none given"
+    with pytest.raises(MetricUnavailable, match="not a local Hugging Face model directory"):
+        ClapScore(tmp_path / "missing")
+
+
+def tiny_clap_dir(path):
+    """A randomly initialised ~1M-parameter CLAP saved locally (the pipeline, not a real model)."""
+    from transformers import AutoTokenizer, ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, ClapTextConfig
+
+    from amadeus.model.text import bundled_minilm_path
+
+    torch.manual_seed(0)
+    text = ClapTextConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, projection_dim=16, max_position_embeddings=130)
+    audio = ClapAudioConfig(hidden_size=32, depths=[1, 1], num_attention_heads=[2, 2], patch_embeds_hidden_size=16,
+                            projection_dim=16, window_size=4, spec_size=256, num_mel_bins=64, enable_fusion=False)
+    ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=16)).save_pretrained(path)
+    features = ClapFeatureExtractor(feature_size=64, sampling_rate=48000, truncation="rand_trunc")
+    ClapProcessor(feature_extractor=features, tokenizer=AutoTokenizer.from_pretrained(bundled_minilm_path())).save_pretrained(path)
+    return path
+
+
+def test_clap_pipeline_with_a_tiny_local_model(tmp_path):
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    clap = ClapScore(tiny_clap_dir(tmp_path / "clap"), chunk_seconds=5.0, min_similarity=-1.0)
+    piece = c_major_waltz()  # 12 s
+    audio = clap._render(piece)
+    assert audio.ndim == 1 and 12 * 48000 <= len(audio) < 16 * 48000
+    clap.update([piece, piece], ["a calm piano waltz", "a calm piano waltz"])
+    assert int(clap.chunks) == 2 * math.ceil(len(audio) / (5 * 48000))
+    assert -1.0 <= float(clap.compute()) <= 1.0
+    assert set(clap.state_dict()) <= {"total", "chunks"}  # CLAP weights are not metric state
