@@ -1,0 +1,889 @@
+"""Generation: one note per backbone step (KV cache), S confidence-ordered denoising steps per note.
+
+Per note (a batch of pieces at once):
+  z = backbone(last row, KV cache)                       one backbone step
+  C = head.context(z, text prefix)                       once per note
+  S times: logits = head.logits(C, tokens, masked)       all slots start masked
+           -> temperature, grammar guards + controls (logit masks), top-k / top-p per attribute
+           -> draw a value for every masked slot, reveal the most confident ones (ties: lower slot)
+           -> revealed slots are frozen: never re-sampled, returned as drawn.
+A piece stops at its own EOS (finished pieces leave the batch and the KV cache), at `max_notes`
+generated rows, or where its bar `max_bars` + 1 would begin (that row becomes EOS).
+
+Grammar guards (logit masks computed from the piece so far and the slots already revealed) make every
+output decode cleanly: the first row after SOS is NEW_BAR_TS; SOS/PAD never appear; SAME_ONSET keeps
+the previous position and NEW_POSITION moves forward, inside the bar; a new bar's position lies inside
+its bar length; note rows have every attribute non-zero, EOS / EMPTY_BAR rows (and a NEW_BAR_TS row
+with position 0) have zeros; drums get drum sounds (pitch 27-87). When several slots are revealed in
+one step and they contradict each other (the model drew them independently), they are accepted in
+confidence order and a contradicting one is re-drawn from its logits restricted to what the accepted
+ones allow (with the same random number).
+
+`guard_interventions` counts revealed slots where a guard changed the outcome: the model's most likely
+value for that slot (argmax of its logits at the step it was revealed) was forbidden by the grammar,
+or the drawn value was re-drawn to resolve a same-step contradiction. `control_interventions` counts
+slots whose argmax a user control (`amadeus.controls`) forbade. A well-trained model has few of
+either; they are reported so that one can see how much the guards steer.
+
+Randomness is counter based: the uniform number for (piece seed, row, pass, slot) is a hash, so a
+piece does not depend on what else is in the batch: with seed s, piece i uses seed s + i, and
+`generate(num=4, seed=s)` gives the same pieces as four calls `generate(num=1, seed=s + i)`.
+
+Also here: continuation from a prompt (the output starts with exactly the prompt's rows; see
+`prompt_from_midi`), regeneration of chosen attributes of an existing piece (`regenerate`), and
+classifier-free guidance with a text prefix (logits l_u + g (l_c - l_u); g = 1 is plain conditional).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from amadeus.controls import DRUM_PITCHES, Controls, parse_controls
+from amadeus.model.diffusion import confidence_reveal
+from amadeus.tokenizer import (
+    COL_CHORD,
+    COL_INSTRUMENT,
+    COL_METRIC,
+    COL_PITCH,
+    COL_POSITION,
+    DRUM_INSTRUMENT,
+    METRIC_EMPTY_BAR,
+    METRIC_EOS,
+    METRIC_NEW_BAR,
+    METRIC_NEW_POSITION,
+    METRIC_SAME_ONSET,
+    METRIC_SOS,
+    METRIC_TS_OFFSET,
+    NoteTokenizer,
+)
+
+REGENERABLE = ("chord", "tempo", "instrument", "pitch", "duration", "velocity")
+_M32 = 0xFFFFFFFF
+
+
+@dataclass
+class SampleResult:
+    """Generated token matrices (one [N, K] int64 array per piece, SOS ... EOS) and statistics."""
+
+    tokens: list[np.ndarray]
+    seeds: list[int]
+    notes: int = 0  # generated note rows (prompt excluded)
+    rows: int = 0  # generated rows (notes + empty-bar rows), i.e. backbone steps per piece, summed
+    seconds: float = 0.0
+    guard_interventions: int = 0
+    control_interventions: int = 0
+    conflicts: int = 0  # same-step contradictions resolved (included in guard_interventions)
+    head_passes: int = 0  # denoiser passes (batched), summed over notes
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def notes_per_s(self) -> float:
+        return self.notes / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("tokens")
+        d["notes_per_s"] = self.notes_per_s
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# counter-based random numbers
+
+
+def _mulmod32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for x in [0, 2^32) without int64 overflow (split c into 16-bit halves)."""
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = _mulmod32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mulmod32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def piece_keys(seeds: Sequence[int], device: torch.device) -> torch.Tensor:
+    """One 32-bit key per piece from (up to 64-bit) seeds: int64 [B]."""
+    lo = torch.tensor([int(v) & _M32 for v in seeds], dtype=torch.long, device=device)
+    hi = torch.tensor([(int(v) >> 32) & _M32 for v in seeds], dtype=torch.long, device=device)
+    return _mix32(lo ^ _mix32(hi ^ 0x68E31DA4))
+
+
+def lane_keys(lanes: int, device: torch.device) -> torch.Tensor:
+    """Hashes of the lane numbers 0..lanes-1 (a lane = one (pass, slot) pair): int64 [lanes]."""
+    return _mix32(_mulmod32(torch.arange(1, lanes + 1, device=device, dtype=torch.long), 0x9E3779B1))
+
+
+def uniforms(keys: torch.Tensor, rows: torch.Tensor, lanes: torch.Tensor) -> torch.Tensor:
+    """u [B, L] in (0, 1), float64: a hash of (piece key [B], row index [B], lane key [L])."""
+    x = _mix32(keys ^ _mix32(rows & _M32))  # [B]
+    x = _mix32(x[:, None] ^ lanes[None, :])
+    return (x.double() + 0.5) / 4294967296.0
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+
+
+def per_attribute(value: float | int | Mapping[str, float] | None, default: float, names: Sequence[str],
+                  what: str) -> list[float]:
+    """A global value or {attribute: value} (missing attributes get `default`) -> one value per attribute."""
+    if value is None:
+        return [float(default)] * len(names)
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names) - {"*", "default"})
+        if unknown:
+            raise ValueError(f"{what}: unknown attributes {unknown}; known: {', '.join(names)}")
+        base = float(value.get("*", value.get("default", default)))
+        return [float(value.get(n, base)) for n in names]
+    return [float(value)] * len(names)
+
+
+def _check_settings(temps: list[float], top_p: list[float], top_k: list[float]) -> None:
+    if any(t < 0 for t in temps):
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temps}")
+    if any(not 0.0 < p <= 1.0 for p in top_p):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if any(k < 0 or k != int(k) for k in top_k):
+        raise ValueError(f"top_k must be a whole number >= 0 (0 = off), got {top_k}")
+
+
+# ----------------------------------------------------------------------------------------------
+# grammar
+
+
+@dataclass
+class _State:
+    """Per-piece grammar state (tensors [B]): bars started, current bar length, last note position."""
+
+    bar: torch.Tensor  # bars started so far (prompt included)
+    gen_bars: torch.Tensor  # bars started by generated rows
+    ts: torch.Tensor  # current time-signature index (-1 before the first bar)
+    pos: torch.Tensor  # position value (1 + step) of the last note in the current bar, 0 if none
+    n_in_bar: torch.Tensor  # notes in the current bar
+    n_gen: torch.Tensor  # generated rows
+    length: torch.Tensor  # rows fed so far (prompt + generated)
+
+    def take(self, idx: torch.Tensor) -> "_State":
+        return _State(**{k: v[idx] for k, v in self.__dict__.items()})
+
+
+class Grammar:
+    """Static tables of the token grammar + controls, and the logit masks they imply."""
+
+    def __init__(self, tokenizer: NoteTokenizer, controls: Controls, device: torch.device, guards: bool = True):
+        self.tok = tokenizer
+        sizes = tokenizer.vocab_sizes
+        self.K, self.V = len(sizes), max(sizes)
+        self.Vm, self.Vp = sizes[COL_METRIC], sizes[COL_POSITION]
+        self.guards = guards
+        dev = device
+        v = torch.arange(self.V, device=dev)
+        self.v = v
+        self.vocab_valid = v[None, :] < torch.tensor(sizes, device=dev)[:, None]  # [K, V]
+        m = torch.arange(self.Vm, device=dev)
+        self.is_eos, self.is_empty = m == METRIC_EOS, m == METRIC_EMPTY_BAR
+        self.is_same, self.is_newpos = m == METRIC_SAME_ONSET, m == METRIC_NEW_POSITION
+        self.is_newbar, self.is_ts = m == METRIC_NEW_BAR, m >= METRIC_TS_OFFSET
+        self.starts_bar = self.is_empty | self.is_newbar | self.is_ts  # [Vm]
+        self.note_cap = self.is_same | self.is_newpos | self.is_newbar | self.is_ts  # [Vm]
+        bar_lengths = torch.as_tensor(tokenizer.config.bar_lengths(), device=dev)
+        self.bar_lengths = bar_lengths
+        self.ts_len = torch.zeros(self.Vm, dtype=torch.long, device=dev)
+        self.ts_len[METRIC_TS_OFFSET:] = bar_lengths
+        self.drum_pitch = (v >= 1 + DRUM_PITCHES[0]) & (v <= 1 + DRUM_PITCHES[1])  # [V]
+        self.controls = controls
+        self.ts_allowed = torch.ones(self.Vm, dtype=torch.bool, device=dev)
+        if controls.time_signature is not None:
+            self.ts_allowed = ~self.is_ts | (m == METRIC_TS_OFFSET + controls.time_signature)
+        self.density = controls.density
+        # controls: static masks [K, V] and scoped rules
+        static = torch.as_tensor(controls.static_masks(sizes), device=dev)
+        static[0] = self.vocab_valid[0]
+        static[COL_POSITION] = self.vocab_valid[COL_POSITION]
+        self.ctrl_static = static & self.vocab_valid  # index 0 False for columns >= 1
+        scoped = [r for r in controls.rules if r.bars is not None]
+        self.rule_lo = torch.tensor([r.bars[0] for r in scoped], dtype=torch.long, device=dev)
+        self.rule_hi = torch.tensor([r.bars[1] for r in scoped], dtype=torch.long, device=dev)
+        masks = np.ones((len(scoped), self.K, self.V), dtype=bool)
+        for i, r in enumerate(scoped):
+            masks[i, r.column, : len(r.allowed)] = r.allowed
+            masks[i, r.column, len(r.allowed):] = False
+        self.rule_masks = torch.as_tensor(masks, device=dev)
+        self.chords = torch.tensor(controls.chords, dtype=torch.long, device=dev)
+        self.metric_first = controls.scoped() or bool(self._fixed_columns(self.ctrl_static[None]).any())
+
+    # -- per-note tables -------------------------------------------------------------------------
+
+    def note_tables(self, st: _State, min_rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Metric mask [B, Vm], position intervals per metric value [B, Vm, Vp], empty-row capability."""
+        started = st.bar > 0
+        cur_len = torch.where(st.ts >= 0, self.bar_lengths[st.ts.clamp_min(0)], torch.zeros_like(st.ts))
+        lo, hi = self.density if self.density else (0, 1 << 30)
+        can_leave = (st.n_in_bar >= lo) | ~started
+        can_add = (st.pos > 0) & (st.n_in_bar < hi)
+        empty_ok = torch.full_like(started, lo == 0)
+        eos_ok = started & can_leave & (st.n_gen >= min_rows)
+        B = st.bar.shape[0]
+        ms = torch.zeros(B, self.Vm, dtype=torch.bool, device=st.bar.device)
+        ms |= self.is_eos & eos_ok[:, None]
+        ms |= self.is_empty & (started & can_leave & empty_ok)[:, None]
+        ms |= self.is_same & can_add[:, None]
+        ms |= self.is_newpos & (can_add & (st.pos < cur_len))[:, None]
+        ms |= self.is_newbar & (started & can_leave)[:, None]
+        ms |= self.is_ts & self.ts_allowed & can_leave[:, None]
+        nonnote_cap = self.is_eos | self.is_empty | (self.is_ts & empty_ok[:, None])  # [B, Vm]
+        pos = st.pos[:, None]
+        L = cur_len[:, None]
+        plo = torch.where(self.is_same, pos, torch.where(self.is_newpos, pos + 1, torch.ones_like(pos)))
+        phi = torch.where(self.is_same, pos,
+                          torch.where(self.is_newpos | self.is_newbar, L,
+                                      torch.where(self.is_ts, self.ts_len.expand_as(plo), torch.full_like(plo, -1))))
+        vp = torch.arange(self.Vp, device=pos.device)
+        compat = (vp >= plo[..., None]) & (vp <= phi[..., None]) & (vp > 0)  # [B, Vm, Vp]
+        compat |= nonnote_cap[..., None] & (vp == 0)
+        return {"ms": ms, "nonnote_cap": nonnote_cap, "compat": compat}
+
+    def row_controls(self, bar: torch.Tensor) -> torch.Tensor:
+        """Allowed note-row values [B, K, V] for rows in bars `bar` [B] (1-based)."""
+        ctrl = self.ctrl_static.expand(bar.shape[0], -1, -1)
+        if len(self.rule_lo):
+            active = (bar[:, None] >= self.rule_lo) & (bar[:, None] <= self.rule_hi)  # [B, R]
+            ctrl = ctrl & ((~active)[:, :, None, None] | self.rule_masks).all(1)
+        if len(self.chords):
+            c = self.controls
+            start = c.chord_start
+            stop = c.chord_bars[1] if c.chord_bars else 1 << 30
+            on = (bar >= start) & (bar <= stop)
+            value = self.chords[(bar - start).clamp_min(0) % len(self.chords)]
+            chord = F.one_hot(value, self.V).bool()
+            ctrl = ctrl.clone()
+            ctrl[:, COL_CHORD] = torch.where(on[:, None], chord & self.vocab_valid[COL_CHORD], ctrl[:, COL_CHORD])
+        return ctrl
+
+    def _fixed_columns(self, ctrl: torch.Tensor) -> torch.Tensor:
+        """[B, K] bool: columns whose control leaves exactly one value (pitch only when drums are excluded)."""
+        single = ctrl[..., 1:].sum(-1) == 1
+        single[..., :2] = False  # metric and position are never fixed by a control
+        single[..., COL_PITCH] &= ~ctrl[..., COL_INSTRUMENT, DRUM_INSTRUMENT]
+        return single
+
+    # -- masks -------------------------------------------------------------------------------------
+
+    def allowed(self, t: dict[str, torch.Tensor], ctrl: torch.Tensor, tok: torch.Tensor, rev: torch.Tensor,
+                note_forced: torch.Tensor | None = None) -> torch.Tensor:
+        """Allowed values [B, K, V] of every slot given the revealed ones (arc consistent: every allowed
+        value of a slot can be completed into a valid row). Revealed slots get their own value only."""
+        B = tok.shape[0]
+        own = F.one_hot(tok.clamp(0, self.V - 1), self.V).bool()
+        if not self.guards:  # no grammar: the vocabularies and the user controls only
+            free = torch.where(self.v == 0, self.vocab_valid, ctrl)
+            free[:, :2] = self.vocab_valid[:2]
+            return torch.where(rev[..., None], own, free)
+        rv, tv = rev[:, 1:], tok[:, 1:]
+        note_ok = ~(rv & (tv == 0)).any(1)
+        nonnote_ok = ~(rv & (tv > 0)).any(1)
+        if note_forced is not None:
+            nonnote_ok &= ~note_forced
+        ms, compat, nonnote_cap = t["ms"], t["compat"], t["nonnote_cap"]
+        mc = ms & ((self.note_cap & note_ok[:, None]) | (nonnote_cap & nonnote_ok[:, None]))
+        p_val = tok[:, COL_POSITION].clamp(0, self.Vp - 1)
+        p_compat = compat.gather(2, p_val[:, None, None].expand(B, self.Vm, 1)).squeeze(2)  # [B, Vm]
+        mc &= p_compat | ~rev[:, COL_POSITION, None]
+        m_onehot = F.one_hot(tok[:, COL_METRIC].clamp(0, self.Vm - 1), self.Vm).bool()
+        meff = torch.where(rev[:, COL_METRIC, None], m_onehot, mc)
+        note_ok &= (meff & self.note_cap).any(1)
+        nonnote_ok &= (meff & nonnote_cap).any(1)
+        pos = (compat & meff[..., None]).any(1)  # [B, Vp]
+        pos &= torch.where(torch.arange(self.Vp, device=tok.device) == 0, nonnote_ok[:, None], note_ok[:, None])
+        zero = self.v == 0
+        out = torch.where(zero, nonnote_ok[:, None, None], note_ok[:, None, None] & ctrl)  # [B, K, V]
+        # instrument <-> pitch: drums play drum sounds, pitched notes obey the pitch controls
+        pitch_nz = rev[:, COL_PITCH] & (tok[:, COL_PITCH] > 0)
+        p = tok[:, COL_PITCH].clamp(0, self.V - 1)
+        pitch_rule = ctrl[:, COL_PITCH]  # [B, V]
+        drum_fits = self.drum_pitch[p] | ~pitch_nz
+        pitched_fits = pitch_rule.gather(1, p[:, None]).squeeze(1) | ~pitch_nz
+        inst = out[:, COL_INSTRUMENT]
+        inst[:, DRUM_INSTRUMENT] &= drum_fits
+        inst[:, 1:DRUM_INSTRUMENT] &= pitched_fits[:, None]
+        inst_val = tok[:, COL_INSTRUMENT]
+        inst_rev = rev[:, COL_INSTRUMENT]
+        drum_ok = torch.where(inst_rev, inst_val == DRUM_INSTRUMENT, inst[:, DRUM_INSTRUMENT])
+        pitched_ok = torch.where(inst_rev, (inst_val > 0) & (inst_val != DRUM_INSTRUMENT),
+                                 inst[:, 1:DRUM_INSTRUMENT].any(1))
+        pitch_nonzero = (drum_ok[:, None] & self.drum_pitch) | (pitched_ok[:, None] & pitch_rule)
+        out[:, COL_PITCH] = torch.where(zero, nonnote_ok[:, None], note_ok[:, None] & pitch_nonzero)
+        out[:, COL_METRIC, : self.Vm] = mc
+        out[:, COL_METRIC, self.Vm:] = False
+        out[:, COL_POSITION, : self.Vp] = pos
+        out[:, COL_POSITION, self.Vp:] = False
+        return torch.where(rev[..., None], own, out)
+
+    def consistent(self, t: dict[str, torch.Tensor], ctrl: torch.Tensor, tok: torch.Tensor,
+                   rev: torch.Tensor) -> torch.Tensor:
+        """[B] bool: the revealed slots agree pairwise (zero-ness, metric/position, instrument/pitch)."""
+        B = tok.shape[0]
+        if not self.guards:
+            return torch.ones(B, dtype=torch.bool, device=tok.device)
+        rv, tv = rev[:, 1:], tok[:, 1:]
+        has_zero = (rv & (tv == 0)).any(1)
+        has_nz = (rv & (tv > 0)).any(1)
+        ok = ~(has_zero & has_nz)
+        m = tok[:, COL_METRIC].clamp(0, self.Vm - 1)
+        m_rev = rev[:, COL_METRIC]
+        nonnote = t["nonnote_cap"].gather(1, m[:, None]).squeeze(1)
+        ok &= ~m_rev | ((~has_nz | self.note_cap[m]) & (~has_zero | nonnote))
+        p = tok[:, COL_POSITION].clamp(0, self.Vp - 1)
+        both = m_rev & rev[:, COL_POSITION]
+        ok &= ~both | t["compat"][torch.arange(B, device=tok.device), m, p]
+        i, h = tok[:, COL_INSTRUMENT], tok[:, COL_PITCH].clamp(0, self.V - 1)
+        both = rev[:, COL_INSTRUMENT] & rev[:, COL_PITCH] & (i > 0) & (h > 0)
+        fits = torch.where(i == DRUM_INSTRUMENT, self.drum_pitch[h],
+                           ctrl[:, COL_PITCH].gather(1, h[:, None]).squeeze(1))
+        return ok & (~both | fits)
+
+
+# ----------------------------------------------------------------------------------------------
+# truncation and drawing
+
+
+def filter_probs(raw: torch.Tensor, allowed: torch.Tensor, temps: torch.Tensor, top_k: torch.Tensor,
+                 top_p: torch.Tensor, use_k: bool, use_p: bool) -> torch.Tensor:
+    """Probabilities [B, K, V]: logits / T (T = 0: greedy), restricted to `allowed`, then top-k and top-p
+    (nucleus over the allowed values; the most likely value is always kept)."""
+    x = raw.float()
+    greedy = temps <= 0  # [K]
+    x = x / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
+    x = x.masked_fill(~allowed, float("-inf"))
+    if bool(greedy.any()):
+        top = x.amax(-1, keepdim=True)
+        x = torch.where(greedy[:, None] & (x < top), torch.full_like(x, float("-inf")), x)
+    if use_k or use_p:
+        srt = x.sort(-1, descending=True).values  # [B, K, V]
+        thr = torch.full_like(x[..., :1], float("-inf"))
+        if use_k:
+            k = top_k.clamp(1, x.shape[-1])  # [K]; 0 = off is mapped to V by the caller
+            thr = torch.maximum(thr, srt.gather(-1, (k - 1)[None, :, None].expand(x.shape[0], -1, 1)))
+        if use_p:
+            ps = torch.softmax(srt, -1)
+            keep = (ps.cumsum(-1) - ps) < top_p[:, None]  # [B, K, V]
+            thr = torch.maximum(thr, srt.masked_fill(~keep, float("inf")).amin(-1, keepdim=True))
+        x = x.masked_fill(x < thr, float("-inf"))
+    return torch.softmax(x, -1)
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF draw: probs [..., V], u [...] in (0, 1) -> (index [...], its probability [...])."""
+    cdf = probs.cumsum(-1)
+    target = (u.to(cdf.dtype) * cdf[..., -1])[..., None]
+    idx = (cdf < target).sum(-1).clamp_max(probs.shape[-1] - 1)
+    return idx, probs.gather(-1, idx[..., None]).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# one note
+
+
+class _NoteSampler:
+    """Samples the next row for a batch of pieces from the head's context C."""
+
+    def __init__(self, head, grammar: Grammar, steps: int, temps, top_p, top_k, guidance: float):
+        self.head, self.g, self.steps = head, grammar, steps
+        dev = grammar.v.device
+        self.temps = torch.tensor(temps, dtype=torch.float32, device=dev)
+        V = grammar.V
+        self.top_k = torch.tensor([int(k) if k > 0 else V for k in top_k], dtype=torch.long, device=dev)
+        self.top_p = torch.tensor(top_p, dtype=torch.float32, device=dev)
+        self.use_k = any(0 < k < V for k in top_k)
+        self.use_p = any(p < 1.0 for p in top_p)
+        self.guidance = guidance
+        sizes = grammar.tok.vocab_sizes
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        idx = offsets[:, None] + np.minimum(np.arange(V)[None, :], np.array(sizes)[:, None] - 1)
+        self.pad_index = torch.as_tensor(idx, dtype=torch.long, device=dev)  # [K, V] into the concatenated logits
+        self.passes = 0
+        self.guard_count = torch.zeros((), dtype=torch.long, device=dev)
+        self.control_count = torch.zeros((), dtype=torch.long, device=dev)
+        self.conflict_count = torch.zeros((), dtype=torch.long, device=dev)
+
+    def raw_logits(self, C: torch.Tensor, tok: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Padded logits [B, K, V] (-inf outside each vocabulary); with guidance C holds [cond; uncond]."""
+        B = tok.shape[0]
+        guided = C.shape[0] == 2 * B
+        if guided:
+            tok, masked = torch.cat([tok, tok]), torch.cat([masked, masked])
+        flat = torch.cat(self.head.logits(C, tok, masked), -1).float()  # [B', sum V]
+        if guided:
+            cond, uncond = flat[:B], flat[B:]
+            flat = uncond + self.guidance * (cond - uncond)
+        self.passes += 1
+        return flat[:, self.pad_index].masked_fill(~self.g.vocab_valid, float("-inf"))
+
+    def _count(self, raw, allowed, ctrl, newly):
+        """Add interventions for the newly revealed slots (argmax of the raw logits forbidden)."""
+        am = raw.argmax(-1)  # [B, K]
+        forbidden = ~allowed.gather(-1, am[..., None]).squeeze(-1) & newly
+        by_control = ~ctrl.gather(-1, am[..., None]).squeeze(-1) & (am > 0)
+        by_control[:, :2] = False
+        self.control_count += (forbidden & by_control).sum()
+        self.guard_count += (forbidden & ~by_control).sum()
+
+    def sample(self, C: torch.Tensor, tables: dict, ctrl_static: torch.Tensor, bar: torch.Tensor,
+               tok: torch.Tensor, rev: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """One row per piece. tok/rev [B, K]: slots fixed before step 1 (template rows). u [B, 1+S, K]."""
+        g = self.g
+        B = tok.shape[0]
+        tok, rev = tok.clone(), rev.clone()
+        ctrl = ctrl_static
+        note_forced = None
+        if g.metric_first:
+            # decide the metric first: it says whether this row is a note and in which bar it lies,
+            # which the fixed controls need (they apply to the notes of their bars only)
+            zero_ts = torch.zeros(B, dtype=torch.bool, device=tok.device)
+            if bool((~rev[:, COL_METRIC]).any()):
+                raw = self.raw_logits(C, tok, ~rev)
+                allowed = g.allowed(tables, ctrl, tok, rev)
+                probs = filter_probs(raw, allowed, self.temps, self.top_k, self.top_p, self.use_k, self.use_p)
+                y, _ = draw(probs[:, COL_METRIC], u[:, 0, COL_METRIC])
+                newly = torch.zeros_like(rev)
+                newly[:, COL_METRIC] = ~rev[:, COL_METRIC]
+                self._count(raw, allowed, ctrl, newly)
+                tok[:, COL_METRIC] = torch.where(rev[:, COL_METRIC], tok[:, COL_METRIC], y)
+                rev[:, COL_METRIC] = True
+                # a NEW_BAR_TS row is a note or an empty bar: decided by the position's mass at 0
+                allowed = g.allowed(tables, ctrl, tok, rev)
+                p0 = filter_probs(raw, allowed, self.temps, self.top_k, self.top_p, self.use_k,
+                                  self.use_p)[:, COL_POSITION, 0]
+                zero_ts = ~rev[:, COL_POSITION] & (u[:, 0, COL_POSITION] < p0)
+            m = tok[:, COL_METRIC]
+            zero_ts |= rev[:, COL_POSITION] & (tok[:, COL_POSITION] == 0)
+            empty = (m == METRIC_EOS) | (m == METRIC_EMPTY_BAR) | ((m >= METRIC_TS_OFFSET) & zero_ts)
+            tok[:, 1:] = torch.where(empty[:, None], torch.zeros_like(tok[:, 1:]), tok[:, 1:])
+            rev[:, 1:] |= empty[:, None]
+            note_forced = ~empty
+            ctrl = g.row_controls(bar + g.starts_bar[m.clamp(0, g.Vm - 1)].long())
+            fixed = g._fixed_columns(ctrl) & ~rev  # [B, K]
+            value = ctrl[..., 1:].float().argmax(-1) + 1
+            tok = torch.where(fixed, value, tok)
+            rev |= fixed
+
+        masked = ~rev
+        remaining = masked.sum(1)  # [B]
+        s_eff = remaining.clamp(max=self.steps)
+        n_pass = int(s_eff.max()) if B else 0
+        base = remaining // s_eff.clamp_min(1)
+        extra = remaining % s_eff.clamp_min(1)
+        for s in range(n_pass):
+            raw = self.raw_logits(C, tok, masked)
+            allowed = g.allowed(tables, ctrl, tok, ~masked, note_forced)
+            probs = filter_probs(raw, allowed, self.temps, self.top_k, self.top_p, self.use_k, self.use_p)
+            y, q = draw(probs, u[:, 1 + s])
+            count = torch.where(s < s_eff, base + (s < extra).long(), torch.zeros_like(base))
+            newly = confidence_reveal(q, masked, count)
+            self._count(raw, allowed, ctrl, newly)
+            tok = torch.where(newly, y, tok)
+            revealed = ~masked | newly
+            if self.steps < g.K:  # several slots per step: they may contradict each other
+                ok = g.consistent(tables, ctrl, tok, revealed)
+                if not bool(ok.all()):
+                    tok = self._resolve(raw, q, tables, ctrl, tok, masked, newly, ~ok, u[:, 1 + s], note_forced)
+            masked = masked & ~newly
+        return tok
+
+    def _resolve(self, raw, q, tables, ctrl, tok, masked, newly, bad, u, note_forced) -> torch.Tensor:
+        """Rows `bad`: accept the newly revealed slots in confidence order, re-drawing any that the
+        already accepted ones forbid (same uniform as the first draw)."""
+        g = self.g
+        idx = bad.nonzero().squeeze(1)
+        t, mk, nw = tok[idx].clone(), masked[idx], newly[idx]
+        order = q[idx].masked_fill(~nw, -1.0).sort(dim=-1, descending=True, stable=True).indices  # [b, K]
+        accepted = ~mk  # revealed before this step
+        sub_tables = {k: v[idx] for k, v in tables.items()}
+        sub_ctrl = ctrl[idx] if ctrl.shape[0] == tok.shape[0] else ctrl
+        sub_forced = note_forced[idx] if note_forced is not None else None
+        rows = torch.arange(len(idx), device=tok.device)
+        for r in range(int(nw.sum(1).max())):
+            k = order[:, r]
+            live = nw[rows, k]
+            allowed = g.allowed(sub_tables, sub_ctrl, t, accepted, sub_forced)
+            probs = filter_probs(raw[idx], allowed, self.temps, self.top_k, self.top_p, self.use_k, self.use_p)
+            y, _ = draw(probs[rows, k], u[idx, k])
+            change = live & (y != t[rows, k])
+            self.conflict_count += change.sum()
+            self.guard_count += change.sum()
+            t[rows, k] = torch.where(change, y, t[rows, k])
+            accepted = accepted.clone()
+            accepted[rows, k] |= live
+        out = tok.clone()
+        out[idx] = t
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts
+
+
+def _as_tokens(x: Any, tokenizer: NoteTokenizer, what: str) -> np.ndarray:
+    """A prompt / template as a token matrix starting with SOS, cut before its first EOS."""
+    if isinstance(x, (str, Path)) or type(x).__name__.startswith("Score"):
+        x = tokenizer.encode(x)
+    tok = np.asarray(x, dtype=np.int64)
+    if tok.ndim != 2 or tok.shape[1] != tokenizer.K:
+        raise ValueError(f"{what} must be a token matrix [N, {tokenizer.K}], got shape {tok.shape}")
+    bad = (tok < 0) | (tok >= np.asarray(tokenizer.vocab_sizes))
+    if bad.any():
+        r, k = map(int, np.argwhere(bad)[0])
+        raise ValueError(f"{what}: row {r} attribute {tokenizer.attribute_names[k]} = {tok[r, k]} is outside "
+                         f"its vocabulary (size {tokenizer.vocab_sizes[k]})")
+    eos = np.nonzero(tok[:, COL_METRIC] == METRIC_EOS)[0]
+    if len(eos):
+        tok = tok[: eos[0]]
+    if len(tok) == 0 or tok[0, COL_METRIC] != METRIC_SOS:
+        tok = np.concatenate([tokenizer.sos_row()[None], tok])
+    if (tok[1:, COL_METRIC] == METRIC_SOS).any():
+        raise ValueError(f"{what}: SOS appears after the first row")
+    return tok
+
+
+def prompt_from_midi(tokenizer: NoteTokenizer, source: Any, bars: int | None = None,
+                     notes: int | None = None) -> np.ndarray:
+    """The first `bars` bars (or first `notes` rows after SOS) of a MIDI file / Score / token matrix,
+    as a prompt (SOS first, no EOS). Both None: the whole piece."""
+    tok = _as_tokens(source, tokenizer, f"prompt {source}" if isinstance(source, (str, Path)) else "prompt")
+    if bars is not None:
+        if bars < 1:
+            raise ValueError(f"prompt bars must be >= 1, got {bars}")
+        m = tok[:, COL_METRIC]
+        starts = np.nonzero((m == METRIC_EMPTY_BAR) | (m == METRIC_NEW_BAR) | (m >= METRIC_TS_OFFSET))[0]
+        if len(starts) > bars:
+            tok = tok[: starts[bars]]
+    if notes is not None:
+        if notes < 1:
+            raise ValueError(f"prompt notes must be >= 1, got {notes}")
+        tok = tok[: 1 + notes]
+    return tok
+
+
+def _prompt_state(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[int, int, int, int]:
+    """(bars, current time-signature index, last note position in the bar, notes in the bar)."""
+    m = tok[:, COL_METRIC]
+    starts = (m == METRIC_EMPTY_BAR) | (m == METRIC_NEW_BAR) | (m >= METRIC_TS_OFFSET)
+    bars = int(starts.sum())
+    if bars == 0:
+        return 0, -1, 0, 0
+    ts_rows = np.nonzero(m >= METRIC_TS_OFFSET)[0]
+    ts = int(m[ts_rows[-1]] - METRIC_TS_OFFSET) if len(ts_rows) else tokenizer.default_ts
+    last = int(np.nonzero(starts)[0][-1])
+    bar_rows = tok[last:]
+    note = bar_rows[:, COL_PITCH] > 0
+    pos = int(bar_rows[note, COL_POSITION][-1]) if note.any() else 0
+    return bars, ts, pos, int(note.sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# the generation loop
+
+
+def _parts(model: Any):
+    for name in ("backbone", "head", "tokenizer"):
+        if not hasattr(model, name):
+            raise TypeError(f"generate needs an object with .backbone, .head and .tokenizer (missing .{name})")
+    return model.backbone, model.head, model.tokenizer
+
+
+@torch.inference_mode()
+def generate(
+    model: Any,
+    num: int = 1,
+    *,
+    max_notes: int = 1024,
+    max_bars: int | None = None,
+    min_notes: int = 0,
+    steps: int | None = None,
+    temperature: float | Mapping[str, float] = 1.0,
+    top_p: float | Mapping[str, float] = 0.95,
+    top_k: int | Mapping[str, int] = 0,
+    seed: int | Sequence[int] = 0,
+    controls: Sequence[str] | Controls | None = None,
+    prompt: Any = None,
+    text: str | Sequence[str] | None = None,
+    prefix: torch.Tensor | None = None,
+    prefix_mask: torch.Tensor | None = None,
+    guidance: float = 1.0,
+    batch_size: int | None = None,
+    use_cache: bool = True,
+    guards: bool = True,
+    template: Any = None,
+    regenerate: Sequence[str] = (),
+    regenerate_rows: Any = None,
+) -> SampleResult:
+    """Sample `num` pieces. Returns token matrices (SOS ... EOS) and statistics.
+
+    model: an AmadeusModule, or any object with .backbone (NoteTransformer), .head
+        (AttributeDiffusionHead), .tokenizer and, for `text`, .encode_text(captions).
+    max_notes / max_bars: limits on generated rows / generated bars; min_notes: EOS is forbidden
+        before that many generated rows. steps: denoising steps per note, 1..K (default K // 2).
+    temperature, top_p, top_k: one value or {attribute: value}; temperature 0 = greedy, top_k 0 = off.
+    seed: piece i uses seed + i (or give one seed per piece). controls: see `amadeus.controls`.
+    prompt: a token matrix / Score / MIDI path (or one per piece): the output starts with exactly its
+        rows (see `prompt_from_midi` for the first N bars). text / prefix (+ prefix_mask): conditioning;
+        guidance g mixes conditional and unconditional logits l_u + g (l_c - l_u) (g = 1: conditional only).
+    batch_size: pieces decoded together (default: all). use_cache=False runs the full backbone over
+        the whole sequence at every step (the reference path the KV cache is tested against).
+    template / regenerate / regenerate_rows: see `regenerate` (re-sample chosen attributes of a piece).
+    """
+    backbone, head, tokenizer = _parts(model)
+    K = tokenizer.K
+    if not isinstance(num, int) or num < 1:
+        raise ValueError(f"num must be a positive integer, got {num!r}")
+    steps = K // 2 if steps is None else steps
+    if not isinstance(steps, int) or not 1 <= steps <= K:
+        raise ValueError(f"steps must be an integer in 1..{K} (the number of attributes), got {steps!r}")
+    if max_notes < 1:
+        raise ValueError(f"max_notes must be >= 1, got {max_notes}")
+    if max_bars is not None and max_bars < 1:
+        raise ValueError(f"max_bars must be >= 1, got {max_bars}")
+    names = tokenizer.attribute_names
+    temps = per_attribute(temperature, 1.0, names, "temperature")
+    tps = per_attribute(top_p, 1.0, names, "top_p")
+    tks = per_attribute(top_k, 0, names, "top_k")
+    _check_settings(temps, tps, tks)
+    seeds = [int(seed) + i for i in range(num)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if len(seeds) != num:
+        raise ValueError(f"got {len(seeds)} seeds for {num} pieces")
+    ctl = parse_controls(controls, tokenizer)
+    if guidance != 1.0 and text is None and prefix is None:
+        raise ValueError("guidance needs a text or a prefix to guide towards")
+
+    # prompts: one for all pieces, or a list/tuple with one per piece
+    def single(x: Any) -> bool:
+        return isinstance(x, (str, Path, np.ndarray)) or type(x).__name__.startswith("Score")
+
+    if prompt is None:
+        prompts = [tokenizer.sos_row()[None]] * num
+    elif isinstance(prompt, (list, tuple)) and len(prompt) and single(prompt[0]):
+        if len(prompt) != num:
+            raise ValueError(f"got {len(prompt)} prompts for {num} pieces")
+        prompts = [_as_tokens(p, tokenizer, "prompt") for p in prompt]
+    else:
+        prompts = [_as_tokens(prompt, tokenizer, "prompt")] * num
+    tmpl = None
+    if template is not None:
+        tmpl = _template(template, tokenizer, regenerate, regenerate_rows)
+        prompts = [tokenizer.sos_row()[None]] * num
+        max_notes = len(tmpl[0])
+
+    # text prefix
+    if text is not None:
+        if prefix is not None:
+            raise ValueError("give text or prefix, not both")
+        if getattr(model, "text_encoder", None) is None:
+            raise ValueError("this model has no text encoder (trained without text): drop --text")
+        captions = [text] * num if isinstance(text, str) else list(text)
+        if len(captions) != num:
+            raise ValueError(f"got {len(captions)} captions for {num} pieces")
+        prefix, prefix_mask = model.encode_text(captions)
+    if prefix is not None:
+        if prefix.dim() != 3 or prefix.shape[0] not in (1, num):
+            raise ValueError(f"prefix must be [num or 1, P, D], got {tuple(prefix.shape)}")
+        if prefix.shape[0] == 1:
+            prefix = prefix.expand(num, -1, -1)
+            prefix_mask = None if prefix_mask is None else prefix_mask.expand(num, -1)
+
+    was_training = backbone.training, head.training
+    backbone.eval()
+    head.eval()
+    try:
+        param = next(backbone.parameters())
+        grammar = Grammar(tokenizer, ctl, param.device, guards=guards)
+        sampler = _NoteSampler(head, grammar, steps, temps, tps, tks, float(guidance))
+        result = SampleResult(tokens=[], seeds=seeds, settings=dict(
+            num=num, max_notes=max_notes, max_bars=max_bars, min_notes=min_notes, steps=steps,
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed if isinstance(seed, int) else seeds,
+            controls=list(ctl.specs), guidance=guidance, use_cache=use_cache, guards=guards,
+            text=text if text is None or isinstance(text, str) else list(text)))
+        start = time.perf_counter()
+        bs = batch_size or num
+        for lo in range(0, num, bs):
+            hi = min(num, lo + bs)
+            pre = None if prefix is None else prefix[lo:hi].to(param.device)
+            pre_mask = None if prefix_mask is None else prefix_mask[lo:hi].to(param.device)
+            out = _run_batch(backbone, head, tokenizer, grammar, sampler, prompts[lo:hi], seeds[lo:hi],
+                             max_notes, max_bars, min_notes, pre, pre_mask, use_cache, tmpl, result)
+            result.tokens.extend(out)
+        result.seconds = time.perf_counter() - start
+        result.guard_interventions = int(sampler.guard_count)
+        result.control_interventions = int(sampler.control_count)
+        result.conflicts = int(sampler.conflict_count)
+        result.head_passes = sampler.passes
+        return result
+    finally:
+        backbone.train(was_training[0])
+        head.train(was_training[1])
+
+
+def _template(template: Any, tokenizer: NoteTokenizer, attributes: Sequence[str], rows: Any):
+    """(rows after SOS [T, K], free slots [T, K]) for regeneration."""
+    tok = _as_tokens(template, tokenizer, "template")[1:]
+    names = tokenizer.attribute_names
+    attributes = [attributes] if isinstance(attributes, str) else list(attributes)
+    if not attributes:
+        raise ValueError(f"regenerate: name the attributes to re-sample (any of {', '.join(REGENERABLE)})")
+    bad = [a for a in attributes if a not in REGENERABLE]
+    if bad:
+        raise ValueError(f"regenerate: cannot re-sample {bad}; choose from {', '.join(REGENERABLE)} "
+                         "(metric and position keep the rhythm, and with it the piece's structure)")
+    note = tok[:, COL_PITCH] > 0
+    chosen = np.ones(len(tok), dtype=bool)
+    if rows is not None:
+        r = np.asarray(rows)
+        chosen = r.astype(bool) if r.dtype == bool else np.isin(np.arange(1, len(tok) + 1), r)
+        if len(chosen) != len(tok):
+            raise ValueError(f"regenerate_rows: a mask must have one entry per row after SOS ({len(tok)})")
+    free = np.zeros(tok.shape, dtype=bool)
+    cols = [names.index(a) for a in attributes]
+    free[np.ix_(note & chosen, cols)] = True
+    return tok, free
+
+
+def _run_batch(backbone, head, tokenizer, grammar, sampler, prompts, seeds, max_notes, max_bars, min_notes,
+               prefix, prefix_mask, use_cache, tmpl, result) -> list[np.ndarray]:
+    """Decode one batch of pieces; returns their token matrices.
+
+    Layout: `buf` [B, P + max_notes + 1, K] holds the prompts left-padded to a common length P
+    (`valid` marks real rows) and then one generated row per step in the same column for every
+    piece still running. `ids` are the running pieces; their grammar state, KV-cache rows and
+    prefix rows are kept compact (finished pieces are dropped from all of them).
+    """
+    dev = grammar.v.device
+    B, K = len(prompts), tokenizer.K
+    lens = torch.tensor([len(p) for p in prompts], device=dev)
+    P = int(lens.max())
+    cap_rows = backbone.cfg.max_notes
+    if P > cap_rows:
+        raise ValueError(f"prompt of {P} rows exceeds the model's max_notes={cap_rows}")
+    total = P + max_notes + 1
+    buf = torch.zeros(B, total, K, dtype=torch.long, device=dev)
+    valid = torch.zeros(B, total, dtype=torch.bool, device=dev)
+    for b, p in enumerate(prompts):
+        buf[b, P - len(p): P] = torch.as_tensor(p, device=dev)
+        valid[b, P - len(p): P] = True
+    st = [_prompt_state(p, tokenizer) for p in prompts]
+    zeros = torch.zeros(B, dtype=torch.long, device=dev)
+    state = _State(bar=torch.tensor([s[0] for s in st], device=dev), gen_bars=zeros.clone(),
+                   ts=torch.tensor([s[1] for s in st], device=dev), pos=torch.tensor([s[2] for s in st], device=dev),
+                   n_in_bar=torch.tensor([s[3] for s in st], device=dev), n_gen=zeros.clone(), length=lens.clone())
+    keys = piece_keys(seeds, dev)
+    min_rows = torch.full((B,), int(min_notes), device=dev)
+    end = torch.full((B,), total, dtype=torch.long, device=dev)  # column after each piece's last row
+    guided = sampler.guidance != 1.0
+    eos_row = torch.as_tensor(tokenizer.eos_row(), device=dev)
+    if tmpl is not None:
+        t_rows, t_free = torch.as_tensor(tmpl[0], device=dev), torch.as_tensor(tmpl[1], device=dev)
+
+    # conditioning rows [A(, x2 with guidance: conditional then unconditional = fully masked prefix)]
+    pre = pre_mask = None
+    if prefix is not None:
+        pre = prefix
+        pre_mask = prefix_mask
+        if guided:
+            real = pre_mask if pre_mask is not None else torch.ones(pre.shape[:2], dtype=torch.bool, device=dev)
+            pre, pre_mask = torch.cat([pre, pre]), torch.cat([real, torch.zeros_like(real)])
+
+    def rows2(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x]) if guided else x
+
+    def run_backbone(ids: torch.Tensor, rid: torch.Tensor, col: int, cache, first: bool) -> torch.Tensor:
+        """z [A(x2), d] at the last filled column for pieces `ids` (conditioning rows `rid`)."""
+        if use_cache and not first:
+            return backbone(rows2(buf[ids, col - 1: col]), cache=cache).z[:, -1]
+        notes, nm = rows2(buf[ids, :col]), rows2(valid[ids, :col])
+        p = None if pre is None else pre[rid]
+        pm = None if pre_mask is None else pre_mask[rid]
+        out = backbone(notes, prefix=p, prefix_mask=pm, cache=cache, notes_mask=None if bool(nm.all()) else nm)
+        return out.z[:, -1]
+
+    ids = torch.arange(B, device=dev)  # running pieces (rows of buf)
+    rid = torch.arange(2 * B if guided else B, device=dev)  # their conditioning rows
+    cache = None
+    if use_cache:
+        cache = backbone.new_cache(len(rid), capacity=total + (0 if pre is None else pre.shape[1]))
+    col = P
+    z = run_backbone(ids, rid, col, cache, first=True)
+    lanes = lane_keys((1 + sampler.steps) * K, dev)
+    while len(ids):
+        A = len(ids)
+        u = uniforms(keys, state.n_gen, lanes).view(A, 1 + sampler.steps, K)
+        C = head.context(z, None if pre is None else pre[rid], None if pre_mask is None else pre_mask[rid])
+        tables = grammar.note_tables(state, min_rows)
+        if tmpl is not None:
+            j = state.n_gen.clamp_max(len(t_rows) - 1)
+            rev = ~t_free[j]
+            tok = torch.where(rev, t_rows[j], torch.zeros_like(t_rows[j]))
+        else:
+            tok = torch.zeros(A, K, dtype=torch.long, device=dev)
+            rev = torch.zeros(A, K, dtype=torch.bool, device=dev)
+        ctrl = grammar.ctrl_static.expand(A, -1, -1)
+        row = sampler.sample(C, tables, ctrl, state.bar, tok, rev, u)
+
+        m = row[:, COL_METRIC]
+        new_bar = grammar.starts_bar[m.clamp(0, grammar.Vm - 1)]
+        if max_bars is not None:  # the row that would open bar max_bars + 1 becomes EOS
+            over = new_bar & (state.gen_bars >= max_bars)
+            row = torch.where(over[:, None], eos_row, row)
+            m = row[:, COL_METRIC]
+            new_bar = new_bar & ~over
+        buf[ids, col] = row
+        valid[ids, col] = True
+        is_note = row[:, COL_PITCH] > 0
+        nb = new_bar.long()
+        state = _State(
+            bar=state.bar + nb, gen_bars=state.gen_bars + nb,
+            ts=torch.where(m >= METRIC_TS_OFFSET, m - METRIC_TS_OFFSET, state.ts),
+            pos=torch.where(is_note, row[:, COL_POSITION], state.pos * (1 - nb)),
+            n_in_bar=state.n_in_bar * (1 - nb) + is_note.long(),
+            n_gen=state.n_gen + 1, length=state.length + 1)
+        is_eos = m == METRIC_EOS
+        result.rows += A - int(is_eos.sum())
+        result.notes += int(is_note.sum())
+        col += 1
+
+        done = is_eos | (state.n_gen >= max_notes) | (state.length >= cap_rows)
+        if bool(done.any()):
+            end[ids[done]] = torch.where(is_eos[done], col - 1, col)
+            keep = (~done).nonzero().squeeze(1)
+            keep2 = torch.cat([keep, keep + A]) if guided else keep
+            ids, rid, keys, min_rows, state = ids[keep], rid[keep2], keys[keep], min_rows[keep], state.take(keep)
+            if cache is not None:
+                cache.select(keep2)
+        if len(ids):
+            z = run_backbone(ids, rid, col, cache, first=False)
+
+    out = []
+    eos = tokenizer.eos_row()[None]
+    for b in range(B):
+        rows = buf[b, P - len(prompts[b]): int(end[b])].cpu().numpy()
+        out.append(np.concatenate([rows, eos]))
+    return out
+
+
+def regenerate(model: Any, piece: Any, attributes: Sequence[str], rows: Any = None, num: int = 1,
+               **kwargs: Any) -> SampleResult:
+    """Re-sample `attributes` (any of chord, tempo, instrument, pitch, duration, velocity) of the note
+    rows of an existing piece (a token matrix, Score or MIDI path), keeping everything else: e.g.
+    re-voice velocities or re-orchestrate instruments. rows: None (every note) or the row numbers
+    (1 = first row after SOS) / a boolean mask over the rows after SOS. Other options as `generate`."""
+    return generate(model, num, template=piece, regenerate=attributes, regenerate_rows=rows, **kwargs)

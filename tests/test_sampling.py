@@ -1,0 +1,311 @@
+"""The sampler: KV cache == full recompute, frozen slots, S = 1..K, batching, seeds, limits, guards,
+continuation, regeneration and classifier-free guidance."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from amadeus.metrics import SYNTAX_ERRORS, syntax_errors
+from amadeus.model.config import ModelConfig
+from amadeus.model.head import AttributeDiffusionHead
+from amadeus.model.transformer import NoteTransformer
+from amadeus.module import AmadeusModule
+from amadeus.sampling import (
+    filter_probs,
+    generate,
+    lane_keys,
+    piece_keys,
+    prompt_from_midi,
+    regenerate,
+    uniforms,
+)
+from amadeus.tokenizer import (
+    COL_METRIC,
+    COL_PITCH,
+    COL_VELOCITY,
+    METRIC_EOS,
+    METRIC_SOS,
+    METRIC_TS_OFFSET,
+    NoteTokenizer,
+)
+from midi_factory import block_chords, make_score, part
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    torch.manual_seed(0)
+    return AmadeusModule(network=ModelConfig(d_model=32, n_layers=2, n_heads=2, head_width=32, head_heads=2,
+                                             dropout=0.0)).eval()
+
+
+def assert_well_formed(tokenizer: NoteTokenizer, tokens: np.ndarray) -> None:
+    """SOS first, EOS last (once), NEW_BAR_TS after SOS, and every row decodes (nothing skipped)."""
+    m = tokens[:, COL_METRIC]
+    assert m[0] == METRIC_SOS and m[-1] == METRIC_EOS and (m == METRIC_EOS).sum() == 1
+    assert (m[1:] != METRIC_SOS).all()
+    if len(tokens) > 2:
+        assert m[1] >= METRIC_TS_OFFSET
+    _, stats = tokenizer.decode_with_stats(tokens)
+    assert stats.skipped == 0, stats
+    assert stats.notes == int((tokens[:, COL_PITCH] > 0).sum())
+    flags, _ = syntax_errors(tokens, tokenizer)  # the evaluation's independent grammar check
+    assert not flags.any(), [SYNTAX_ERRORS[k] for k in np.nonzero(flags.any(0))[0]]
+
+
+def test_cached_equals_uncached_reference(trained_tiny):
+    model = copy.deepcopy(trained_tiny[0]).double()  # float64: no rounding-order differences between paths
+    for steps in (2, 8):
+        cached = generate(model, 2, max_notes=60, steps=steps, seed=3)
+        full = generate(model, 2, max_notes=60, steps=steps, seed=3, use_cache=False)
+        for a, b in zip(cached.tokens, full.tokens):
+            np.testing.assert_array_equal(a, b)
+    # and in float32, as used in practice
+    model = trained_tiny[0]
+    cached = generate(model, 2, max_notes=40, steps=4, seed=1)
+    full = generate(model, 2, max_notes=40, steps=4, seed=1, use_cache=False)
+    for a, b in zip(cached.tokens, full.tokens):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_revealed_slots_stay_frozen(trained_tiny, monkeypatch):
+    model = trained_tiny[0]
+    calls = []
+    real = model.head.logits
+
+    def spy(C, tokens, masked):
+        calls.append((tokens.clone(), masked.clone()))
+        return real(C, tokens, masked)
+
+    monkeypatch.setattr(model.head, "logits", spy)
+    steps = 4
+    result = generate(model, 1, max_notes=30, steps=steps, seed=0)
+    tokens = result.tokens[0]
+    assert len(calls) % steps == 0 and len(calls) // steps in (len(tokens) - 1, len(tokens) - 2)
+    for n in range(len(calls) // steps):
+        note = calls[n * steps:(n + 1) * steps]
+        assert note[0][1].all()  # every slot starts masked
+        for (t0, m0), (t1, m1) in zip(note, note[1:]):
+            assert (m1 <= m0).all()  # a revealed slot is never masked again
+            assert (m0 & ~m1).sum() == 2  # K=8, S=4: two slots per step
+            kept = ~m0
+            assert torch.equal(t1[kept], t0[kept])  # ... and never re-sampled
+        t_last, m_last = note[-1]
+        row = torch.as_tensor(tokens[1 + n])
+        assert torch.equal(row[~m_last[0]], t_last[0][~m_last[0]])  # returned as revealed
+
+
+@pytest.mark.parametrize("steps", range(1, 9))
+def test_every_step_count_decodes(trained_tiny, untrained, steps):
+    tok = trained_tiny[0].tokenizer
+    for model in (trained_tiny[0], untrained):
+        result = generate(model, 2, max_notes=48, steps=steps, seed=steps)
+        assert result.head_passes % steps == 0  # S passes per note (for the whole batch)
+        for t in result.tokens:
+            assert_well_formed(tok, t)
+
+
+def test_guards_make_untrained_output_decode(untrained):
+    """Random weights break the grammar all the time: the guards intervene, output still decodes."""
+    tok = untrained.tokenizer
+    guarded = generate(untrained, 2, max_notes=64, min_notes=64, steps=2, seed=0)
+    assert guarded.guard_interventions > 0 and guarded.conflicts > 0
+    for t in guarded.tokens:
+        assert_well_formed(tok, t)
+    drums = generate(untrained, 1, max_notes=64, steps=8, seed=0, controls=["instrument=drums"]).tokens[0]
+    pitches = drums[drums[:, COL_PITCH] > 0, COL_PITCH] - 1
+    assert len(pitches) and pitches.min() >= 27 and pitches.max() <= 87
+    raw = generate(untrained, 2, max_notes=64, min_notes=64, steps=2, seed=0, guards=False)
+    skipped = sum(tok.decode_with_stats(t)[1].skipped for t in raw.tokens)
+    assert skipped > 0  # without guards the same model writes rows that cannot be decoded
+
+
+def test_batched_equals_per_piece(trained_tiny):
+    model = trained_tiny[0]
+    batched = generate(model, 4, max_notes=50, steps=2, seed=10)
+    assert batched.seeds == [10, 11, 12, 13]
+    for i, t in enumerate(batched.tokens):
+        single = generate(model, 1, max_notes=50, steps=2, seed=10 + i).tokens[0]
+        np.testing.assert_array_equal(t, single)
+    chunked = generate(model, 4, max_notes=50, steps=2, seed=10, batch_size=3)
+    for a, b in zip(batched.tokens, chunked.tokens):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pieces_stop_on_their_own(trained_tiny):
+    """Each piece ends at its own EOS / limit; finished pieces leave the batch without disturbing the rest."""
+    model = trained_tiny[0]
+    result = generate(model, 4, max_notes=200, max_bars=2, steps=2, seed=0)
+    lengths = {len(t) for t in result.tokens}
+    assert len(lengths) > 1
+    for t in result.tokens:
+        assert_well_formed(model.tokenizer, t)
+        m = t[:, COL_METRIC]
+        bars = ((m == 3) | (m == 6) | (m >= METRIC_TS_OFFSET)).sum()
+        assert bars <= 2
+
+
+def test_seeds_limits_and_greedy(trained_tiny):
+    model = trained_tiny[0]
+    a = generate(model, 1, max_notes=30, seed=1).tokens[0]
+    b = generate(model, 1, max_notes=30, seed=1).tokens[0]
+    c = generate(model, 1, max_notes=30, seed=2).tokens[0]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert len(generate(model, 1, max_notes=7, seed=0).tokens[0]) <= 7 + 2
+    long = generate(model, 1, max_notes=40, min_notes=40, seed=0).tokens[0]
+    assert len(long) == 40 + 2  # EOS forbidden before 40 rows, then the limit closes the piece
+    g1 = generate(model, 1, max_notes=30, temperature=0.0, seed=1).tokens[0]
+    g2 = generate(model, 1, max_notes=30, temperature=0.0, seed=2).tokens[0]
+    k1 = generate(model, 1, max_notes=30, top_k=1, seed=3).tokens[0]
+    np.testing.assert_array_equal(g1, g2)  # greedy does not depend on the seed
+    np.testing.assert_array_equal(g1, k1)  # top-k 1 is greedy too
+    # per-attribute: greedy velocity only, the rest sampled
+    v1 = generate(model, 1, max_notes=30, temperature={"velocity": 0.0}, seed=1).tokens[0]
+    assert v1.shape[1] == 8
+
+
+def test_bad_settings_are_clear_errors(untrained):
+    for kw, match in [({"steps": 0}, "steps must be an integer in 1..8"), ({"steps": 9}, "1..8"),
+                      ({"top_p": 0.0}, "top_p"), ({"temperature": -1}, "temperature"),
+                      ({"temperature": {"loudness": 1.0}}, "unknown attributes"), ({"max_notes": 0}, "max_notes"),
+                      ({"guidance": 3.0}, "guidance needs"), ({"text": "a song"}, "no text encoder"),
+                      ({"seed": [1, 2]}, "seeds")]:
+        with pytest.raises(ValueError, match=match):
+            generate(untrained, 1, **kw)
+
+
+def test_filter_probs_top_p_top_k():
+    raw = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]]))
+    allowed = torch.ones(1, 1, 4, dtype=torch.bool)
+    one = torch.ones(1)
+    p = filter_probs(raw, allowed, one, torch.tensor([4]), torch.tensor([0.7]), False, True)
+    np.testing.assert_allclose(p[0, 0].numpy(), [0.625, 0.375, 0, 0], atol=1e-6)
+    p = filter_probs(raw, allowed, one, torch.tensor([3]), torch.tensor([1.0]), True, False)
+    np.testing.assert_allclose(p[0, 0].numpy(), [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0], atol=1e-6)
+    allowed[..., 0] = False  # truncation applies to the allowed values only
+    p = filter_probs(raw, allowed, one, torch.tensor([4]), torch.tensor([0.5]), False, True)
+    np.testing.assert_allclose(p[0, 0].numpy(), [0, 1, 0, 0], atol=1e-6)
+
+
+def test_counter_based_uniforms_are_uniform_and_independent_of_the_batch():
+    keys = piece_keys([0, 1, 2**40 + 5], torch.device("cpu"))
+    lanes = lane_keys(4096, torch.device("cpu"))
+    u = uniforms(keys, torch.tensor([0, 0, 7]), lanes)
+    assert u.min() > 0 and u.max() < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01
+    hist = torch.histc(u.float(), bins=10, min=0, max=1) / u.numel()
+    assert (hist - 0.1).abs().max() < 0.01
+    alone = uniforms(keys[1:2], torch.tensor([0]), lanes)
+    assert torch.equal(alone[0], u[1])
+    assert not torch.equal(u[0], u[1])
+
+
+def _piece(bars: int = 6):
+    chords = [[60, 64, 67], [62, 65, 69], [59, 62, 67]] * bars
+    return make_score([part(block_chords(chords), program=0), part(block_chords([[36]] * 3 * bars), program=32)],
+                      time_signatures=[(0, 3, 4)], tempos=[(0, 100.0)])
+
+
+def test_continuation_keeps_the_prompt(trained_tiny, tmp_path):
+    model = trained_tiny[0]
+    tok = model.tokenizer
+    path = tmp_path / "prompt.mid"
+    _piece().dump_midi(str(path))
+    p2, p3 = prompt_from_midi(tok, path, bars=2), prompt_from_midi(tok, path, bars=3)
+    assert len(p2) < len(p3) and (p3[:len(p2)] == p2).all()
+    m = p3[:, COL_METRIC]
+    assert ((m == 6) | (m >= METRIC_TS_OFFSET)).sum() == 3
+    assert len(prompt_from_midi(tok, path, notes=5)) == 6
+    result = generate(model, 2, prompt=[p2, p3], max_notes=40, seed=4)  # different lengths in one batch
+    for prompt, out in zip([p2, p3], result.tokens):
+        np.testing.assert_array_equal(out[:len(prompt)], prompt)
+        assert_well_formed(tok, out)
+    for i, prompt in enumerate([p2, p3]):  # left padding changes nothing
+        np.testing.assert_array_equal(result.tokens[i], generate(model, 1, prompt=prompt, max_notes=40, seed=4 + i).tokens[0])
+    uncached = generate(model, 2, prompt=[p2, p3], max_notes=40, seed=4, use_cache=False)
+    for a, b in zip(result.tokens, uncached.tokens):
+        np.testing.assert_array_equal(a, b)
+    # the prompt's notes come out of the decoded continuation unchanged
+    src = tok.decode(p2)
+    out = tok.decode(result.tokens[0])
+    first = {(n.time, n.duration, n.pitch) for t in src.tracks for n in t.notes}
+    cont = {(n.time, n.duration, n.pitch) for t in out.tracks for n in t.notes}
+    assert first <= cont
+
+
+def test_regenerate_keeps_everything_else(trained_tiny):
+    model = trained_tiny[0]
+    tok = model.tokenizer
+    piece = tok.encode(_piece())
+    out = regenerate(model, piece, ["velocity"], seed=1).tokens[0]
+    assert out.shape == piece.shape
+    np.testing.assert_array_equal(np.delete(out, COL_VELOCITY, 1), np.delete(piece, COL_VELOCITY, 1))
+    notes = piece[:, COL_PITCH] > 0
+    assert (out[notes, COL_VELOCITY] > 0).all() and (out[~notes, COL_VELOCITY] == 0).all()
+    assert (out[notes, COL_VELOCITY] != piece[notes, COL_VELOCITY]).any()
+    orch = regenerate(model, piece, ["instrument"], controls=["instrument=violin,cello"], seed=2).tokens[0]
+    assert set(np.unique(orch[notes, 4])) <= {41, 43}
+    np.testing.assert_array_equal(np.delete(orch, 4, 1), np.delete(piece, 4, 1))
+    assert_well_formed(tok, orch)
+    # only chosen rows
+    rows = np.arange(1, 6)
+    part_ = regenerate(model, piece, "velocity", rows=rows, seed=3).tokens[0]
+    np.testing.assert_array_equal(part_[6:], piece[6:])
+    with pytest.raises(ValueError, match="cannot re-sample"):
+        regenerate(model, piece, ["position"])
+
+
+def test_classifier_free_guidance_with_a_random_prefix():
+    tok = NoteTokenizer()
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_sizes=tok.vocab_sizes, d_model=32, n_layers=2, n_heads=2, head_width=32, head_heads=2,
+                      dropout=0.0, prefix_dim=16)
+    parts = SimpleNamespace(backbone=NoteTransformer(cfg).double().eval(),
+                            head=AttributeDiffusionHead(cfg).double().eval(), tokenizer=tok)
+    prefix = torch.randn(2, 5, 16, dtype=torch.float64) * 3
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    kw = dict(max_notes=30, min_notes=30, steps=2, seed=0)
+    cond = generate(parts, 2, prefix=prefix, prefix_mask=mask, **kw)
+    plain = generate(parts, 2, **kw)
+    same = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=1.0, **kw)
+    uncond = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=0.0, **kw)
+    strong = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=4.0, **kw)
+    for i in range(2):
+        np.testing.assert_array_equal(cond.tokens[i], same.tokens[i])  # g = 1 is the conditional model
+        np.testing.assert_array_equal(uncond.tokens[i], plain.tokens[i])  # g = 0: masked prefix == no prefix
+        assert_well_formed(tok, strong.tokens[i])
+    assert any(not np.array_equal(a, b) for a, b in zip(cond.tokens, plain.tokens))
+    assert any(not np.array_equal(a, b) for a, b in zip(strong.tokens, cond.tokens))
+    uncached = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=4.0, use_cache=False, **kw)
+    for a, b in zip(strong.tokens, uncached.tokens):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_text_conditioning_end_to_end():
+    """Captions go through the model's own text encoder (bundled MiniLM, offline) into the prefix."""
+    torch.manual_seed(0)
+    module = AmadeusModule(network=ModelConfig(d_model=32, n_layers=2, n_heads=2, head_width=32, head_heads=2,
+                                               dropout=0.0), text_encoder="all-MiniLM-L6-v2").eval()
+    captions = ["A calm piano piece in D minor.", "Fast rock drums with electric bass."]
+    kw = dict(max_notes=24, min_notes=24, steps=2, seed=0)
+    guided = generate(module, 2, text=captions, guidance=3.0, **kw)
+    for t in guided.tokens:
+        assert_well_formed(module.tokenizer, t)
+    one = generate(module, 2, text=captions, **kw)
+    again = generate(module, 1, text=captions[1], seed=1, max_notes=24, min_notes=24, steps=2)
+    np.testing.assert_array_equal(one.tokens[1], again.tokens[0])  # a caption per piece, batched == alone
+    with pytest.raises(ValueError, match="2 captions for 3 pieces"):
+        generate(module, 3, text=captions)
