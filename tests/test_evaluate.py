@@ -1,0 +1,201 @@
+"""`amadeus evaluate`: every metric in the JSON report, the table, and exit code 2 on bad arguments."""
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from amadeus.cli import main as cli_main
+from amadeus.evaluate import CLAP_NOT_COMPUTED, diffusion_nll
+from amadeus.metrics import ADHERENCE_METRICS, SYNTAX_ERRORS
+from amadeus.tokenizer import ATTRIBUTES
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def text_ckpt(tiny_shards, tmp_path_factory):
+    """A tiny text-conditioned model trained 30 steps on the synthetic shards, saved by Lightning."""
+    import lightning as L
+
+    from amadeus.datamodule import MusicDataModule
+    from amadeus.model.config import ModelConfig
+    from amadeus.module import AmadeusModule
+
+    L.seed_everything(0, verbose=False)
+    root = tmp_path_factory.mktemp("eval_ckpt")
+    module = AmadeusModule(network=ModelConfig(d_model=32, n_layers=2, n_heads=2, head_width=32, head_heads=2,
+                                               dropout=0.0, use_mlsdes=False),
+                           text_encoder="all-MiniLM-L6-v2", text_max_length=32, lr=3e-3, warmup_steps=5,
+                           caption_dropout=0.2)
+    dm = MusicDataModule(tiny_shards, stage="finetune", max_notes=32, batch_size=8, num_workers=0, transpose=None)
+    trainer = L.Trainer(max_steps=30, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and robust on a busy machine
+    try:
+        trainer.fit(module, datamodule=dm)
+    finally:
+        torch.set_num_threads(threads)
+    path = root / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _finite_or_none(x) -> bool:
+    return x is None or (isinstance(x, (int, float)) and math.isfinite(x))
+
+
+def _test_pieces(tiny_shards) -> int:
+    t = pq.read_table(sorted((tiny_shards / "shards").glob("*.parquet")), columns=["split", "caption"])
+    return int(pc.sum(pc.and_(pc.equal(t["split"], "test"), pc.not_equal(t["caption"], ""))).as_py() or 0)
+
+
+def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = cli_main(["evaluate", "--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--split", "test",
+                   "--num", "2", "--max-notes", "32", "--steps", "2", "--guidance", "2", "--seed", "3",
+                   "--nll-windows", "2", "--nll-length", "32", "--nll-samples", "2", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())  # strict JSON: undefined values are null, never NaN
+    n = min(2, _test_pieces(tiny_shards))
+    assert n >= 1 and report["settings"]["num"] == n and report["text_conditioned"] is True
+    assert [p["seed"] for p in report["pieces"]] == [3 + i for i in range(n)]
+
+    # adherence: both targets x both modes, every column present; fields the targets state are scored
+    for target in ("features", "caption"):
+        for mode in ("with_text", "without_text"):
+            row, scored = report["adherence"][target][mode], report["adherence_counts"][target][mode]
+            assert set(row) == set(ADHERENCE_METRICS) == set(scored)
+            for name in ADHERENCE_METRICS:
+                assert (row[name] is None) == (scored[name] == 0)
+                assert row[name] is None or 0.0 <= row[name] <= 100.0
+    # stored features state key, tempo, time signature and instruments for every piece; the synthetic
+    # captions ("A slow piece in C major, 3/4, at 60 bpm, for choir and bass.") state the same fields
+    for name in ("TB", "TBT", "CK", "CKD", "CTS", "CI"):
+        assert report["adherence_counts"]["features"]["with_text"][name] == n
+        assert report["adherence_counts"]["caption"]["without_text"][name] == n
+
+    # unconditional metrics of the generated pieces (and of the data, for reference)
+    for mode in ("with_text", "without_text"):
+        gen = report["generation"][mode]
+        assert gen["notes"] > 0 and gen["notes_per_s"] > 0 and gen["seconds"] > 0
+        assert set(gen["syntax_error_rate"]) == {"any", *SYNTAX_ERRORS}
+        assert gen["syntax_error_rate"]["any"] == 0.0  # the sampler's grammar guards
+        assert 0.0 <= gen["pitch_class_entropy"] <= math.log2(12)
+        assert _finite_or_none(gen["groove_consistency"])
+    ref = report["data_reference"]
+    assert ref["syntax_error_rate"]["any"] == 0.0 and 0 < ref["pitch_class_entropy"] <= math.log2(12)
+    assert 0.0 <= ref["groove_consistency"] <= 1.0
+
+    # diffusion ELBO per attribute, with and without the caption
+    for mode in ("without_text", "with_text"):
+        nll = report["nll"][mode]
+        assert nll["windows"] == 2 and nll["notes"] > 0
+        parts = [nll[f"nll/{a}"] for a in ATTRIBUTES]
+        assert all(math.isfinite(v) and v >= 0 for v in parts)
+        assert nll["nll/total"] == pytest.approx(sum(parts), rel=1e-5) and nll["nll/total"] > 0
+
+    assert report["clap"] == CLAP_NOT_COMPUTED
+    printed = capsys.readouterr().out
+    assert CLAP_NOT_COMPUTED in printed and "with text" in printed and "without text" in printed
+    assert all(c in printed for c in ADHERENCE_METRICS)
+
+
+def test_nll_matches_a_direct_computation(text_ckpt, tiny_shards):
+    """The evaluator's ELBO equals diffusion_elbo_nll run by hand on the same rows (no text)."""
+    from amadeus.datamodule import EvalWindows, MusicDataModule
+    from amadeus.evaluate import split_files
+    from amadeus.hub import Amadeus
+    from amadeus.metrics import diffusion_elbo_nll
+
+    module = Amadeus.load(text_ckpt).module
+    dm = MusicDataModule(str(tiny_shards), num_workers=0)
+    windows = EvalWindows(split_files(dm, "validation"), "validation", "pretrain", module.tokenizer, 16, 2)
+    got = diffusion_nll(module, windows, text=False, num_samples=2, seed=1)
+    Cs, targets = [], []
+    with torch.no_grad():  # window by window, unbatched; the evaluator batches both windows in one call
+        for w in windows.items:
+            x = torch.as_tensor(w["notes"])[None]  # [1, T+1, K]
+            m = torch.as_tensor(w["mask"])[None]
+            valid = (m[:, 1:] & m[:, :-1])[0]
+            z = module.backbone(x[:, :-1][:, valid]).z[0]  # [N, d]: real rows only, no padding at all
+            Cs.append(module.head.context(z))
+            targets.append(x[0, 1:][valid])
+        C, tv = torch.cat(Cs), torch.cat(targets)
+        total = diffusion_elbo_nll(lambda mk: module.head.logits(C, tv, mk), tv, 2, seed=1).sum(0)
+    notes = len(tv)
+    assert got["notes"] == notes
+    for k, a in enumerate(ATTRIBUTES):
+        assert got[f"nll/{a}"] == pytest.approx(float(total[k] / notes), rel=1e-4, abs=1e-6)
+
+
+def test_bad_arguments_exit_2(text_ckpt, tiny_shards, tmp_path, capsys):
+    def evaluate(*args: str) -> int:
+        return cli_main(["evaluate", *args])
+
+    assert evaluate("--ckpt", str(tmp_path / "missing.ckpt"), "--data", str(tiny_shards)) == 2
+    assert "missing.ckpt: no such checkpoint" in capsys.readouterr().err
+    assert evaluate("--ckpt", str(text_ckpt), "--data", str(tmp_path / "nowhere")) == 2
+    assert "nowhere: no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert evaluate("--ckpt", str(text_ckpt), "--data", str(tmp_path / "empty")) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert evaluate("--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--num", "0") == 2
+    assert "--num must be >= 1" in capsys.readouterr().err
+    assert evaluate("--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--steps", "9") == 2
+    assert "--steps 9" in capsys.readouterr().err
+    assert evaluate("--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--clap", str(tmp_path / "clap")) == 2
+    assert "no such local CLAP checkpoint" in capsys.readouterr().err
+    (tmp_path / "clap").mkdir()  # exists, but is not a Hugging Face model folder
+    assert evaluate("--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--clap", str(tmp_path / "clap"),
+                    "--num", "1", "--max-notes", "4", "--nll-windows", "0") == 2
+    assert "not a local Hugging Face model directory" in capsys.readouterr().err
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert evaluate("--ckpt", str(bad), "--data", str(tiny_shards)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("amadeus evaluate: error:") and "bad.ckpt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unconditional_model_gets_the_baseline_only(trained_tiny, tiny_shards, tmp_path, capsys):
+    out = tmp_path / "uncond.json"
+    rc = cli_main(["evaluate", "--ckpt", str(trained_tiny[1]), "--data", str(tiny_shards), "--split", "validation",
+                   "--num", "2", "--max-notes", "24", "--nll-windows", "1", "--nll-length", "16", "--nll-samples", "1",
+                   "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["text_conditioned"] is False and report["settings"]["guidance"] is None
+    assert report["generation"]["with_text"] is None and report["nll"]["with_text"] is None
+    for target in ("features", "caption"):
+        assert report["adherence"][target]["with_text"] is None
+        assert report["adherence"][target]["without_text"]["CTS"] is not None
+    assert report["generation"]["without_text"]["notes"] > 0 and report["nll"]["without_text"]["nll/total"] > 0
+    assert "not computed (model has no text encoder)" in capsys.readouterr().out
+
+
+def test_clap_with_a_local_checkpoint(text_ckpt, tiny_shards, tmp_path, capsys):
+    from test_metrics import tiny_clap_dir
+
+    clap = tiny_clap_dir(tmp_path / "clap")  # random weights: the score is a number, not a quality
+    out = tmp_path / "clap.json"
+    rc = cli_main(["evaluate", "--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--num", "1", "--max-notes", "16",
+                   "--nll-windows", "0", "--clap", str(clap), "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert set(report["clap"]) == {"with_text", "without_text"} and report["nll"] == {}
+    for v in report["clap"].values():  # None when every chunk fell below ClapScore's similarity floor
+        assert v is None or -1.0 <= v <= 1.0
+    printed = capsys.readouterr().out
+    assert "CLAP: with text" in printed and CLAP_NOT_COMPUTED not in printed
