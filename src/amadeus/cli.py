@@ -44,21 +44,13 @@ def lightning_cli(args: list[str]) -> None:
     from amadeus.datamodule import MusicDataModule
     from amadeus.module import AmadeusModule
 
+    # LightningCLI reads sys.argv itself when args is None (and warns when given both).
     LightningCLI(
         AmadeusModule,
         MusicDataModule,
-        args=args,
+        args=None if args == sys.argv[1:] else args,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else {},
     )
-
-
-def _has_omegaconf() -> bool:
-    try:
-        importlib.import_module("omegaconf")
-        return True
-    except ImportError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

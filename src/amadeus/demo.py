@@ -48,7 +48,11 @@ def _fit(config: str, out: Path, extra: list[str]) -> tuple[Path, dict[str, floa
 
     args = ["fit", "-c", config, f"--trainer.default_root_dir={out}",
             f"--trainer.logger.init_args.save_dir={out}"] + extra
-    cli = LightningCLI(AmadeusModule, MusicDataModule, args=args, save_config_kwargs={"overwrite": True})
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees both args and argv
+    try:
+        cli = LightningCLI(AmadeusModule, MusicDataModule, args=args, save_config_kwargs={"overwrite": True})
+    finally:
+        sys.argv = argv
     ckpt = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint))
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
     return Path(ckpt.last_model_path or ckpt.best_model_path), metrics
