@@ -40,7 +40,6 @@ from amadeus.tokenizer import (
     COL_INSTRUMENT,
     COL_METRIC,
     COL_PITCH,
-    COL_POSITION,
     COL_TEMPO,
     COL_VELOCITY,
     DRUM_INSTRUMENT,

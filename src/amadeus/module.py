@@ -10,7 +10,7 @@ the model reads rows ``0..T-1`` and predicts rows ``1..T``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any
 
 import lightning as L
