@@ -16,6 +16,17 @@ import pytest
 
 from midi_factory import make_score, part, write
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread is faster and immune to a busy machine (used via pytestmark)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 KEYS = {"C major": 60, "G major": 67, "D minor": 62, "A minor": 69}
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from amadeus.controls import (
     ControlError,
@@ -30,12 +29,7 @@ from amadeus.tokenizer import (
 TOK = NoteTokenizer()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run best on one thread
 
 
 def test_names_values_and_aliases():

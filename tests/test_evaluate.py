@@ -15,12 +15,7 @@ from amadeus.metrics import ADHERENCE_METRICS, SYNTAX_ERRORS
 from amadeus.tokenizer import ATTRIBUTES
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run best on one thread
 
 
 @pytest.fixture(scope="module")

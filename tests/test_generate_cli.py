@@ -14,12 +14,7 @@ from amadeus.render import NO_SOUNDFONT, find_soundfont
 from midi_factory import block_chords, make_score, part
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run best on one thread
 
 
 def generate(*args: str) -> int:

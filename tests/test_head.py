@@ -1,6 +1,5 @@
 """AttributeDiffusionHead (CIEM + denoiser), training end to end, and the comparison baselines."""
 
-import pytest
 import torch
 
 from amadeus.model import AttributeDiffusionHead, ModelConfig, NoteTransformer
@@ -89,15 +88,6 @@ def test_ciem_flag_removes_its_parameters():
     # without CIEM the context is proj(z) + slot embeddings
     torch.testing.assert_close(C, without.proj(z)[:, None] + without.slot)
     assert without.logits(C, tokens(3), torch.ones(3, 3, dtype=torch.bool))[2].shape == (3, 11)
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny ops run faster on one thread (no OpenMP barriers), and steadily on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_overfits_four_sequences(one_thread):

@@ -16,12 +16,7 @@ from amadeus.hub import CheckpointError, export, load_module, read_checkpoint
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run best on one thread
 
 
 def test_read_and_rebuild(trained_tiny):
