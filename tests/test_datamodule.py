@@ -243,7 +243,7 @@ def test_default_data_is_the_embedded_corpus(shards, monkeypatch):
     dm = MusicDataModule(max_notes=T, num_workers=0)
     assert dm.tokenizer.K == 8 and calls == [1]  # built on first use
     dm.prepare_data()  # what Lightning calls once per node
-    assert calls == [1, 1] and dm._files("train")[0].startswith(str(shards))
+    assert calls == [1, 1] and dm.files("train")[0].startswith(str(shards))
 
 
 def test_lightning_checkpoint_resumes_the_stream(shards, tmp_path):

@@ -111,13 +111,12 @@ def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys)
 def test_nll_matches_a_direct_computation(text_ckpt, tiny_shards):
     """The evaluator's ELBO equals diffusion_elbo_nll run by hand on the same rows (no text)."""
     from amadeus.datamodule import EvalWindows, MusicDataModule
-    from amadeus.evaluate import split_files
     from amadeus.hub import Amadeus
     from amadeus.metrics import diffusion_elbo_nll
 
     module = Amadeus.load(text_ckpt).module
     dm = MusicDataModule(str(tiny_shards), num_workers=0)
-    windows = EvalWindows(split_files(dm, "validation"), "validation", "pretrain", module.tokenizer, 16, 2)
+    windows = EvalWindows(dm.files("validation", required=False), "validation", "pretrain", module.tokenizer, 16, 2)
     got = diffusion_nll(module, windows, text=False, num_samples=2, seed=1)
     Cs, targets = [], []
     with torch.no_grad():  # window by window, unbatched; the evaluator batches both windows in one call

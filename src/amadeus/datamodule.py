@@ -23,7 +23,6 @@ Batches (docs/interfaces.md "Batches"): notes LongTensor [B, T+1, K], mask BoolT
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from amadeus.preprocess import load_manifest
 from amadeus.tokenizer import NoteTokenizer, TokenizerConfig
 
 STAGES = ("pretrain", "finetune")
@@ -324,21 +324,7 @@ class MusicDataModule(L.LightningDataModule):
     def manifests(self) -> list[tuple[str, dict[str, Any]]]:
         """(folder, manifest) of every data_dir, checked against each other and tokenizer_hash."""
         if self._manifests is None:
-            import fsspec
-
-            found = []
-            for d in self._dirs():
-                path = f"{d}/manifest.json"
-                try:
-                    with fsspec.open(path, "r") as f:
-                        manifest = json.load(f)
-                except FileNotFoundError:
-                    raise FileNotFoundError(f"{path}: no shard manifest (build one with `amadeus preprocess`)") from None
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: not JSON ({e})") from None
-                if "tokenizer_hash" not in manifest or "shards" not in manifest:
-                    raise ValueError(f"{path}: not an amadeus shard manifest")
-                found.append((d, manifest))
+            found = [(d, load_manifest(d)) for d in self._dirs()]
             hashes = {m["tokenizer_hash"] for _, m in found}
             if len(hashes) > 1:
                 listing = ", ".join(f"{d}: {m['tokenizer_hash']}" for d, m in found)
@@ -363,7 +349,7 @@ class MusicDataModule(L.LightningDataModule):
             self._tokenizer = tok
         return self._tokenizer
 
-    def _files(self, split: str, required: bool = True) -> list[str]:
+    def files(self, split: str, required: bool = True) -> list[str]:
         """Shard files holding pieces of `split` (an error when there are none and they are required)."""
         files = [f"{d}/{s['file']}" for d, m in self.manifests for s in m["shards"]
                  if s.get("splits", {}).get(split, 1) > 0]
@@ -380,7 +366,7 @@ class MusicDataModule(L.LightningDataModule):
 
             total = 0
             columns = ["n_rows", "split"] + (["caption"] if self.stage == "finetune" else [])
-            for f in self._files("train"):
+            for f in self.files("train"):
                 fs, path = fsspec.core.url_to_fs(f)
                 t = pq.read_table(path, columns=columns, filesystem=fs)
                 keep = pc.equal(t["split"], "train")
@@ -417,7 +403,7 @@ class MusicDataModule(L.LightningDataModule):
                       limit: int | None = None, skip: dict[int, int] | None = None) -> TrainWindows:
         """The training window stream of one rank (one pass, or `limit` windows per worker)."""
         r, w = self._rank_world()
-        return TrainWindows(self._files("train"), self.tokenizer, self.max_notes, stage=self.stage, seed=self.seed,
+        return TrainWindows(self.files("train"), self.tokenizer, self.max_notes, stage=self.stage, seed=self.seed,
                             epoch=epoch, shuffle_buffer=self.shuffle_buffer, transpose=self.transpose,
                             rank=r if rank is None else rank, world_size=w if world_size is None else world_size,
                             skip=skip, limit=limit)
@@ -432,7 +418,7 @@ class MusicDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         if split not in self._eval:
-            self._eval[split] = EvalWindows(self._files(split, required=False), split, self.stage, self.tokenizer,
+            self._eval[split] = EvalWindows(self.files(split, required=False), split, self.stage, self.tokenizer,
                                             self.max_notes, self.val_windows)
             if len(self._eval[split]) == 0:
                 warnings.warn(f"the {split} split has no windows; {split} runs nothing", stacklevel=2)

@@ -58,12 +58,6 @@ def _is_local(path: str) -> bool:
     return "://" not in str(path)
 
 
-def split_files(dm, split: str) -> list[str]:
-    """Shard files of a MusicDataModule's manifests that hold pieces of `split`."""
-    return [f"{folder}/{shard['file']}" for folder, manifest in dm.manifests for shard in manifest["shards"]
-            if shard.get("splits", {}).get(split, 1) > 0]
-
-
 def read_pieces(data: str | Path, split: str, num: int, tokenizer_hash: str | None = None) -> tuple[list[dict], Any]:
     """The first `num` captioned pieces of `split` in shard order, and the MusicDataModule of `data`.
 
@@ -79,7 +73,7 @@ def read_pieces(data: str | Path, split: str, num: int, tokenizer_hash: str | No
     dm = MusicDataModule(data_dir=str(data), stage="pretrain", num_workers=0, tokenizer_hash=tokenizer_hash)
     K = dm.tokenizer.K
     pieces: list[dict] = []
-    for file in split_files(dm, split):
+    for file in dm.files(split, required=False):
         fs, path = fsspec.core.url_to_fs(file)
         table = pq.read_table(path, columns=["id", "tokens", "caption", "features", "split"], filesystem=fs)
         table = table.filter(pc.and_(pc.equal(table["split"], split), pc.not_equal(table["caption"], "")))
@@ -220,7 +214,7 @@ def evaluate(ckpt: str | Path, data: str | Path | None = None, split: str = "tes
     # -- likelihood on windows of the split
     nll: dict[str, Any] = {}
     if nll_windows > 0:
-        windows = EvalWindows(split_files(dm, split), split, "pretrain", tokenizer, nll_length, nll_windows)
+        windows = EvalWindows(dm.files(split, required=False), split, "pretrain", tokenizer, nll_length, nll_windows)
         log(f"diffusion ELBO on {len(windows)} windows of {nll_length} rows ({nll_samples} masks per size) ...")
         nll["without_text"] = diffusion_nll(module, windows, text=False, num_samples=nll_samples, seed=seed)
         nll["with_text"] = (diffusion_nll(module, windows, text=True, num_samples=nll_samples, seed=seed)

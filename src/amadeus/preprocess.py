@@ -778,10 +778,14 @@ def write_manifest(out: Path, tokenizer: NoteTokenizer, metas: list[dict[str, An
 
 
 def load_manifest(out: str | os.PathLike) -> dict[str, Any]:
-    """Read OUT/manifest.json; a clear error when it is missing or not a manifest."""
-    path = Path(out) / "manifest.json"
+    """Read OUT/manifest.json (OUT a folder or any fsspec URL); a clear error when it is missing or not
+    a manifest."""
+    import fsspec
+
+    path = f"{str(out).rstrip('/')}/manifest.json"
     try:
-        manifest = json.loads(path.read_text())
+        with fsspec.open(path, "r") as f:
+            manifest = json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no manifest (run `amadeus preprocess SRC {out}` first)") from None
     except json.JSONDecodeError as e:
