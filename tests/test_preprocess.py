@@ -145,6 +145,34 @@ def test_resume_skips_finished_shards(tmp_path):
     assert fifth.pieces == 4
 
 
+def test_concurrent_runs_into_one_folder_take_turns(tmp_path):
+    import threading
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(7):
+        write(_piece(rng, n=10 + i), src / f"p{i}.mid")
+    start, reports, errors = threading.Barrier(2), [], []
+
+    def run() -> None:
+        start.wait()
+        try:
+            reports.append(preprocess(src, tmp_path / "out", workers=0, shard_size=3, progress=False))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    # one run built the shards while the other waited for the lock, then reused all of them
+    assert sorted(r.processed for r in reports) == [0, 7] and [r.pieces for r in reports] == [7, 7]
+    assert len(_rows(tmp_path / "out")) == 7
+
+
 def test_tar_list_and_glob_inputs_match_the_folder(tmp_path):
     src = tmp_path / "src"
     (src / "deep").mkdir(parents=True)

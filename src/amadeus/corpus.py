@@ -326,14 +326,20 @@ def ensure_bach_shards(root: str | os.PathLike | None = None, workers: int | Non
     """The embedded corpus as shards (root/shards), building MIDI (root/midi) and shards when missing.
 
     Both steps are cached (corpus stamp, finished shards), so a second call costs a few file reads.
+    Concurrent callers (several jobs, or one process per node) take turns on a lock file in root:
+    the first builds, the others then find everything cached.
     """
+    from filelock import FileLock
+
     from amadeus.preprocess import preprocess
 
     root = Path(root) if root is not None else default_bach_dir()
-    report = build_bach_corpus(root / "midi", workers=workers, progress=progress)
-    shards = root / "shards"
-    preprocess(report.out_dir, shards, captions=report.captions, workers=workers, shard_size=BACH_SHARD_SIZE,
-               progress=progress)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / ".lock"):
+        report = build_bach_corpus(root / "midi", workers=workers, progress=progress)
+        shards = root / "shards"
+        preprocess(report.out_dir, shards, captions=report.captions, workers=workers, shard_size=BACH_SHARD_SIZE,
+                   progress=progress)
     return shards
 
 

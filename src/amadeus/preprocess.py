@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+from filelock import FileLock
 
 from amadeus.tokenizer import MIDI_SUFFIXES, NoteTokenizer
 
@@ -664,64 +665,66 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
         caption_map, caption_tag = {}, None
     index = CaptionIndex(caption_map)
     out = Path(out)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    options = {"format": SHARD_FORMAT, "tokenizer_hash": tokenizer.config_hash, "captions": caption_tag,
-               "auto_captions": auto_captions, "val": val_fraction, "test": test_fraction}
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(out / ".lock"):  # one writer per OUT: a concurrent run waits, then reuses the shards
+        shard_dir = out / "shards"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        options = {"format": SHARD_FORMAT, "tokenizer_hash": tokenizer.config_hash, "captions": caption_tag,
+                   "auto_captions": auto_captions, "val": val_fraction, "test": test_fraction}
 
-    n_shards = (len(entries) + shard_size - 1) // shard_size
-    shard_entries = [entries[s * shard_size:(s + 1) * shard_size] for s in range(n_shards)]
-    keys = [_shard_key(es, options) for es in shard_entries]
-    metas: dict[int, dict[str, Any]] = {}
-    todo: list[int] = []
-    for s in range(n_shards):
-        meta = _finished(shard_dir / f"part-{s:05d}.json", shard_dir / f"part-{s:05d}.parquet", keys[s])
-        if meta is None:
-            todo.append(s)
-        else:
-            metas[s] = meta
-    for stale in shard_dir.glob("part-*"):  # leftovers of a larger earlier run or of a crash
-        number = stale.name.split(".")[0][len("part-"):]
-        if stale.suffix == ".tmp" or (number.isdigit() and int(number) >= n_shards):
-            stale.unlink()
+        n_shards = (len(entries) + shard_size - 1) // shard_size
+        shard_entries = [entries[s * shard_size:(s + 1) * shard_size] for s in range(n_shards)]
+        keys = [_shard_key(es, options) for es in shard_entries]
+        metas: dict[int, dict[str, Any]] = {}
+        todo: list[int] = []
+        for s in range(n_shards):
+            meta = _finished(shard_dir / f"part-{s:05d}.json", shard_dir / f"part-{s:05d}.parquet", keys[s])
+            if meta is None:
+                todo.append(s)
+            else:
+                metas[s] = meta
+        for stale in shard_dir.glob("part-*"):  # leftovers of a larger earlier run or of a crash
+            number = stale.name.split(".")[0][len("part-"):]
+            if stale.suffix == ".tmp" or (number.isdigit() and int(number) >= n_shards):
+                stale.unlink()
 
-    report = PreprocessReport(out=out, files=len(entries), shards=n_shards, shards_reused=len(metas))
-    rows: dict[int, list[dict[str, Any]]] = {s: [] for s in todo}
-    skips: dict[int, list[dict[str, str]]] = {s: [] for s in todo}
-    remaining = {s: len(shard_entries[s]) for s in todo}
-    where = {e: (s, i) for s in todo for i, e in enumerate(shard_entries[s])}
+        report = PreprocessReport(out=out, files=len(entries), shards=n_shards, shards_reused=len(metas))
+        rows: dict[int, list[dict[str, Any]]] = {s: [] for s in todo}
+        skips: dict[int, list[dict[str, str]]] = {s: [] for s in todo}
+        remaining = {s: len(shard_entries[s]) for s in todo}
+        where = {e: (s, i) for s in todo for i, e in enumerate(shard_entries[s])}
 
-    def payloads() -> Iterator[tuple[tuple[int, int, str], tuple]]:
-        for e, data in _read_payloads([e for s in todo for e in shard_entries[s]]):
-            yield (*where[e], e.name), (e.name, e.path, data, index.lookup(e.name) if len(index) else None)
+        def payloads() -> Iterator[tuple[tuple[int, int, str], tuple]]:
+            for e, data in _read_payloads([e for s in todo for e in shard_entries[s]]):
+                yield (*where[e], e.name), (e.name, e.path, data, index.lookup(e.name) if len(index) else None)
 
-    workers = default_workers() if workers is None else workers
-    todo_files = len(where)
-    init_args = (tokenizer, auto_captions, val_fraction, test_fraction)
-    with _progress(todo_files, progress) as bar:
-        if todo_files:
-            results = (_run_inline(payloads(), init_args) if workers == 0 else
-                       _run_pool(payloads(), init_args, min(workers, todo_files), timeout, report))
-            for (s, _i, name), ok, result in results:
-                if ok:
-                    rows[s].append(result)
-                else:
-                    skips[s].append({"path": name, "reason": result})
-                report.processed += 1
-                bar.update(1)
-                remaining[s] -= 1
-                if remaining[s] == 0:  # the shard's last file: write it (then it counts as finished)
-                    metas[s] = _finish_shard(shard_dir, s, keys[s], len(shard_entries[s]), rows.pop(s), skips.pop(s))
+        workers = default_workers() if workers is None else workers
+        todo_files = len(where)
+        init_args = (tokenizer, auto_captions, val_fraction, test_fraction)
+        with _progress(todo_files, progress) as bar:
+            if todo_files:
+                results = (_run_inline(payloads(), init_args) if workers == 0 else
+                           _run_pool(payloads(), init_args, min(workers, todo_files), timeout, report))
+                for (s, _i, name), ok, result in results:
+                    if ok:
+                        rows[s].append(result)
+                    else:
+                        skips[s].append({"path": name, "reason": result})
+                    report.processed += 1
+                    bar.update(1)
+                    remaining[s] -= 1
+                    if remaining[s] == 0:  # the shard's last file: write it (then it counts as finished)
+                        metas[s] = _finish_shard(shard_dir, s, keys[s], len(shard_entries[s]), rows.pop(s), skips.pop(s))
 
-    manifest = write_manifest(out, tokenizer, [metas[s] for s in range(n_shards)], src=str(src),
-                              options=options, files=len(entries))
-    report.pieces = manifest["counts"]["pieces"]
-    report.notes = manifest["counts"]["notes"]
-    report.splits = manifest["counts"]["splits"]
-    report.skipped = manifest["skipped"]
-    report.lost = manifest["lost"]
-    report.seconds = time.perf_counter() - t0
-    return report
+        manifest = write_manifest(out, tokenizer, [metas[s] for s in range(n_shards)], src=str(src),
+                                  options=options, files=len(entries))
+        report.pieces = manifest["counts"]["pieces"]
+        report.notes = manifest["counts"]["notes"]
+        report.splits = manifest["counts"]["splits"]
+        report.skipped = manifest["skipped"]
+        report.lost = manifest["lost"]
+        report.seconds = time.perf_counter() - t0
+        return report
 
 
 def _run_inline(payloads: Iterable, init_args: tuple) -> Iterator[tuple[Any, bool, Any]]:
