@@ -88,3 +88,23 @@ def test_load_errors_name_the_file_and_line(tmp_path):
         load_captions(tmp_path / "empty.json")
     with pytest.raises(ValueError, match="nope.json: no such"):
         load_captions(tmp_path / "nope.json")
+
+
+def test_transpose_caption_moves_key_and_chords_and_nothing_else():
+    from amadeus.captions import parse_caption, parse_chord, parse_key, transpose_caption
+
+    for seed in range(len(TEMPLATES) * 4):
+        text = make_caption(FEATURES, seed)
+        for s in (-5, -1, 2, 6):
+            moved = transpose_caption(text, s)
+            got, want = parse_caption(moved), parse_caption(text)
+            assert parse_key(got["key"]) == ((parse_key(want["key"])[0] + s) % 12, "major"), moved
+            assert [parse_chord(c) for c in got["chords"]] == [
+                ((parse_chord(c)[0] + s) % 12, parse_chord(c)[1]) for c in want["chords"]]
+            assert {k: v for k, v in got.items() if k not in ("key", "chords")} == {
+                k: v for k, v in want.items() if k not in ("key", "chords")}
+            assert transpose_caption(moved, -s) == text  # the generated spelling comes back exactly
+        assert transpose_caption(text, 12) == text and transpose_caption(text, 0) == text
+    free = "A song in the key of B flat minor; the chord progression is Bbm - Gb/Db - F7. A sad one."
+    assert transpose_caption(free, 2) == "A song in the key of C minor; the chord progression is Cm - Ab/Eb - G7. A sad one."
+    assert transpose_caption("A calm piece for a piano, slow.", 3) == "A calm piece for a piano, slow."

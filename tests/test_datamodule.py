@@ -289,3 +289,29 @@ def test_lightning_checkpoint_resumes_the_stream(shards, tmp_path):
     for w in ref:  # each worker's windows go on where they stopped: a prefix of the uninterrupted stream
         got = done.get(w, []) + todo.get(w, [])
         assert got and got == ref[w][: len(got)]
+
+
+def test_transposed_windows_carry_transposed_captions(tmp_path):
+    from amadeus.captions import parse_caption, parse_key, transpose_caption
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "midi"
+    src.mkdir()
+    for i in range(6):
+        write(make_score([part(random_grid_notes(rng, 40, 480, span_quarters=24), program=0)]), src / f"c{i}.mid")
+    preprocess(src, tmp_path / "out", auto_captions=True, workers=0, progress=False, val_fraction=0, test_fraction=0)
+    pieces = _pieces(tmp_path / "out")
+    moved = kept = 0
+    for w in _dm(tmp_path / "out", transpose=(4, 4)).train_windows():
+        pid, start = w["window"].split(":")
+        orig, _ = cut_window(pieces[pid]["tokens"], int(start), T)
+        caption = pieces[pid]["caption"]
+        assert parse_key(caption) is not None
+        if (w["notes"][:, COL_PITCH] != orig[:, COL_PITCH]).any():
+            assert w["caption"] == transpose_caption(caption, 4) != caption
+            assert parse_key(parse_caption(w["caption"])["key"])[0] == (parse_key(caption)[0] + 4) % 12
+            moved += 1
+        else:  # out of pitch range: neither the notes nor the caption move
+            assert w["caption"] == caption
+            kept += 1
+    assert moved > 5

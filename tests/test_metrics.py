@@ -10,7 +10,7 @@ import torch
 from midi_factory import block_chords, make_score, part, quarters
 from symusic import Score
 
-from amadeus.captions import make_caption
+from amadeus.captions import instrument_present, make_caption, parse_caption, parse_chord, parse_key
 from amadeus.features import extract_features
 from amadeus.metrics import (
     CLAP_MISSING,
@@ -24,10 +24,6 @@ from amadeus.metrics import (
     SyntaxErrorRate,
     TextAdherence,
     diffusion_elbo_nll,
-    instrument_present,
-    parse_caption,
-    parse_chord,
-    parse_key,
     syntax_errors,
 )
 from amadeus.tokenizer import CHORD_QUALITIES, METRIC_NEW_POSITION, NoteTokenizer, chord_name

@@ -6,7 +6,7 @@ theirs through `split_dataset_by_node`, DataLoader workers theirs through `datas
 split, pieces are shuffled in a buffer, and every piece yields ceil(N / T) windows of T+1 rows per
 epoch (the first starts at the piece's SOS row, the last ends at its EOS row, the others start at
 random rows), shuffled again in a window buffer and transposed by a random number of semitones
-(never drums). Memory does not grow with the corpus: only the two buffers are held.
+(never drums; the caption's key and chords are transposed with the notes). Memory does not grow with the corpus: only the two buffers are held.
 
 An epoch is a fixed number of batches, the same on every rank (about one pass over the data), and
 each worker's stream runs on into the next pass if it ends early, so DDP ranks never wait for each
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from amadeus.captions import transpose_caption
 from amadeus.preprocess import load_manifest
 from amadeus.tokenizer import NoteTokenizer, TokenizerConfig
 
@@ -156,14 +157,14 @@ class TrainWindows(IterableDataset):
         K = self.tokenizer.K
         for piece in ds:  # datasets splits the shards among DataLoader workers itself
             tokens = np.asarray(piece["tokens"], dtype=np.int64).reshape(-1, K)
-            caption = str(piece["caption"])
             for start in window_starts(len(tokens), self.max_notes, rng).tolist():
                 notes, mask = cut_window(tokens, start, self.max_notes)
+                caption = str(piece["caption"])
                 if self.transpose is not None:
                     shift = int(rng.integers(self.transpose[0], self.transpose[1] + 1))
                     moved = self.tokenizer.transpose(notes, shift) if shift else None
-                    if moved is not None:
-                        notes = moved
+                    if moved is not None:  # the caption's key and chords move with the notes
+                        notes, caption = moved, transpose_caption(caption, shift)
                 buffer.append({"notes": notes, "mask": mask, "caption": caption,
                                "window": f"{piece['id']}:{start}", "split": "train"})
                 if len(buffer) >= size:

@@ -8,7 +8,7 @@ a baseline in the same run, a piece without text from the same seed (piece i use
 Every generated piece is scored (amadeus.metrics.TextAdherence: TB TBT CK CKD CTS CI CM_top3) twice:
 against the features stored with the prompt's source piece (key, tempo, time signature,
 instruments, chords: the shard's features JSON) and against the fields the caption states
-(amadeus.metrics.parse_caption). A model without a text encoder gets the baseline rows only.
+(amadeus.captions.parse_caption). A model without a text encoder gets the baseline rows only.
 
 Unconditional metrics: the masked-diffusion ELBO per attribute (amadeus.metrics.DiffusionNLL, nats per
 note) on deterministic windows of the split, without text (and with each window's caption when the
@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from amadeus.captions import parse_caption
 from amadeus.metrics import (
     ADHERENCE_METRICS,
     DiffusionNLL,
@@ -41,7 +42,6 @@ from amadeus.metrics import (
     PitchClassEntropy,
     SyntaxErrorRate,
     TextAdherence,
-    parse_caption,
 )
 
 SPLITS = ("train", "validation", "test")

@@ -2,7 +2,7 @@
 
 Text adherence (the MidiCaps / Text2Midi columns, reference-spec section 5.1): `TextAdherence`
 compares the features of a generated piece (amadeus.features) with those stated by its caption
-(`parse_caption`) or stored with its target.
+(`amadeus.captions.parse_caption`) or stored with its target.
 
 Structure of generated token matrices (section 5.2): `SyntaxErrorRate`, `PitchClassEntropy`,
 `GrooveConsistency`, and generation speed `NotesPerSecond`.
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from symusic import Score
 from torchmetrics import Metric
 
-from amadeus.features import SIMPLE_TEMPO_EDGES, TEMPO_BIN_EDGES, TEMPO_WORDS, extract_features, tempo_bin
+from amadeus.captions import instrument_present, instrument_words, parse_caption, parse_chord, parse_key
+from amadeus.features import extract_features, tempo_bin
 from amadeus.tokenizer import (
     ATTRIBUTES,
     COL_INSTRUMENT,
@@ -36,7 +37,6 @@ from amadeus.tokenizer import (
     COL_PITCH,
     COL_POSITION,
     DRUM_INSTRUMENT,
-    GM_PROGRAM_NAMES,
     METRIC_EMPTY_BAR,
     METRIC_EOS,
     METRIC_NEW_BAR,
@@ -48,232 +48,6 @@ from amadeus.tokenizer import (
     NoteTokenizer,
     load_score,
 )
-
-# ================================================================================================
-# caption / target vocabulary: keys, chords, instruments, tempo words
-
-_ACCIDENTAL = {"": 0, "#": 1, "♯": 1, "sharp": 1, "b": -1, "♭": -1, "flat": -1}
-_NATURAL_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-_KEY_RE = re.compile(r"\b([A-G])(#|♯|b|♭|[ -](?i:sharp|flat))?\s*((?i:major|minor))\b")  # 'a major' is not a key
-
-# chord suffix spellings -> amadeus.tokenizer.CHORD_QUALITIES (others stay as their own label)
-_CHORD_SUFFIX = {
-    "": "maj", "maj": "maj", "M": "maj", "major": "maj",
-    "m": "min", "min": "min", "-": "min", "minor": "min",
-    "dim": "dim", "°": "dim", "o": "dim", "aug": "aug", "+": "aug",
-    "7": "7", "dom7": "7", "maj7": "maj7", "M7": "maj7", "Δ7": "maj7", "Δ": "maj7",
-    "m7": "m7", "min7": "m7", "-7": "m7", "m7b5": "m7b5", "ø": "m7b5", "ø7": "m7b5",
-    "dim7": "dim7", "°7": "dim7", "o7": "dim7", "sus2": "sus2", "sus4": "sus4", "sus": "sus4",
-}
-_CHORD_RE = re.compile(r"^([A-G])(#|♯|b|♭)?([A-Za-z0-9°ø+Δ#♯♭-]*?)(?:/[A-G](?:#|♯|b|♭)?)?$")
-
-
-def parse_key(text: str | None) -> tuple[int, str] | None:
-    """'G major' / 'F# minor' / 'B flat minor' -> (tonic pitch class, 'major'|'minor'); None if none."""
-    if not text:
-        return None
-    m = _KEY_RE.search(str(text))
-    if not m:
-        return None
-    acc = (m.group(2) or "").strip(" -").lower()
-    return (_NATURAL_PC[m.group(1).upper()] + _ACCIDENTAL[acc]) % 12, m.group(3).lower()
-
-
-def parse_chord(name: str | None) -> tuple[int, str] | None:
-    """'Em' / 'D7' / 'Bbmaj7' / 'F#m7b5' / 'C/G' -> (root pitch class, quality); None if not a chord.
-
-    Qualities are amadeus.tokenizer.CHORD_QUALITIES where the spelling maps to one; other suffixes
-    (e.g. '9', 'add9') are kept verbatim, so they only match the same spelling.
-    """
-    m = _CHORD_RE.match(str(name or "").strip())
-    if not m:
-        return None
-    suffix = m.group(3)
-    quality = _CHORD_SUFFIX.get(suffix) or _CHORD_SUFFIX.get(suffix.lower())
-    if quality is None and re.fullmatch(r"(m|min|maj)?(add)?\d{1,2}", suffix):
-        quality = suffix  # extended chords ('9', 'add9', 'm6'): only the same spelling matches
-    if quality is None:
-        return None
-    acc = {"♯": "#", "♭": "b"}.get(m.group(2) or "", m.group(2) or "")
-    return (_NATURAL_PC[m.group(1)] + _ACCIDENTAL[acc]) % 12, quality
-
-
-# phrases (normalised words) folded before instrument matching
-_INSTRUMENT_SYNONYMS = {"double bass": "contrabass", "bass guitar": "bass", "synthesizer": "synth",
-                        "percussion": "drum", "drum kit": "drum", "drum set": "drum"}
-
-
-def _norm_token(w: str) -> str:
-    """Lower case, naive singular ('strings' -> 'string', but 'bass', 'brass' stay)."""
-    w = w.lower().strip("-")
-    w = w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
-    return "sax" if w == "saxophone" else w
-
-
-def _words(name: str) -> frozenset[str]:
-    """Instrument name -> normalised word set (no digits or brackets' punctuation, synonyms folded)."""
-    text = " " + " ".join(_norm_token(w) for w in re.findall(r"[a-z]+", name.lower())) + " "
-    for a, b in _INSTRUMENT_SYNONYMS.items():
-        text = text.replace(f" {a} ", f" {b} ")
-    return frozenset(text.split())
-
-
-_DRUM_KIT = frozenset({"drum"})
-
-
-def instrument_present(target: str, piece_instruments: Sequence[str]) -> bool:
-    """Whether a target instrument name is played in a piece (piece names are GM names / 'Drums').
-
-    Matching on normalised word sets: exact set equality, or the target's words all appear in a
-    piece instrument's name ('piano' matches 'Acoustic Grand Piano', 'acoustic guitar' matches
-    'Acoustic Guitar (nylon)', 'strings' matches 'String Ensemble 1'). 'drums' / 'drum kit' /
-    'percussion' mean the drum kit only (not 'Steel Drums' or 'Taiko Drum').
-    """
-    t = _words(target)
-    if not t:
-        return False
-    pieces = [_words(p) for p in piece_instruments]
-    if t == _DRUM_KIT:
-        return _DRUM_KIT in pieces
-    return any(t <= p for p in pieces)
-
-
-# instrument phrases recognised in captions: GM names without their bracketed detail, plus
-# everyday words; single generic GM stems ('lead', 'pad', 'fx', 'voice') are left out on purpose
-_GENERIC_INSTRUMENTS = (
-    "piano", "guitar", "bass", "drums", "drum kit", "percussion", "strings", "string ensemble", "violin",
-    "viola", "cello", "double bass", "flute", "clarinet", "oboe", "bassoon", "trumpet", "trombone", "tuba",
-    "french horn", "horn", "saxophone", "sax", "organ", "harp", "choir", "synthesizer", "synth",
-    "electric guitar", "acoustic guitar", "electric bass", "bass guitar", "electric piano", "brass",
-    "synth pad", "synth lead", "synth bass", "synth strings", "keyboard",
-)
-
-
-def _caption_instrument_phrases() -> list[tuple[tuple[str, ...], str]]:
-    names = {}
-    for gm in GM_PROGRAM_NAMES:
-        base = re.sub(r"\s*\(.*?\)|\s+\d+$", "", gm).strip()
-        if base.lower() in ("lead", "pad", "fx"):
-            continue
-        names.setdefault(base.lower(), base.lower())
-    for g in _GENERIC_INSTRUMENTS:
-        names.setdefault(g, g)
-    phrases = [(tuple(_norm_token(w) for w in k.split()), v) for k, v in names.items()]
-    return sorted(phrases, key=lambda p: -len(p[0]))
-
-
-_INSTRUMENT_PHRASES = _caption_instrument_phrases()
-
-# tempo words -> sets of TEMPO_WORDS bins (MidiCaps bins of amadeus.features)
-_ITALIAN_TEMPO = {w.lower(): {i} for i, w in enumerate(TEMPO_WORDS)}
-_ITALIAN_TEMPO.update({
-    "larghissimo": {0}, "lento": {1}, "larghetto": {2}, "adagietto": {2}, "andantino": {3},
-    "allegretto": {4, 5}, "vivacissimo": {7}, "allegro vivace": {6},
-})
-
-
-def _bins_overlapping(lo: float, hi: float) -> set[int]:
-    """TEMPO_WORDS bins whose bpm range (edges[i-1], edges[i]] overlaps (lo, hi]."""
-    edges = [-math.inf, *TEMPO_BIN_EDGES, math.inf]
-    return {i for i in range(len(TEMPO_WORDS)) if edges[i] < hi and edges[i + 1] > lo}
-
-
-_s = SIMPLE_TEMPO_EDGES  # (80, 120, 160): MidiCaps' Slow / Moderate tempo / Fast / Very fast
-_ENGLISH_TEMPO = {
-    "very slow": _bins_overlapping(-math.inf, 60), "slow": _bins_overlapping(-math.inf, _s[0]),
-    "moderate tempo": _bins_overlapping(_s[0], _s[1]), "moderate": _bins_overlapping(_s[0], _s[1]),
-    "medium tempo": _bins_overlapping(_s[0], _s[1]), "mid-tempo": _bins_overlapping(_s[0], _s[1]),
-    "fast": _bins_overlapping(_s[1], _s[2]), "very fast": _bins_overlapping(_s[2], math.inf),
-}
-_TEMPO_WORD_RE = re.compile(
-    r"\b(" + "|".join(sorted(map(re.escape, {**_ITALIAN_TEMPO, **_ENGLISH_TEMPO}), key=len, reverse=True)) + r")\b",
-    re.IGNORECASE,
-)
-_BPM_RE = re.compile(r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute|beats a minute)\b", re.IGNORECASE)
-_TS_RE = re.compile(r"(?<![\w/])(\d{1,2})\s*/\s*(1|2|4|8|16|32)(?![\w/])")
-_CHORD_TRIGGER_RE = re.compile(
-    r"chord progression|chord sequence|progression|chords|built on|built around|revolves around|"
-    r"revolving around|centres on|centers on|based on|harmony",
-    re.IGNORECASE,
-)
-_CHORD_SEPARATORS = {"and", "then", "to", "followed", "by", "&"}
-
-
-def _parse_chords(text: str) -> list[str]:
-    """Chord names listed after a trigger phrase ('built on G, Em and D7'), in order, no repeats.
-
-    After the trigger up to 5 lower-case filler words may come ('is', 'centres on'); the list then
-    runs over chord names and separators (commas, 'and', 'then', dashes) to the first other word or
-    the end of the sentence. A chord-like word followed by 'major'/'minor'/'key' is a key, not a chord.
-    """
-    found: list[str] = []
-    for trig in _CHORD_TRIGGER_RE.finditer(text):
-        clause = re.split(r"\.(?:\s|$)|;", text[trig.end():], maxsplit=1)[0]
-        tokens = [t for t in re.split(r"[\s,:()\"'→–—]+|(?<=\w)-(?=[A-G])", clause) if t]
-        chords, skipped = [], 0
-        for j, tok in enumerate(tokens):
-            after = tokens[j + 1].lower() if j + 1 < len(tokens) else ""
-            if parse_chord(tok) is not None and after not in ("major", "minor", "key"):
-                chords.append(tok)
-            elif tok.lower() in _CHORD_SEPARATORS and chords:
-                continue
-            elif not chords and skipped < 5 and tok[:1].islower():
-                skipped += 1  # filler words before the list ("is", "of the", "the chords")
-            else:
-                break
-        for c in chords:
-            if c not in found:
-                found.append(c)
-        if found:
-            break
-    return found
-
-
-def parse_caption(text: str) -> dict[str, Any]:
-    """Target fields stated by a free-text caption (fields that the caption does not state are absent).
-
-    Returns any of: key ('G major'), time_signature ('3/4'), tempo (bpm, when a number is given),
-    tempo_bins (sorted list of TEMPO_WORDS bins, from a tempo word when no bpm is given: 'Allegro'
-    -> [5], 'slow' -> every bin overlapping <= 80 bpm), tempo_word (lower case), instruments (phrases as written, lower
-    case, e.g. ['piano', 'electric bass']), chords (['G', 'Em', 'D7'], in caption order).
-    """
-    text = str(text or "")
-    out: dict[str, Any] = {}
-    m = _KEY_RE.search(text)
-    if m:
-        acc = {1: "#", -1: "b", 0: ""}[_ACCIDENTAL[(m.group(2) or "").strip(" -").lower()]]
-        out["key"] = f"{m.group(1).upper()}{acc} {m.group(3).lower()}"
-    ts = _TS_RE.search(text)
-    if ts and 1 <= int(ts.group(1)) <= 32:
-        out["time_signature"] = f"{int(ts.group(1))}/{int(ts.group(2))}"
-    bpm = _BPM_RE.search(text)
-    words = [w.lower() for w in _TEMPO_WORD_RE.findall(text)]
-    words = [w for w in words if w in _ITALIAN_TEMPO] or words  # an Italian marking wins
-    if bpm:
-        out["tempo"] = float(bpm.group(1))
-    if words:
-        w = words[0]
-        out["tempo_word"] = w
-        if not bpm:
-            out["tempo_bins"] = sorted(_ITALIAN_TEMPO.get(w) or _ENGLISH_TEMPO[w])
-    toks = [_norm_token(w) for w in re.findall(r"[A-Za-z]+(?:-[A-Za-z]+)*", text)]
-    instruments, i = [], 0
-    while i < len(toks):
-        for phrase, name in _INSTRUMENT_PHRASES:
-            if tuple(toks[i:i + len(phrase)]) == phrase:
-                if name not in instruments:
-                    instruments.append(name)
-                i += len(phrase)
-                break
-        else:
-            i += 1
-    if instruments:
-        out["instruments"] = instruments
-    chords = _parse_chords(text)
-    if chords:
-        out["chords"] = chords
-    return out
-
 
 # ================================================================================================
 # text adherence
@@ -322,7 +96,7 @@ def adherence_scores(piece: dict[str, Any], target: dict[str, Any]) -> dict[str,
     tts = _ts_norm(target.get("time_signature"))
     if tts:
         out["CTS"] = float(_ts_norm(piece.get("time_signature")) == tts)
-    tins = [t for t in target.get("instruments") or [] if _words(t)]
+    tins = [t for t in target.get("instruments") or [] if instrument_words(t)]
     if tins:
         have = piece.get("instruments") or []
         out["CI"] = sum(instrument_present(t, have) for t in dict.fromkeys(tins)) / len(dict.fromkeys(tins))
