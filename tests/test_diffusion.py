@@ -53,6 +53,11 @@ def test_loss_matches_hand_computation():
     loss_v, per_v = D.diffusion_loss(logits, targets, masked, p, torch.tensor([True, False]))
     assert loss_v.item() == pytest.approx(note0, rel=1e-6)
     assert per_v.tolist() == pytest.approx([expected[0], 0.0, expected[2]], rel=1e-6)
+    # note weights make it a weighted mean over the valid notes
+    loss_w, per_w = D.diffusion_loss(logits, targets, masked, p, torch.tensor([True, True]), torch.tensor([3.0, 1.0]))
+    assert loss_w.item() == pytest.approx((3 * note0 + note1) / 4, rel=1e-6) and per_w.tolist() == per_attr.tolist()
+    ones, _ = D.diffusion_loss(logits, targets, masked, p, torch.tensor([True, False]), torch.tensor([1.0, 9.0]))
+    assert ones.item() == pytest.approx(note0, rel=1e-6)  # an invalid note's weight does not count
 
 
 def test_loss_is_unbiased_estimate_of_full_cross_entropy():

@@ -57,6 +57,21 @@ def test_shared_step_loss_finite_and_metrics(tiny_shards):
     assert all(p.grad is not None for p in module.backbone.parameters() if p.requires_grad)
 
 
+def test_opening_weight_only_on_the_first_notes_of_a_piece_in_training():
+    from amadeus.tokenizer import COL_METRIC, METRIC_SOS
+
+    module = AmadeusModule(network=TINY, opening_weight=8.0, opening_notes=2)
+    inputs = torch.zeros(3, 5, module.K, dtype=torch.long)
+    inputs[0, 0, COL_METRIC] = METRIC_SOS  # row 0 opens a piece; rows 1, 2 are cut from the middle
+    inputs[2, 1, COL_METRIC] = METRIC_SOS  # (an SOS that is not the window's first row changes nothing)
+    w = module._opening_weight(inputs, "train")
+    assert w.tolist() == [[8, 8, 1, 1, 1], [1] * 5, [1] * 5]
+    assert module._opening_weight(inputs, "val") is None  # validation and test report the plain ELBO
+    assert AmadeusModule(network=TINY)._opening_weight(inputs, "train") is None
+    with pytest.raises(ValueError, match="opening_weight"):
+        AmadeusModule(network=TINY, opening_weight=0.0)
+
+
 def test_nonfinite_loss_stops_with_clear_message(tiny_shards, monkeypatch):
     module = AmadeusModule(network=TINY)
     dm = datamodule(tiny_shards)

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _text_demo(ckpt: Path, out: Path, num: int = 16, guidance: float = 3.0) -> dict[str, Any]:
+def _text_demo(ckpt: Path, out: Path, num: int = 32, guidance: float = 3.0) -> dict[str, Any]:
     """Generate from two contrasting captions, with and without the text; print adherence."""
     from amadeus.captions import make_caption
     from amadeus.hub import Amadeus

@@ -50,11 +50,13 @@ def diffusion_loss(
     masked: torch.Tensor,
     p: torch.Tensor,
     valid: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked-diffusion loss.
 
     logits: K tensors [..., V_k]; targets [..., K]; masked [..., K] bool; p [...]; valid [...] bool
-    (None = all notes count). Returns
+    (None = all notes count); weight [...] (None = 1) turns the mean over notes into a weighted mean
+    (a training emphasis; with weights the loss is no longer the ELBO). Returns
       loss = mean over valid notes of (1/K) sum_k masked_k * CE_k / p   (0 with a graph if no valid note)
       per_attribute [K] = mean CE over the masked valid slots of attribute k, without the 1/p weight
         (an NLL estimate to log; 0 where no slot of k was masked).
@@ -69,7 +71,11 @@ def diffusion_loss(
     valid = torch.ones_like(p, dtype=torch.bool) if valid is None else valid.bool()
     w = (masked.bool() & valid[..., None]).float()  # [..., K] slots that are scored
     per_note = (ce * w).sum(-1) / (K * p.float())  # [...]
-    loss = per_note.sum() / valid.sum().clamp_min(1)
+    if weight is None:
+        loss = per_note.sum() / valid.sum().clamp_min(1)
+    else:
+        note_w = weight.float() * valid
+        loss = (per_note * note_w).sum() / note_w.sum().clamp_min(1e-8)
     flat_w, flat_ce = w.reshape(-1, K), ce.reshape(-1, K)
     per_attribute = (flat_ce * flat_w).sum(0) / flat_w.sum(0).clamp_min(1)  # [K]
     return loss, per_attribute
