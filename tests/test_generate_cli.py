@@ -87,6 +87,7 @@ def _tampered_ckpt(trained_tiny, tmp_path):
     (["--regenerate", "velocity"], "need --prompt-midi"),
     (["--prompt-midi", "missing.mid"], "missing.mid: no such file"),
     (["--text", "a calm piece"], "no text encoder"),
+    (["--threads", "-1"], "--threads must be >= 0"),
 ])
 def test_bad_arguments_exit_2_with_one_line(trained_tiny, tmp_path, capsys, extra, message):
     rc = generate("--ckpt", str(trained_tiny[1]), "--num", "1", "--max-notes", "5", "--out", str(tmp_path / "x"), *extra)

@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier-free guidance scale (default 3 with --text, else 1 = off)")
     parser.add_argument("--batch-size", type=int, default=None, help="pieces decoded together (default: all)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default 0 = torch's default; 1 is fastest for small models and "
+                             "whenever the machine is busy: more threads than free cores slow sampling 10x)")
     parser.add_argument("--wav", action="store_true", help="also render WAV (needs a soundfont)")
     parser.add_argument("--png", action="store_true", help="also draw piano-roll PNGs")
 
@@ -89,6 +92,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--prompt-midi {args.prompt_midi}: no such file")
     if args.guidance is not None and args.guidance != 1.0 and not args.text:
         raise ValueError("--guidance needs --text")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
     ckpt = Path(args.ckpt)
     if not ckpt.exists():
         raise ValueError(f"--ckpt {ckpt}: no such checkpoint file or exported folder")
@@ -107,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         device = args.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.threads > 0 and device == "cpu":
+            torch.set_num_threads(args.threads)
         model = Amadeus.load(args.ckpt, device=device)
         options: dict[str, Any] = dict(
             max_notes=args.max_notes, max_bars=args.max_bars, min_notes=args.min_notes, steps=args.steps,
