@@ -91,6 +91,7 @@ def test_revealed_slots_stay_frozen(trained_tiny, monkeypatch):
     for n in range(len(calls) // steps):
         note = calls[n * steps:(n + 1) * steps]
         assert note[0][1].all()  # every slot starts masked
+        assert not note[1][1][0, COL_METRIC]  # the metric (the row's kind) is decided in the first step
         for (t0, m0), (t1, m1) in zip(note, note[1:]):
             assert (m1 <= m0).all()  # a revealed slot is never masked again
             assert (m0 & ~m1).sum() == 2  # K=8, S=4: two slots per step

@@ -491,6 +491,12 @@ class _NoteSampler:
             allowed = g.allowed(tables, ctrl, tok, ~masked, note_forced)
             probs = filter_probs(raw, allowed, self.temps, self.top_k, self.top_p, self.use_k, self.use_p)
             y, q = draw(probs, u[:, 1 + s])
+            if s == 0:
+                # the metric (what the row is: note, new bar, time-signature change, EOS) goes first and
+                # wins any conflict: were the position drawn first, a position past the end of the bar
+                # would leave a time-signature change as the only grammatical metric
+                q = q.clone()
+                q[:, COL_METRIC] = torch.where(masked[:, COL_METRIC], 2.0, q[:, COL_METRIC])
             count = torch.where(s < s_eff, base + (s < extra).long(), torch.zeros_like(base))
             newly = confidence_reveal(q, masked, count)
             self._count(raw, allowed, ctrl, newly)
