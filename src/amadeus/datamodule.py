@@ -6,7 +6,8 @@ theirs through `split_dataset_by_node`, DataLoader workers theirs through `datas
 split, pieces are shuffled in a buffer, and every piece yields ceil(N / T) windows of T+1 rows per
 epoch (the first starts at the piece's SOS row, the last ends at its EOS row, the others start at
 random rows), shuffled again in a window buffer and transposed by a random number of semitones
-(never drums; the caption's key and chords are transposed with the notes). Memory does not grow with the corpus: only the two buffers are held.
+(never drums; the caption's key and chords are transposed with the notes). Memory does not grow with
+the corpus: only the two buffers are held.
 
 An epoch is a fixed number of batches, the same on every rank (about one pass over the data), and
 each worker's stream runs on into the next pass if it ends early, so DDP ranks never wait for each
