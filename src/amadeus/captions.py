@@ -212,7 +212,7 @@ _CHORD_SUFFIX = {
     "m7": "m7", "min7": "m7", "-7": "m7", "m7b5": "m7b5", "ø": "m7b5", "ø7": "m7b5",
     "dim7": "dim7", "°7": "dim7", "o7": "dim7", "sus2": "sus2", "sus4": "sus4", "sus": "sus4",
 }
-_CHORD_RE = re.compile(r"^([A-G])(#|♯|b|♭)?([A-Za-z0-9°ø+Δ#♯♭-]*?)(?:/[A-G](?:#|♯|b|♭)?)?$")
+_CHORD_RE = re.compile(r"^([A-G])(#|♯|b|♭)?([A-Za-z0-9°ø+Δ#♯♭-]*?)(?:/([A-G])(#|♯|b|♭)?)?$")  # root, suffix, bass
 
 
 def parse_key(text: str | None) -> tuple[int, str] | None:
@@ -443,15 +443,11 @@ def _transpose_chord(name: str, semitones: int) -> str:
     if m is None:
         return name
 
-    def move(letter: str, accidental: str) -> str:
-        acc = {"♯": "#", "♭": "b"}.get(accidental, accidental)
-        return PITCH_CLASS_NAMES[(_NATURAL_PC[letter] + _ACCIDENTAL[acc] + semitones) % 12]
+    def move(letter: str, accidental: str | None) -> str:
+        return PITCH_CLASS_NAMES[(_NATURAL_PC[letter] + _ACCIDENTAL[accidental or ""] + semitones) % 12]
 
-    out = move(m.group(1), m.group(2) or "") + m.group(3)
-    if "/" in name:
-        bass = re.fullmatch(r"([A-G])(#|♯|b|♭)?", name.rsplit("/", 1)[1])
-        out += "/" + (move(bass.group(1), bass.group(2) or "") if bass else name.rsplit("/", 1)[1])
-    return out
+    bass = "/" + move(m.group(4), m.group(5)) if m.group(4) else ""
+    return move(m.group(1), m.group(2)) + m.group(3) + bass
 
 
 def transpose_caption(text: str, semitones: int) -> str:
