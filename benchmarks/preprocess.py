@@ -94,14 +94,11 @@ def synthetic_files(n: int, out: Path, seed: int = 0) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 # the baseline: miditoolkit + per-note Python (REMI / NMT style)
 
-_CHORD_QUALITIES = {"maj": (0, 4, 7), "min": (0, 3, 7), "dim": (0, 3, 6), "aug": (0, 4, 8), "7": (0, 4, 7, 10),
-                    "maj7": (0, 4, 7, 11), "m7": (0, 3, 7, 10), "m7b5": (0, 3, 6, 10), "dim7": (0, 3, 6, 9),
-                    "sus2": (0, 2, 7), "sus4": (0, 5, 7)}
-
-
 def baseline_encode(path: Path, resolution: int = 12) -> list[list[int]]:
     """One row per note, computed note by note in Python after a miditoolkit parse."""
     import miditoolkit
+
+    from amadeus.theory import CHORD_INTERVALS  # the same chord templates as amadeus
 
     midi = miditoolkit.MidiFile(str(path))
     tpb = midi.ticks_per_beat
@@ -153,11 +150,11 @@ def baseline_encode(path: Path, resolution: int = 12) -> list[list[int]]:
         best, best_score = 1, 0.0
         if len(pcs) >= 2:
             for root in range(12):
-                for q, (name, intervals) in enumerate(_CHORD_QUALITIES.items()):
+                for q, (name, intervals) in enumerate(CHORD_INTERVALS.items()):
                     tones = {(root + iv) % 12 for iv in intervals}
                     score = len(pcs & tones) / len(tones) - 0.5 * len(pcs - tones) / len(pcs)
                     if root in pcs and score > best_score:
-                        best, best_score = 2 + root * len(_CHORD_QUALITIES) + q, score
+                        best, best_score = 2 + root * len(CHORD_INTERVALS) + q, score
         chords[onset] = best
 
     rows, last_bar, last_onset = [[1, 0, 0, 0, 0, 0, 0, 0]], -1, -1

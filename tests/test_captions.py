@@ -91,7 +91,8 @@ def test_load_errors_name_the_file_and_line(tmp_path):
 
 
 def test_transpose_caption_moves_key_and_chords_and_nothing_else():
-    from amadeus.captions import parse_caption, parse_chord, parse_key, transpose_caption
+    from amadeus.captions import parse_caption, transpose_caption
+    from amadeus.theory import parse_chord, parse_key
 
     for seed in range(len(TEMPLATES) * 4):
         text = make_caption(FEATURES, seed)

@@ -292,7 +292,8 @@ def test_lightning_checkpoint_resumes_the_stream(shards, tmp_path):
 
 
 def test_transposed_windows_carry_transposed_captions(tmp_path):
-    from amadeus.captions import parse_caption, parse_key, transpose_caption
+    from amadeus.captions import parse_caption, transpose_caption
+    from amadeus.theory import parse_key
 
     rng = np.random.default_rng(1)
     src = tmp_path / "midi"

@@ -10,7 +10,7 @@ import torch
 from midi_factory import block_chords, make_score, part, quarters
 from symusic import Score
 
-from amadeus.captions import instrument_present, make_caption, parse_caption, parse_chord, parse_key
+from amadeus.captions import instrument_present, make_caption, parse_caption
 from amadeus.features import extract_features
 from amadeus.metrics import (
     CLAP_MISSING,
@@ -26,7 +26,8 @@ from amadeus.metrics import (
     diffusion_elbo_nll,
     syntax_errors,
 )
-from amadeus.tokenizer import CHORD_QUALITIES, METRIC_NEW_POSITION, NoteTokenizer, chord_name
+from amadeus.theory import CHORD_QUALITIES, parse_chord, parse_key
+from amadeus.tokenizer import METRIC_NEW_POSITION, NoteTokenizer, chord_name
 
 Q = 480
 TOK = NoteTokenizer()

@@ -10,10 +10,10 @@ import pytest
 from midi_factory import block_chords, make_score, part, quarters, random_grid_notes, write
 from symusic import Score
 
+from amadeus.theory import CHORD_QUALITIES
 from amadeus.tokenizer import (
     ATTRIBUTES,
     CHORD_NONE,
-    CHORD_QUALITIES,
     COL_CHORD,
     COL_INSTRUMENT,
     COL_METRIC,

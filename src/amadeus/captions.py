@@ -19,8 +19,18 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from amadeus.features import SIMPLE_TEMPO_EDGES, TEMPO_BIN_EDGES, TEMPO_WORDS, key_name, tempo_word
-from amadeus.tokenizer import GM_PROGRAM_NAMES, PITCH_CLASS_NAMES
+from amadeus.features import SIMPLE_TEMPO_EDGES, TEMPO_BIN_EDGES, TEMPO_WORDS, tempo_word
+from amadeus.theory import (
+    GM_PROGRAM_NAMES,
+    KEY_PATTERN,
+    PITCH_CLASS_NAMES,
+    ascii_accidental,
+    instrument_synonyms,
+    key_name,
+    parse_chord,
+    pitch_class,
+    split_chord,
+)
 
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                 "eleven", "twelve")
@@ -199,57 +209,6 @@ def load_captions(path: str | Path) -> Captions:
 # ================================================================================================
 # reading captions: keys, chords, instruments, tempo words (what a caption states)
 
-_ACCIDENTAL = {"": 0, "#": 1, "♯": 1, "sharp": 1, "b": -1, "♭": -1, "flat": -1}
-_NATURAL_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-_KEY_RE = re.compile(r"\b([A-G])(#|♯|b|♭|[ -](?i:sharp|flat))?\s*((?i:major|minor))\b")  # 'a major' is not a key
-
-# chord suffix spellings -> amadeus.tokenizer.CHORD_QUALITIES (others stay as their own label)
-_CHORD_SUFFIX = {
-    "": "maj", "maj": "maj", "M": "maj", "major": "maj",
-    "m": "min", "min": "min", "-": "min", "minor": "min",
-    "dim": "dim", "°": "dim", "o": "dim", "aug": "aug", "+": "aug",
-    "7": "7", "dom7": "7", "maj7": "maj7", "M7": "maj7", "Δ7": "maj7", "Δ": "maj7",
-    "m7": "m7", "min7": "m7", "-7": "m7", "m7b5": "m7b5", "ø": "m7b5", "ø7": "m7b5",
-    "dim7": "dim7", "°7": "dim7", "o7": "dim7", "sus2": "sus2", "sus4": "sus4", "sus": "sus4",
-}
-_CHORD_RE = re.compile(r"^([A-G])(#|♯|b|♭)?([A-Za-z0-9°ø+Δ#♯♭-]*?)(?:/([A-G])(#|♯|b|♭)?)?$")  # root, suffix, bass
-
-
-def parse_key(text: str | None) -> tuple[int, str] | None:
-    """'G major' / 'F# minor' / 'B flat minor' -> (tonic pitch class, 'major'|'minor'); None if none."""
-    if not text:
-        return None
-    m = _KEY_RE.search(str(text))
-    if not m:
-        return None
-    acc = (m.group(2) or "").strip(" -").lower()
-    return (_NATURAL_PC[m.group(1).upper()] + _ACCIDENTAL[acc]) % 12, m.group(3).lower()
-
-
-def parse_chord(name: str | None) -> tuple[int, str] | None:
-    """'Em' / 'D7' / 'Bbmaj7' / 'F#m7b5' / 'C/G' -> (root pitch class, quality); None if not a chord.
-
-    Qualities are amadeus.tokenizer.CHORD_QUALITIES where the spelling maps to one; other suffixes
-    (e.g. '9', 'add9') are kept verbatim, so they only match the same spelling.
-    """
-    m = _CHORD_RE.match(str(name or "").strip())
-    if not m:
-        return None
-    suffix = m.group(3)
-    quality = _CHORD_SUFFIX.get(suffix) or _CHORD_SUFFIX.get(suffix.lower())
-    if quality is None and re.fullmatch(r"(m|min|maj)?(add)?\d{1,2}", suffix):
-        quality = suffix  # extended chords ('9', 'add9', 'm6'): only the same spelling matches
-    if quality is None:
-        return None
-    acc = {"♯": "#", "♭": "b"}.get(m.group(2) or "", m.group(2) or "")
-    return (_NATURAL_PC[m.group(1)] + _ACCIDENTAL[acc]) % 12, quality
-
-
-# phrases (normalised words) folded before instrument matching
-_INSTRUMENT_SYNONYMS = {"double bass": "contrabass", "bass guitar": "bass", "synthesizer": "synth",
-                        "percussion": "drum", "drum kit": "drum", "drum set": "drum"}
-
-
 def _norm_token(w: str) -> str:
     """Lower case, naive singular ('strings' -> 'string', but 'bass', 'brass' stay)."""
     w = w.lower().strip("-")
@@ -257,10 +216,18 @@ def _norm_token(w: str) -> str:
     return "sax" if w == "saxophone" else w
 
 
+def _norm_phrase(phrase: str) -> str:
+    return " ".join(_norm_token(w) for w in phrase.split())
+
+
+# phrases (normalised words) folded before instrument matching: the synonyms of amadeus.theory
+_INSTRUMENT_FOLDS = {_norm_phrase(a): _norm_phrase(b) for a, b in instrument_synonyms().items()}
+
+
 def instrument_words(name: str) -> frozenset[str]:
     """Instrument name -> normalised word set (no digits or brackets' punctuation, synonyms folded)."""
     text = " " + " ".join(_norm_token(w) for w in re.findall(r"[a-z]+", name.lower())) + " "
-    for a, b in _INSTRUMENT_SYNONYMS.items():
+    for a, b in _INSTRUMENT_FOLDS.items():
         text = text.replace(f" {a} ", f" {b} ")
     return frozenset(text.split())
 
@@ -397,10 +364,9 @@ def parse_caption(text: str) -> dict[str, Any]:
     """
     text = str(text or "")
     out: dict[str, Any] = {}
-    m = _KEY_RE.search(text)
+    m = KEY_PATTERN.search(text)
     if m:
-        acc = {1: "#", -1: "b", 0: ""}[_ACCIDENTAL[(m.group(2) or "").strip(" -").lower()]]
-        out["key"] = f"{m.group(1).upper()}{acc} {m.group(3).lower()}"
+        out["key"] = f"{m.group(1).upper()}{ascii_accidental(m.group(2))} {m.group(3).lower()}"
     ts = _TS_RE.search(text)
     if ts and 1 <= int(ts.group(1)) <= 32:
         out["time_signature"] = f"{int(ts.group(1))}/{int(ts.group(2))}"
@@ -439,15 +405,12 @@ def parse_caption(text: str) -> dict[str, Any]:
 
 def _transpose_chord(name: str, semitones: int) -> str:
     """'F#m7' + 2 -> 'G#m7', 'C/G' + 2 -> 'D/A': roots and bass move, the suffix stays as written."""
-    m = _CHORD_RE.match(name)
-    if m is None:
+    parts = split_chord(name)
+    if parts is None:
         return name
-
-    def move(letter: str, accidental: str | None) -> str:
-        return PITCH_CLASS_NAMES[(_NATURAL_PC[letter] + _ACCIDENTAL[accidental or ""] + semitones) % 12]
-
-    bass = "/" + move(m.group(4), m.group(5)) if m.group(4) else ""
-    return move(m.group(1), m.group(2)) + m.group(3) + bass
+    root, suffix, bass = parts
+    slash = "/" + PITCH_CLASS_NAMES[(bass + semitones) % 12] if bass is not None else ""
+    return PITCH_CLASS_NAMES[(root + semitones) % 12] + suffix + slash
 
 
 def transpose_caption(text: str, semitones: int) -> str:
@@ -456,15 +419,14 @@ def transpose_caption(text: str, semitones: int) -> str:
 
     Training on transposed windows with the original caption would teach the model that the caption's
     key and chords are noise; the DataModule calls this for each transposed window instead. Spelling
-    follows the automatic captions (keys as `amadeus.features.key_name`, chord roots as
-    `amadeus.tokenizer.PITCH_CLASS_NAMES`).
+    follows the automatic captions (keys as `amadeus.theory.key_name`, chord roots as
+    `amadeus.theory.PITCH_CLASS_NAMES`).
     """
     if not text or semitones % 12 == 0:
         return text
     edits = []  # (start, end, replacement)
-    for m in _KEY_RE.finditer(text):
-        acc = (m.group(2) or "").strip(" -").lower()
-        tonic = (_NATURAL_PC[m.group(1).upper()] + _ACCIDENTAL[acc] + semitones) % 12
+    for m in KEY_PATTERN.finditer(text):
+        tonic = (pitch_class(m.group(1), m.group(2)) + semitones) % 12
         mode = m.group(3).lower()
         edits.append((m.start(), m.start(3), key_name(tonic, mode).split(" ")[0] + " "))
     for i, j in _chord_spans(text):

@@ -31,10 +31,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from amadeus.tokenizer import (
-    CHORD_NONE,
+from amadeus.theory import (
     CHORD_QUALITIES,
     CHORD_SUFFIXES,
+    DRUM_PROGRAM,
+    MAJOR_SCALE,
+    MINOR_SCALE,
+    chord_quality,
+    instrument_program,
+    parse_key,
+    parse_pitch_name,
+    split_chord,
+)
+from amadeus.tokenizer import (
+    CHORD_NONE,
     COL_CHORD,
     COL_DURATION,
     COL_INSTRUMENT,
@@ -43,7 +53,6 @@ from amadeus.tokenizer import (
     COL_TEMPO,
     COL_VELOCITY,
     DRUM_INSTRUMENT,
-    GM_PROGRAM_NAMES,
     METRIC_EMPTY_BAR,
     METRIC_EOS,
     METRIC_NEW_BAR,
@@ -57,48 +66,6 @@ from amadeus.tokenizer import (
 class ControlError(ValueError):
     """A control string that cannot be honoured; the message names the control and the problem."""
 
-
-# --------------------------------------------------------------------------------------- names
-
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9+#]", "", name.lower())
-
-
-# common names -> GM program (0-based) or "drums"
-INSTRUMENT_ALIASES: dict[str, int | str] = {
-    "piano": 0, "grandpiano": 0, "acousticpiano": 0, "brightpiano": 1, "epiano": 4, "electricpiano": 4,
-    "rhodes": 4, "harpsichord": 6, "clavinet": 7, "celesta": 8, "glockenspiel": 9, "musicbox": 10,
-    "vibraphone": 11, "vibes": 11, "marimba": 12, "xylophone": 13, "bells": 14, "tubularbells": 14,
-    "dulcimer": 15, "organ": 19, "churchorgan": 19, "hammond": 16, "rockorgan": 18, "accordion": 21,
-    "harmonica": 22, "guitar": 24, "nylonguitar": 24, "classicalguitar": 24, "acousticguitar": 25,
-    "steelguitar": 25, "electricguitar": 27, "jazzguitar": 26, "cleanguitar": 27,
-    "distortionguitar": 30, "overdrivenguitar": 29, "bass": 33, "electricbass": 33,
-    "acousticbass": 32, "uprightbass": 32, "fretlessbass": 35, "slapbass": 36, "synthbass": 38,
-    "violin": 40, "viola": 41, "cello": 42, "violoncello": 42, "contrabass": 43, "doublebass": 43,
-    "tremolostrings": 44, "pizzicato": 45, "pizzicatostrings": 45, "harp": 46, "timpani": 47,
-    "strings": 48, "stringensemble": 48, "synthstrings": 50, "choir": 52, "voice": 53, "oohs": 53,
-    "orchestrahit": 55, "trumpet": 56, "trombone": 57, "tuba": 58, "mutedtrumpet": 59, "horn": 60,
-    "frenchhorn": 60, "brass": 61, "brasssection": 61, "synthbrass": 62, "sopranosax": 64,
-    "sax": 65, "saxophone": 65, "altosax": 65, "tenorsax": 66, "baritonesax": 67, "oboe": 68,
-    "englishhorn": 69, "bassoon": 70, "clarinet": 71, "piccolo": 72, "flute": 73, "recorder": 74,
-    "panflute": 75, "shakuhachi": 77, "whistle": 78, "ocarina": 79, "synth": 80, "lead": 80,
-    "synthlead": 80, "pad": 88, "synthpad": 88, "sitar": 104, "banjo": 105, "shamisen": 106,
-    "koto": 107, "kalimba": 108, "bagpipe": 109, "fiddle": 110, "steeldrums": 114,
-    "drums": "drums", "drum": "drums", "drumkit": "drums", "percussion": "drums", "kit": "drums",
-}
-_GM_BY_NAME = {_norm(n): i for i, n in enumerate(GM_PROGRAM_NAMES)}
-
-NOTE_CLASSES = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
-MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
-MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)
-DRUM_PITCHES = (27, 87)  # inclusive MIDI range of drum sounds the sampler allows (GM map 35-81, extended)
-
-_SUFFIX_ALIASES = {"": "maj", "maj": "maj", "major": "maj", "m": "min", "min": "min", "minor": "min",
-                   "-": "min", "dim": "dim", "o": "dim", "aug": "aug", "+": "aug", "7": "7", "dom7": "7",
-                   "maj7": "maj7", "M7": "maj7", "m7": "m7", "min7": "m7", "-7": "m7", "m7b5": "m7b5",
-                   "ø": "m7b5", "dim7": "dim7", "o7": "dim7", "sus2": "sus2", "sus4": "sus4", "sus": "sus4"}
-for _q, _s in CHORD_SUFFIXES.items():
-    _SUFFIX_ALIASES.setdefault(_s, _q)
 
 ATTRIBUTE_OF = {  # control name -> token column it restricts
     "instrument": COL_INSTRUMENT, "tempo": COL_TEMPO, "pitch": COL_PITCH, "key": COL_PITCH,
@@ -114,22 +81,11 @@ _NAME_ALIASES = {"instruments": "instrument", "program": "instrument", "programs
 
 def instrument_value(name: str) -> int:
     """Instrument column value (1 + GM program, or DRUM_INSTRUMENT) of a name, alias or program number."""
-    text = name.strip()
-    if re.fullmatch(r"\d+", text):
-        program = int(text)
-        if not 0 <= program <= 127:
-            raise ControlError(f"instrument {text!r}: GM program numbers are 0-127")
-        return 1 + program
-    key = _norm(text)
-    if key in INSTRUMENT_ALIASES:
-        v = INSTRUMENT_ALIASES[key]
-        return DRUM_INSTRUMENT if v == "drums" else 1 + int(v)
-    if key in _GM_BY_NAME:
-        return 1 + _GM_BY_NAME[key]
-    known = list(INSTRUMENT_ALIASES) + list(_GM_BY_NAME)
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else " (use a GM name, an alias such as piano, violin, drums, or a GM program 0-127)"
-    raise ControlError(f"unknown instrument name {name!r}{hint}")
+    try:
+        program = instrument_program(name)
+    except ValueError as e:
+        raise ControlError(str(e)) from None
+    return DRUM_INSTRUMENT if program == DRUM_PROGRAM else 1 + program
 
 
 def pitch_value(text: str) -> int:
@@ -138,31 +94,26 @@ def pitch_value(text: str) -> int:
     if re.fullmatch(r"-?\d+", t):
         p = int(t)
     else:
-        m = re.fullmatch(r"([A-Ga-g])([#b]?)(-?\d)", t)
-        if not m:
+        p = parse_pitch_name(t)
+        if p is None:
             raise ControlError(f"pitch {text!r}: expected a MIDI number 0-127 or a note name like C4, F#3, Bb5")
-        p = 12 * (int(m.group(3)) + 1) + NOTE_CLASSES[m.group(1).lower()] + {"#": 1, "b": -1, "": 0}[m.group(2)]
     if not 0 <= p <= 127:
         raise ControlError(f"pitch {text!r} is outside MIDI 0-127")
     return p
 
 
-def _root(text: str) -> tuple[int, str]:
-    m = re.match(r"([A-Ga-g])([#b]?)", text)
-    if not m:
-        raise ControlError(f"{text!r}: expected a root note like C, F#, Bb")
-    pc = (NOTE_CLASSES[m.group(1).lower()] + {"#": 1, "b": -1, "": 0}[m.group(2)]) % 12
-    return pc, text[m.end():]
-
-
 def chord_value(text: str) -> int:
-    """Chord column value of "C", "Am", "G7", "F#m7b5", "Bbmaj7", or "N"/"none" (no chord)."""
+    """Chord column value of "C", "Am", "G7", "F#m7b5", "Bbmaj7", "C/E" (the bass is not kept), or
+    "N"/"none" (no chord). A lower-case root is read as upper case ("am" is Am)."""
     t = text.strip()
     if t.lower() in ("n", "none", "nc", "n.c."):
         return CHORD_NONE
-    root, suffix = _root(t)
-    quality = _SUFFIX_ALIASES.get(suffix, _SUFFIX_ALIASES.get(suffix.lower()))
-    if quality is None:
+    parts = split_chord(t[:1].upper() + t[1:])
+    if parts is None:
+        raise ControlError(f"chord {text!r}: expected a root note like C, F#, Bb and a suffix like m, 7, maj7")
+    root, suffix, _ = parts
+    quality = chord_quality(suffix)
+    if quality not in CHORD_QUALITIES:
         raise ControlError(f"chord {text!r}: unknown quality {suffix!r} (known: "
                            + ", ".join(repr(s) for s in CHORD_SUFFIXES.values()) + ")")
     return 2 + root * len(CHORD_QUALITIES) + CHORD_QUALITIES.index(quality)
@@ -170,16 +121,13 @@ def chord_value(text: str) -> int:
 
 def key_pitch_classes(text: str) -> tuple[int, ...]:
     """Pitch classes of a key: "C", "C major", "Am", "A minor", "F#m"."""
-    t = text.strip()
-    root, rest = _root(t)
-    rest = rest.strip().lower()
-    if rest in ("", "maj", "major", "ionian"):
-        scale = MAJOR_SCALE
-    elif rest in ("m", "min", "minor", "aeolian"):
-        scale = MINOR_SCALE
-    else:
-        raise ControlError(f"key {text!r}: expected e.g. C, C major, Am, A minor")
-    return tuple(sorted((root + i) % 12 for i in scale))
+    key = parse_key(text)
+    if key is None:
+        raise ControlError(f"key {text!r}: expected a root note like C, F#, Bb, then an optional mode "
+                           "(e.g. C, C major, Am, A minor)")
+    tonic, mode = key
+    scale = MAJOR_SCALE if mode == "major" else MINOR_SCALE
+    return tuple(sorted((tonic + i) % 12 for i in scale))
 
 
 def _range(text: str, parse, what: str) -> tuple[Any, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from symusic import Score
 
+from amadeus.theory import key_name
 from amadeus.tokenizer import (CHORD_NONE, DRUM_INSTRUMENT, chord_name, detect_chords, instrument_name, load_score,
                                note_table)
 
@@ -39,11 +40,10 @@ SIMPLE_TEMPO_WORDS = ("Slow", "Moderate tempo", "Fast", "Very fast")
 DURATION_EDGES = (30, 120, 300)
 DURATION_WORDS = ("Short fragment", "Short song", "Song", "Long piece")
 
-# Krumhansl-Kessler key profiles (tonic first)
+# Krumhansl-Kessler key profiles (tonic first): the weights of estimate_key, not vocabulary, so they
+# stay with the algorithm (key spelling and scales are in amadeus.theory)
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-MAJOR_TONICS = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-MINOR_TONICS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
 
 
 def tempo_bin(bpm: float) -> int:
@@ -60,11 +60,6 @@ def tempo_word(bpm: float, simple: bool = False) -> str:
 
 def duration_word(seconds: float) -> str:
     return DURATION_WORDS[int(np.sum(float(seconds) > np.asarray(DURATION_EDGES)))]
-
-
-def key_name(tonic: int, mode: str) -> str:
-    """e.g. key_name(7, "major") -> "G major"."""
-    return f"{(MAJOR_TONICS if mode == 'major' else MINOR_TONICS)[tonic % 12]} {mode}"
 
 
 def estimate_key(pitches: np.ndarray, weights: np.ndarray) -> tuple[int, str, float] | None:

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from symusic import Score
 from torchmetrics import Metric
 
-from amadeus.captions import instrument_present, instrument_words, parse_caption, parse_chord, parse_key
+from amadeus.captions import instrument_present, instrument_words, parse_caption
 from amadeus.features import extract_features, tempo_bin
+from amadeus.theory import DRUM_PITCHES, parse_chord, parse_key
 from amadeus.tokenizer import (
     ATTRIBUTES,
     COL_INSTRUMENT,
@@ -205,7 +206,7 @@ SYNTAX_ERRORS = (
     "same_onset_moved",  # SAME_ONSET with a position different from the previous note's
     "position_outside_bar",  # position beyond the bar length of the current time signature
     "note_missing_attribute",  # a note row with 0 (n/a) in a column (pitch 0 included)
-    "drum_pitch",  # a drum note outside the GM drum map 27..87
+    "drum_pitch",  # a drum note outside amadeus.theory.DRUM_PITCHES (27..87)
     "stray_attributes",  # SOS / EOS / EMPTY_BAR / bar-marker rows with values in note columns
     "after_eos",  # non-padding rows after the first EOS
 )
@@ -258,7 +259,8 @@ def syntax_errors(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[np.ndarray
     flags[:end, col["same_onset_moved"]] = (m == METRIC_SAME_ONSET) & prev_note & (pos != prev_pos)
     flags[:end, col["position_outside_bar"]] = notes & (pos > 0) & (pos - 1 >= bar_len)
     flags[:end, col["note_missing_attribute"]] = notes & (t[:, 1:] == 0).any(axis=1)
-    flags[:end, col["drum_pitch"]] = notes & (inst == DRUM_INSTRUMENT) & (pitch > 0) & ((pitch - 1 < 27) | (pitch - 1 > 87))
+    drum_lo, drum_hi = DRUM_PITCHES
+    flags[:end, col["drum_pitch"]] = notes & (inst == DRUM_INSTRUMENT) & (pitch > 0) & ((pitch - 1 < drum_lo) | (pitch - 1 > drum_hi))
     non_note = ~bad & ~notes
     flags[:end, col["stray_attributes"]] = non_note & (t[:, 1:] != 0).any(axis=1)
     return flags, n

@@ -45,8 +45,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amadeus.controls import DRUM_PITCHES, Controls, parse_controls
+from amadeus.controls import Controls, parse_controls
 from amadeus.model.diffusion import confidence_reveal
+from amadeus.theory import DRUM_PITCHES
 from amadeus.tokenizer import (
     COL_CHORD,
     COL_INSTRUMENT,
