@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from symusic import Score
 
-from amadeus.controls import MAJOR_SCALE  # moves to amadeus.theory
+from amadeus.theory import MAJOR_SCALE
 
 GRID = 12  # onset grid per quarter note for rhythm patterns (16ths and triplets), as the tokenizer
 CONSONANT_CLASSES = (0, 3, 4, 5)  # interval classes of unisons/octaves, thirds/sixths, fourths/fifths
