@@ -27,21 +27,36 @@ from typing import Any
 import numpy as np
 from symusic import Note, Score, Tempo, TimeSignature, TimeUnit, Track
 
+# the matrix layout is the grammar's; these names are part of the tokenizer's API too (docs/interfaces.md)
+from amadeus.grammar import (  # noqa: F401
+    ATTRIBUTES,
+    COL_CHORD,
+    COL_DURATION,
+    COL_INSTRUMENT,
+    COL_METRIC,
+    COL_PITCH,
+    COL_POSITION,
+    COL_TEMPO,
+    COL_VELOCITY,
+    DRUM_INSTRUMENT,
+    METRIC_EMPTY_BAR,
+    METRIC_EOS,
+    METRIC_NEW_BAR,
+    METRIC_NEW_POSITION,
+    METRIC_PAD,
+    METRIC_SAME_ONSET,
+    METRIC_SOS,
+    METRIC_TS_OFFSET,
+    cut_at_eos,
+    is_bar_start,
+    is_note_metric,
+    is_ts_change,
+    note_rows,
+    ts_per_row,
+)
+
 FORMAT_VERSION = 2  # 2: tempo ladder anchored at 120 bpm
 
-ATTRIBUTES = ("metric", "position", "chord", "tempo", "instrument", "pitch", "duration", "velocity")
-COL_METRIC, COL_POSITION, COL_CHORD, COL_TEMPO, COL_INSTRUMENT, COL_PITCH, COL_DURATION, COL_VELOCITY = range(8)
-
-METRIC_PAD = 0
-METRIC_SOS = 1
-METRIC_EOS = 2
-METRIC_EMPTY_BAR = 3
-METRIC_SAME_ONSET = 4
-METRIC_NEW_POSITION = 5
-METRIC_NEW_BAR = 6
-METRIC_TS_OFFSET = 7
-
-DRUM_INSTRUMENT = 129
 DEFAULT_TEMPO = 120.0
 DECODE_TPQ = 480
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".abc")
