@@ -97,7 +97,7 @@ def ts_per_row(m: np.ndarray, default_ts: int, n_ts: int) -> np.ndarray:
     m = np.asarray(m, dtype=np.int64)
     is_ts = is_ts_change(m)
     idx = np.where(is_ts, np.clip(m - METRIC_TS_OFFSET, 0, n_ts - 1), -1)
-    last = np.maximum.accumulate(np.where(is_ts, np.arange(len(m)), -1)) if len(m) else np.zeros(0, np.int64)
+    last = np.maximum.accumulate(np.where(is_ts, np.arange(len(m)), -1))
     return np.where(last >= 0, idx[np.maximum(last, 0)], default_ts).astype(np.int64)
 
 
