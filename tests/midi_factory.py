@@ -64,6 +64,17 @@ def random_grid_notes(rng: np.random.Generator, n: int, tpq: int, steps_per_quar
     return list(zip(on.tolist(), du.tolist(), pitch.tolist(), vel.tolist()))
 
 
+def small_piece(tpq: int = 480) -> Score:
+    """One 4/4 bar and a half: a piano (C4+E4, G4, C5 | C4, D4) and a drum hit on beat 1.
+
+    Encoded with the default tokenizer: 0 SOS | 1 TS(C4) 2 SAME(E4) 3 SAME(drum) 4 NEWPOS(G4)
+    5 NEWPOS(C5) | 6 NEWBAR(C4) 7 NEWPOS(D4) | 8 EOS.
+    """
+    notes = quarters(tpq, [(0, 1, 60), (0, 1, 64), (1, 1, 67), (2, 1, 72), (4, 1, 60), (6, 1, 62)])
+    drums = part(quarters(tpq, [(0, 0.5, 36)]), is_drum=True)
+    return make_score([part(notes, program=0), drums], tpq, tempos=[(0, 120)], time_signatures=[(0, 4, 4)])
+
+
 def write(score: Score, path: str | Path) -> Path:
     """Save as a MIDI file and return the path."""
     path = Path(path)

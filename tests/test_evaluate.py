@@ -11,7 +11,8 @@ import torch
 
 from amadeus.cli import main as cli_main
 from amadeus.evaluate import CLAP_NOT_COMPUTED, diffusion_nll
-from amadeus.metrics import ADHERENCE_METRICS, SYNTAX_ERRORS
+from amadeus.grammar import SYNTAX_ERRORS
+from amadeus.metrics import ADHERENCE_METRICS
 from amadeus.tokenizer import ATTRIBUTES
 
 

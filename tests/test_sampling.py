@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from amadeus.metrics import SYNTAX_ERRORS, syntax_errors
+from amadeus.grammar import SYNTAX_ERRORS, syntax_errors
 from amadeus.model.config import ModelConfig
 from amadeus.model.head import AttributeDiffusionHead
 from amadeus.model.transformer import NoteTransformer

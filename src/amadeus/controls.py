@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from amadeus.grammar import cut_at_eos, is_bar_start, is_ts_change, note_rows
 from amadeus.theory import (
     CHORD_QUALITIES,
     CHORD_SUFFIXES,
@@ -53,11 +54,6 @@ from amadeus.tokenizer import (
     COL_TEMPO,
     COL_VELOCITY,
     DRUM_INSTRUMENT,
-    METRIC_EMPTY_BAR,
-    METRIC_EOS,
-    METRIC_NEW_BAR,
-    METRIC_NEW_POSITION,
-    METRIC_SAME_ONSET,
     METRIC_TS_OFFSET,
     NoteTokenizer,
 )
@@ -177,32 +173,21 @@ class Controls:
     def __bool__(self) -> bool:
         return bool(self.rules or self.chords or self.time_signature is not None or self.density)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"controls": list(self.specs)}
-
     def scoped(self) -> bool:
         """True when some constraint depends on the bar (then the sampler decides the metric slot first)."""
         return bool(self.chords) or any(r.bars is not None for r in self.rules)
 
     def static_masks(self, vocab_sizes: Sequence[int]) -> np.ndarray:
         """Allowed values of note rows under the unscoped rules: bool [K, max V] (column 0 all True;
-        padding beyond a vocabulary False; index 0 False for columns 1..K-1)."""
-        return self.masks_for_bar(vocab_sizes, None)
-
-    def masks_for_bar(self, vocab_sizes: Sequence[int], bar: int | None) -> np.ndarray:
-        """Allowed note-row values for bar `bar` (1-based; None = rules without a scope only):
-        bool [K, max V]. The pitch column holds the rule for pitched (non-drum) notes."""
+        padding beyond a vocabulary False; index 0 False for columns 1..K-1). The pitch column holds
+        the rule for pitched (non-drum) notes; the sampler's `Grammar` adds the scoped rules per bar."""
         K, V = len(vocab_sizes), max(vocab_sizes)
         mask = np.zeros((K, V), dtype=bool)
         for k, v in enumerate(vocab_sizes):
             mask[k, 1 if k else 0 : v] = True
         for r in self.rules:
-            if r.bars is None or (bar is not None and r.bars[0] <= bar <= r.bars[1]):
+            if r.bars is None:
                 mask[r.column, : len(r.allowed)] &= r.allowed
-        chord = self.chord_for_bar(bar) if bar is not None else None
-        if chord is not None:
-            mask[COL_CHORD] = False
-            mask[COL_CHORD, chord] = True
         return mask
 
     def chord_for_bar(self, bar: int) -> int | None:
@@ -219,8 +204,6 @@ def parse_controls(specs: Sequence[str] | Controls | None, tokenizer: NoteTokeni
     if isinstance(specs, Controls):
         return specs
     out = Controls(specs=tuple(specs or ()))
-    sizes = tokenizer.vocab_sizes
-    cfg = tokenizer.config
     for spec in specs or ():
         if not isinstance(spec, str) or "=" not in spec:
             raise ControlError(f"control {spec!r}: expected NAME=VALUE, e.g. instrument=piano,violin")
@@ -253,59 +236,65 @@ def parse_controls(specs: Sequence[str] | Controls | None, tokenizer: NoteTokeni
                 out.chord_start = bars[0] if bars else 1
                 out.chord_bars = bars
             else:
-                col = ATTRIBUTE_OF[name]
-                allowed = np.zeros(sizes[col], dtype=bool)
-                if name == "instrument":
-                    for item in value.split(","):
-                        if item.strip():
-                            allowed[instrument_value(item)] = True
-                elif name == "tempo":
-                    lo, hi = _range(value, _number, "tempo")
-                    if lo < cfg.tempo_min or hi > cfg.tempo_max:
-                        raise ControlError(f"tempo {value}: outside the tokenizer's range "
-                                           f"{cfg.tempo_min:g}-{cfg.tempo_max:g} bpm")
-                    a, b = cfg.tempo_index(np.array([lo, hi]))
-                    allowed[1 + a : 2 + b] = True
-                elif name == "pitch":
-                    lo, hi = _range(value, pitch_value, "pitch")
-                    allowed[1 + lo : 2 + hi] = True
-                elif name == "key":
-                    pcs = key_pitch_classes(value)
-                    p = np.arange(128)
-                    allowed[1:] = np.isin(p % 12, pcs)
-                elif name == "velocity":
-                    lo, hi = _range(value, lambda s: int(_number(s)), "velocity")
-                    if lo < 1 or hi > 127:
-                        raise ControlError(f"velocity {value}: MIDI velocities are 1-127")
-                    vals = cfg.velocity_values()
-                    if lo == hi:  # one velocity: its bin (decodes to the bin centre)
-                        allowed[1 + cfg.velocity_index(np.array([lo]))[0]] = True
-                    else:
-                        inside = (vals >= lo) & (vals <= hi)
-                        if not inside.any():
-                            raise ControlError(f"velocity {value}: no velocity bin decodes inside this range "
-                                               f"(bin centres: {vals.tolist()})")
-                        allowed[1:] = inside
-                elif name == "duration":
-                    lo, hi = _range(value, _number, "duration")
-                    if lo <= 0:
-                        raise ControlError(f"duration {value}: durations are positive (in quarter notes)")
-                    q = tokenizer.config.duration_values() / cfg.resolution
-                    inside = (q >= lo - 1e-9) & (q <= hi + 1e-9)
-                    if lo == hi:
-                        inside = np.zeros_like(inside)
-                        inside[int(np.argmin(np.abs(q - lo)))] = True
-                    if not inside.any():
-                        raise ControlError(f"duration {value}: no duration bin inside this range")
-                    allowed[1:] = inside
-                if not allowed.any():
-                    raise ControlError("no value allowed")
-                out.rules.append(Rule(col, allowed, bars, spec))
+                out.rules.append(Rule(ATTRIBUTE_OF[name], _rule_values(name, value, tokenizer), bars, spec))
         except ControlError as e:
             msg = str(e)
             raise ControlError(msg if spec in msg else f"control {spec!r}: {msg}") from None
     _check_satisfiable(out, tokenizer)
     return out
+
+
+def _rule_values(name: str, value: str, tokenizer: NoteTokenizer) -> np.ndarray:
+    """Allowed values (bool [V of the attribute's column]) of an instrument / tempo / pitch / key /
+    velocity / duration control; ControlError when none is left."""
+    sizes, cfg = tokenizer.vocab_sizes, tokenizer.config
+    allowed = np.zeros(sizes[ATTRIBUTE_OF[name]], dtype=bool)
+    if name == "instrument":
+        for item in value.split(","):
+            if item.strip():
+                allowed[instrument_value(item)] = True
+    elif name == "tempo":
+        lo, hi = _range(value, _number, "tempo")
+        if lo < cfg.tempo_min or hi > cfg.tempo_max:
+            raise ControlError(f"tempo {value}: outside the tokenizer's range "
+                               f"{cfg.tempo_min:g}-{cfg.tempo_max:g} bpm")
+        a, b = cfg.tempo_index(np.array([lo, hi]))
+        allowed[1 + a : 2 + b] = True
+    elif name == "pitch":
+        lo, hi = _range(value, pitch_value, "pitch")
+        allowed[1 + lo : 2 + hi] = True
+    elif name == "key":
+        pcs = key_pitch_classes(value)
+        p = np.arange(128)
+        allowed[1:] = np.isin(p % 12, pcs)
+    elif name == "velocity":
+        lo, hi = _range(value, lambda s: int(_number(s)), "velocity")
+        if lo < 1 or hi > 127:
+            raise ControlError(f"velocity {value}: MIDI velocities are 1-127")
+        vals = cfg.velocity_values()
+        if lo == hi:  # one velocity: its bin (decodes to the bin centre)
+            allowed[1 + cfg.velocity_index(np.array([lo]))[0]] = True
+        else:
+            inside = (vals >= lo) & (vals <= hi)
+            if not inside.any():
+                raise ControlError(f"velocity {value}: no velocity bin decodes inside this range "
+                                   f"(bin centres: {vals.tolist()})")
+            allowed[1:] = inside
+    elif name == "duration":
+        lo, hi = _range(value, _number, "duration")
+        if lo <= 0:
+            raise ControlError(f"duration {value}: durations are positive (in quarter notes)")
+        q = tokenizer.config.duration_values() / cfg.resolution
+        inside = (q >= lo - 1e-9) & (q <= hi + 1e-9)
+        if lo == hi:
+            inside = np.zeros_like(inside)
+            inside[int(np.argmin(np.abs(q - lo)))] = True
+        if not inside.any():
+            raise ControlError(f"duration {value}: no duration bin inside this range")
+        allowed[1:] = inside
+    if not allowed.any():
+        raise ControlError("no value allowed")
+    return allowed
 
 
 def _parse_scope(scope: str, spec: str) -> tuple[int, int]:
@@ -357,14 +346,10 @@ def violations(controls: Controls, tokenizer: NoteTokenizer, tokens: np.ndarray,
     Keys: the control specs (plus "time_signature"/"density" entries). Density counts complete bars
     only (the bar cut by EOS or the length limit is not complete) and reports bars, not notes.
     """
-    tok = np.asarray(tokens, dtype=np.int64)
-    eos = np.nonzero(tok[:, COL_METRIC] == METRIC_EOS)[0]
-    tok = tok[: eos[0]] if len(eos) else tok
+    tok = cut_at_eos(np.asarray(tokens, dtype=np.int64))
     m = tok[:, COL_METRIC]
-    bar_start = (m == METRIC_EMPTY_BAR) | (m == METRIC_NEW_BAR) | (m >= METRIC_TS_OFFSET)
-    bar = np.cumsum(bar_start)  # 1-based bar of each row (0 before the first bar)
-    note = (((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION) | (m == METRIC_NEW_BAR)
-             | (m >= METRIC_TS_OFFSET)) & (tok[:, COL_PITCH] > 0))
+    bar = np.cumsum(is_bar_start(m))  # 1-based bar of each row (0 before the first bar)
+    note = note_rows(tok)
     rows = np.arange(len(tok))
     scope_rows = rows >= start_row
     out: dict[str, int] = {}
@@ -384,7 +369,7 @@ def violations(controls: Controls, tokenizer: NoteTokenizer, tokens: np.ndarray,
         has = want >= 0
         out["chord"] = int((tok[sel, COL_CHORD][has] != want[has]).sum())
     if controls.time_signature is not None:
-        ts_rows = scope_rows & (m >= METRIC_TS_OFFSET)
+        ts_rows = scope_rows & is_ts_change(m)
         out["time_signature"] = int((m[ts_rows] - METRIC_TS_OFFSET != controls.time_signature).sum())
     if controls.density is not None:
         lo, hi = controls.density

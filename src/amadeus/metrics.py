@@ -30,7 +30,8 @@ from torchmetrics import Metric
 
 from amadeus.captions import instrument_present, instrument_words, parse_caption
 from amadeus.features import extract_features, tempo_bin
-from amadeus.theory import DRUM_PITCHES, parse_chord, parse_key
+from amadeus.theory import parse_chord, parse_key
+from amadeus.grammar import SYNTAX_ERRORS, cut_at_eos, is_bar_start, note_rows, syntax_errors, ts_per_row
 from amadeus.tokenizer import (
     ATTRIBUTES,
     COL_INSTRUMENT,
@@ -38,14 +39,6 @@ from amadeus.tokenizer import (
     COL_PITCH,
     COL_POSITION,
     DRUM_INSTRUMENT,
-    METRIC_EMPTY_BAR,
-    METRIC_EOS,
-    METRIC_NEW_BAR,
-    METRIC_NEW_POSITION,
-    METRIC_PAD,
-    METRIC_SAME_ONSET,
-    METRIC_SOS,
-    METRIC_TS_OFFSET,
     NoteTokenizer,
     load_score,
 )
@@ -187,83 +180,8 @@ def _iter_matrices(tokens: Any) -> list[np.ndarray]:
 
 def _until_eos(tok: np.ndarray) -> np.ndarray:
     """Rows before the first EOS, padding rows (all zero) dropped."""
-    eos = np.nonzero(tok[:, COL_METRIC] == METRIC_EOS)[0]
-    tok = tok[: eos[0]] if len(eos) else tok
+    tok = cut_at_eos(tok)
     return tok[tok.any(axis=1)]
-
-
-def note_rows(tok: np.ndarray) -> np.ndarray:
-    """Bool [N]: rows that carry a note (note metric and a pitch; the NEW_BAR_TS marker row has none)."""
-    m = tok[:, COL_METRIC]
-    note_metric = (m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION) | (m == METRIC_NEW_BAR) | (m >= METRIC_TS_OFFSET)
-    return note_metric & (tok[:, COL_PITCH] > 0)
-
-
-SYNTAX_ERRORS = (
-    "bad_metric",  # metric 0 (n/a) in a non-padding row, unknown id in any column, SOS after row 0
-    "orphan_onset",  # SAME_ONSET / NEW_POSITION with no note of the same bar before it
-    "position_backwards",  # NEW_POSITION at or before the previous onset of the bar
-    "same_onset_moved",  # SAME_ONSET with a position different from the previous note's
-    "position_outside_bar",  # position beyond the bar length of the current time signature
-    "note_missing_attribute",  # a note row with 0 (n/a) in a column (pitch 0 included)
-    "drum_pitch",  # a drum note outside amadeus.theory.DRUM_PITCHES (27..87)
-    "stray_attributes",  # SOS / EOS / EMPTY_BAR / bar-marker rows with values in note columns
-    "after_eos",  # non-padding rows after the first EOS
-)
-
-
-def syntax_errors(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[np.ndarray, int]:
-    """Error flags of each non-padding row: (flags bool [rows, len(SYNTAX_ERRORS)], rows).
-
-    A row may have several kinds; the 'any' rate of SyntaxErrorRate counts it once.
-    """
-    tok = _as_numpy(tok)
-    tok = tok[tok.any(axis=1)]  # all-zero rows are padding
-    n = len(tok)
-    flags = np.zeros((n, len(SYNTAX_ERRORS)), bool)
-    if n == 0:
-        return flags, 0
-    eos = np.nonzero(tok[:, COL_METRIC] == METRIC_EOS)[0]
-    end = int(eos[0]) + 1 if len(eos) else n
-    flags[end:, SYNTAX_ERRORS.index("after_eos")] = True
-    t = tok[:end]
-    m, pos, pitch, inst = t[:, COL_METRIC], t[:, COL_POSITION], t[:, COL_PITCH], t[:, COL_INSTRUMENT]
-    vocab = np.asarray(tokenizer.vocab_sizes)
-    n_ts = len(tokenizer.config.time_signatures)
-    unknown = ((t < 0) | (t >= vocab)).any(axis=1)
-    bad = unknown | (m == METRIC_PAD)
-    bad[1:] |= m[1:] == METRIC_SOS
-
-    is_ts = ~bad & (m >= METRIC_TS_OFFSET)
-    marker = is_ts & (pos == 0) & (pitch == 0)  # NEW_BAR_TS row of an empty bar
-    notes = ~bad & ~marker & ((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION) | (m == METRIC_NEW_BAR) | is_ts)
-
-    # time signature in force at every row (forward fill of NEW_BAR_TS; default 4/4 before any)
-    ts_idx = np.where(is_ts, np.clip(m - METRIC_TS_OFFSET, 0, n_ts - 1), -1)
-    last = np.maximum.accumulate(np.where(ts_idx >= 0, np.arange(len(t)), -1))
-    cur_ts = np.where(last >= 0, ts_idx[np.maximum(last, 0)], tokenizer.default_ts)
-    bar_len = tokenizer.config.bar_lengths()[cur_ts]
-
-    # the previous row, when it is a note of the same bar (bars start at bar rows)
-    prev_note = np.zeros(len(t), bool)
-    prev_note[1:] = notes[:-1]
-    prev_pos = np.zeros(len(t), np.int64)
-    prev_pos[1:] = pos[:-1]
-    within = (m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION)
-    within &= ~bad
-
-    col = {k: i for i, k in enumerate(SYNTAX_ERRORS)}
-    flags[:end, col["bad_metric"]] = bad
-    flags[:end, col["orphan_onset"]] = within & ~prev_note
-    flags[:end, col["position_backwards"]] = (m == METRIC_NEW_POSITION) & prev_note & (pos > 0) & (pos <= prev_pos)
-    flags[:end, col["same_onset_moved"]] = (m == METRIC_SAME_ONSET) & prev_note & (pos != prev_pos)
-    flags[:end, col["position_outside_bar"]] = notes & (pos > 0) & (pos - 1 >= bar_len)
-    flags[:end, col["note_missing_attribute"]] = notes & (t[:, 1:] == 0).any(axis=1)
-    drum_lo, drum_hi = DRUM_PITCHES
-    flags[:end, col["drum_pitch"]] = notes & (inst == DRUM_INSTRUMENT) & (pitch > 0) & ((pitch - 1 < drum_lo) | (pitch - 1 > drum_hi))
-    non_note = ~bad & ~notes
-    flags[:end, col["stray_attributes"]] = non_note & (t[:, 1:] != 0).any(axis=1)
-    return flags, n
 
 
 class SyntaxErrorRate(Metric):
@@ -373,17 +291,12 @@ def onset_patterns(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[np.ndarra
     """
     tok = _until_eos(_as_numpy(tok))
     m, pos = tok[:, COL_METRIC], tok[:, COL_POSITION]
-    is_ts = m >= METRIC_TS_OFFSET
-    bar_row = (m == METRIC_EMPTY_BAR) | (m == METRIC_NEW_BAR) | is_ts
+    bar_row = is_bar_start(m)
     n_bars = int(bar_row.sum())
     if n_bars == 0:
         return np.zeros((0, 0), bool), np.zeros(0, np.int64)
     bar = np.cumsum(bar_row) - 1  # [N]
-    ts = np.full(n_bars, -1, np.int64)
-    n_ts = len(tokenizer.config.time_signatures)
-    ts[bar[is_ts]] = np.clip(m[is_ts] - METRIC_TS_OFFSET, 0, n_ts - 1)
-    last = np.maximum.accumulate(np.where(ts >= 0, np.arange(n_bars), -1))
-    ts = np.where(last >= 0, ts[np.maximum(last, 0)], tokenizer.default_ts)
+    ts = ts_per_row(m, tokenizer.default_ts, len(tokenizer.config.time_signatures))[bar_row]  # per bar
     bar_len = tokenizer.config.bar_lengths()[ts]
     pattern = np.zeros((n_bars, int(bar_len.max())), bool)
     rows = note_rows(tok) & (bar >= 0) & (pos > 0) & (pos - 1 < bar_len[np.maximum(bar, 0)])

@@ -43,23 +43,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from amadeus.controls import Controls, parse_controls
+from amadeus.grammar import Grammar, NoteTables, is_ts_change
 from amadeus.model.diffusion import confidence_reveal
-from amadeus.theory import DRUM_PITCHES
 from amadeus.tokenizer import (
-    COL_CHORD,
-    COL_INSTRUMENT,
     COL_METRIC,
     COL_PITCH,
     COL_POSITION,
-    DRUM_INSTRUMENT,
     METRIC_EMPTY_BAR,
     METRIC_EOS,
     METRIC_NEW_BAR,
-    METRIC_NEW_POSITION,
-    METRIC_SAME_ONSET,
     METRIC_SOS,
     METRIC_TS_OFFSET,
     NoteTokenizer,
@@ -162,12 +156,12 @@ def _check_settings(temps: list[float], top_p: list[float], top_k: list[float]) 
 
 
 # ----------------------------------------------------------------------------------------------
-# grammar
+# generation state
 
 
 @dataclass
 class _State:
-    """Per-piece grammar state (tensors [B]): bars started, current bar length, last note position."""
+    """Per-piece generation state (tensors [B]); the guards read it as a `grammar.PieceState`."""
 
     bar: torch.Tensor  # bars started so far (prompt included)
     gen_bars: torch.Tensor  # bars started by generated rows
@@ -179,182 +173,6 @@ class _State:
 
     def take(self, idx: torch.Tensor) -> "_State":
         return _State(**{k: v[idx] for k, v in self.__dict__.items()})
-
-
-class Grammar:
-    """Static tables of the token grammar + controls, and the logit masks they imply."""
-
-    def __init__(self, tokenizer: NoteTokenizer, controls: Controls, device: torch.device, guards: bool = True):
-        self.tok = tokenizer
-        sizes = tokenizer.vocab_sizes
-        self.K, self.V = len(sizes), max(sizes)
-        self.Vm, self.Vp = sizes[COL_METRIC], sizes[COL_POSITION]
-        self.guards = guards
-        dev = device
-        v = torch.arange(self.V, device=dev)
-        self.v = v
-        self.vocab_valid = v[None, :] < torch.tensor(sizes, device=dev)[:, None]  # [K, V]
-        m = torch.arange(self.Vm, device=dev)
-        self.is_eos, self.is_empty = m == METRIC_EOS, m == METRIC_EMPTY_BAR
-        self.is_same, self.is_newpos = m == METRIC_SAME_ONSET, m == METRIC_NEW_POSITION
-        self.is_newbar, self.is_ts = m == METRIC_NEW_BAR, m >= METRIC_TS_OFFSET
-        self.starts_bar = self.is_empty | self.is_newbar | self.is_ts  # [Vm]
-        self.note_cap = self.is_same | self.is_newpos | self.is_newbar | self.is_ts  # [Vm]
-        bar_lengths = torch.as_tensor(tokenizer.config.bar_lengths(), device=dev)
-        self.bar_lengths = bar_lengths
-        self.ts_len = torch.zeros(self.Vm, dtype=torch.long, device=dev)
-        self.ts_len[METRIC_TS_OFFSET:] = bar_lengths
-        self.drum_pitch = (v >= 1 + DRUM_PITCHES[0]) & (v <= 1 + DRUM_PITCHES[1])  # [V]
-        self.controls = controls
-        self.ts_allowed = torch.ones(self.Vm, dtype=torch.bool, device=dev)
-        if controls.time_signature is not None:
-            self.ts_allowed = ~self.is_ts | (m == METRIC_TS_OFFSET + controls.time_signature)
-        self.density = controls.density
-        # controls: static masks [K, V] and scoped rules
-        static = torch.as_tensor(controls.static_masks(sizes), device=dev)
-        static[0] = self.vocab_valid[0]
-        static[COL_POSITION] = self.vocab_valid[COL_POSITION]
-        self.ctrl_static = static & self.vocab_valid  # index 0 False for columns >= 1
-        scoped = [r for r in controls.rules if r.bars is not None]
-        self.rule_lo = torch.tensor([r.bars[0] for r in scoped], dtype=torch.long, device=dev)
-        self.rule_hi = torch.tensor([r.bars[1] for r in scoped], dtype=torch.long, device=dev)
-        masks = np.ones((len(scoped), self.K, self.V), dtype=bool)
-        for i, r in enumerate(scoped):
-            masks[i, r.column, : len(r.allowed)] = r.allowed
-            masks[i, r.column, len(r.allowed):] = False
-        self.rule_masks = torch.as_tensor(masks, device=dev)
-        self.chords = torch.tensor(controls.chords, dtype=torch.long, device=dev)
-        self.metric_first = controls.scoped() or bool(self._fixed_columns(self.ctrl_static[None]).any())
-
-    # -- per-note tables -------------------------------------------------------------------------
-
-    def note_tables(self, st: _State, min_rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Metric mask [B, Vm], position intervals per metric value [B, Vm, Vp], empty-row capability."""
-        started = st.bar > 0
-        cur_len = torch.where(st.ts >= 0, self.bar_lengths[st.ts.clamp_min(0)], torch.zeros_like(st.ts))
-        lo, hi = self.density if self.density else (0, 1 << 30)
-        can_leave = (st.n_in_bar >= lo) | ~started
-        can_add = (st.pos > 0) & (st.n_in_bar < hi)
-        empty_ok = torch.full_like(started, lo == 0)
-        eos_ok = started & can_leave & (st.n_gen >= min_rows)
-        B = st.bar.shape[0]
-        ms = torch.zeros(B, self.Vm, dtype=torch.bool, device=st.bar.device)
-        ms |= self.is_eos & eos_ok[:, None]
-        ms |= self.is_empty & (started & can_leave & empty_ok)[:, None]
-        ms |= self.is_same & can_add[:, None]
-        ms |= self.is_newpos & (can_add & (st.pos < cur_len))[:, None]
-        ms |= self.is_newbar & (started & can_leave)[:, None]
-        ms |= self.is_ts & self.ts_allowed & can_leave[:, None]
-        nonnote_cap = self.is_eos | self.is_empty | (self.is_ts & empty_ok[:, None])  # [B, Vm]
-        pos = st.pos[:, None]
-        L = cur_len[:, None]
-        plo = torch.where(self.is_same, pos, torch.where(self.is_newpos, pos + 1, torch.ones_like(pos)))
-        phi = torch.where(self.is_same, pos,
-                          torch.where(self.is_newpos | self.is_newbar, L,
-                                      torch.where(self.is_ts, self.ts_len.expand_as(plo), torch.full_like(plo, -1))))
-        vp = torch.arange(self.Vp, device=pos.device)
-        compat = (vp >= plo[..., None]) & (vp <= phi[..., None]) & (vp > 0)  # [B, Vm, Vp]
-        compat |= nonnote_cap[..., None] & (vp == 0)
-        return {"ms": ms, "nonnote_cap": nonnote_cap, "compat": compat}
-
-    def row_controls(self, bar: torch.Tensor) -> torch.Tensor:
-        """Allowed note-row values [B, K, V] for rows in bars `bar` [B] (1-based)."""
-        ctrl = self.ctrl_static.expand(bar.shape[0], -1, -1)
-        if len(self.rule_lo):
-            active = (bar[:, None] >= self.rule_lo) & (bar[:, None] <= self.rule_hi)  # [B, R]
-            ctrl = ctrl & ((~active)[:, :, None, None] | self.rule_masks).all(1)
-        if len(self.chords):
-            c = self.controls
-            start = c.chord_start
-            stop = c.chord_bars[1] if c.chord_bars else 1 << 30
-            on = (bar >= start) & (bar <= stop)
-            value = self.chords[(bar - start).clamp_min(0) % len(self.chords)]
-            chord = F.one_hot(value, self.V).bool()
-            ctrl = ctrl.clone()
-            ctrl[:, COL_CHORD] = torch.where(on[:, None], chord & self.vocab_valid[COL_CHORD], ctrl[:, COL_CHORD])
-        return ctrl
-
-    def _fixed_columns(self, ctrl: torch.Tensor) -> torch.Tensor:
-        """[B, K] bool: columns whose control leaves exactly one value (pitch only when drums are excluded)."""
-        single = ctrl[..., 1:].sum(-1) == 1
-        single[..., :2] = False  # metric and position are never fixed by a control
-        single[..., COL_PITCH] &= ~ctrl[..., COL_INSTRUMENT, DRUM_INSTRUMENT]
-        return single
-
-    # -- masks -------------------------------------------------------------------------------------
-
-    def allowed(self, t: dict[str, torch.Tensor], ctrl: torch.Tensor, tok: torch.Tensor, rev: torch.Tensor,
-                note_forced: torch.Tensor | None = None) -> torch.Tensor:
-        """Allowed values [B, K, V] of every slot given the revealed ones (arc consistent: every allowed
-        value of a slot can be completed into a valid row). Revealed slots get their own value only."""
-        B = tok.shape[0]
-        own = F.one_hot(tok.clamp(0, self.V - 1), self.V).bool()
-        if not self.guards:  # no grammar: the vocabularies and the user controls only
-            free = torch.where(self.v == 0, self.vocab_valid, ctrl)
-            free[:, :2] = self.vocab_valid[:2]
-            return torch.where(rev[..., None], own, free)
-        rv, tv = rev[:, 1:], tok[:, 1:]
-        note_ok = ~(rv & (tv == 0)).any(1)
-        nonnote_ok = ~(rv & (tv > 0)).any(1)
-        if note_forced is not None:
-            nonnote_ok &= ~note_forced
-        ms, compat, nonnote_cap = t["ms"], t["compat"], t["nonnote_cap"]
-        mc = ms & ((self.note_cap & note_ok[:, None]) | (nonnote_cap & nonnote_ok[:, None]))
-        p_val = tok[:, COL_POSITION].clamp(0, self.Vp - 1)
-        p_compat = compat.gather(2, p_val[:, None, None].expand(B, self.Vm, 1)).squeeze(2)  # [B, Vm]
-        mc &= p_compat | ~rev[:, COL_POSITION, None]
-        m_onehot = F.one_hot(tok[:, COL_METRIC].clamp(0, self.Vm - 1), self.Vm).bool()
-        meff = torch.where(rev[:, COL_METRIC, None], m_onehot, mc)
-        note_ok &= (meff & self.note_cap).any(1)
-        nonnote_ok &= (meff & nonnote_cap).any(1)
-        pos = (compat & meff[..., None]).any(1)  # [B, Vp]
-        pos &= torch.where(torch.arange(self.Vp, device=tok.device) == 0, nonnote_ok[:, None], note_ok[:, None])
-        zero = self.v == 0
-        out = torch.where(zero, nonnote_ok[:, None, None], note_ok[:, None, None] & ctrl)  # [B, K, V]
-        # instrument <-> pitch: drums play drum sounds, pitched notes obey the pitch controls
-        pitch_nz = rev[:, COL_PITCH] & (tok[:, COL_PITCH] > 0)
-        p = tok[:, COL_PITCH].clamp(0, self.V - 1)
-        pitch_rule = ctrl[:, COL_PITCH]  # [B, V]
-        drum_fits = self.drum_pitch[p] | ~pitch_nz
-        pitched_fits = pitch_rule.gather(1, p[:, None]).squeeze(1) | ~pitch_nz
-        inst = out[:, COL_INSTRUMENT]
-        inst[:, DRUM_INSTRUMENT] &= drum_fits
-        inst[:, 1:DRUM_INSTRUMENT] &= pitched_fits[:, None]
-        inst_val = tok[:, COL_INSTRUMENT]
-        inst_rev = rev[:, COL_INSTRUMENT]
-        drum_ok = torch.where(inst_rev, inst_val == DRUM_INSTRUMENT, inst[:, DRUM_INSTRUMENT])
-        pitched_ok = torch.where(inst_rev, (inst_val > 0) & (inst_val != DRUM_INSTRUMENT),
-                                 inst[:, 1:DRUM_INSTRUMENT].any(1))
-        pitch_nonzero = (drum_ok[:, None] & self.drum_pitch) | (pitched_ok[:, None] & pitch_rule)
-        out[:, COL_PITCH] = torch.where(zero, nonnote_ok[:, None], note_ok[:, None] & pitch_nonzero)
-        out[:, COL_METRIC, : self.Vm] = mc
-        out[:, COL_METRIC, self.Vm:] = False
-        out[:, COL_POSITION, : self.Vp] = pos
-        out[:, COL_POSITION, self.Vp:] = False
-        return torch.where(rev[..., None], own, out)
-
-    def consistent(self, t: dict[str, torch.Tensor], ctrl: torch.Tensor, tok: torch.Tensor,
-                   rev: torch.Tensor) -> torch.Tensor:
-        """[B] bool: the revealed slots agree pairwise (zero-ness, metric/position, instrument/pitch)."""
-        B = tok.shape[0]
-        if not self.guards:
-            return torch.ones(B, dtype=torch.bool, device=tok.device)
-        rv, tv = rev[:, 1:], tok[:, 1:]
-        has_zero = (rv & (tv == 0)).any(1)
-        has_nz = (rv & (tv > 0)).any(1)
-        ok = ~(has_zero & has_nz)
-        m = tok[:, COL_METRIC].clamp(0, self.Vm - 1)
-        m_rev = rev[:, COL_METRIC]
-        nonnote = t["nonnote_cap"].gather(1, m[:, None]).squeeze(1)
-        ok &= ~m_rev | ((~has_nz | self.note_cap[m]) & (~has_zero | nonnote))
-        p = tok[:, COL_POSITION].clamp(0, self.Vp - 1)
-        both = m_rev & rev[:, COL_POSITION]
-        ok &= ~both | t["compat"][torch.arange(B, device=tok.device), m, p]
-        i, h = tok[:, COL_INSTRUMENT], tok[:, COL_PITCH].clamp(0, self.V - 1)
-        both = rev[:, COL_INSTRUMENT] & rev[:, COL_PITCH] & (i > 0) & (h > 0)
-        fits = torch.where(i == DRUM_INSTRUMENT, self.drum_pitch[h],
-                           ctrl[:, COL_PITCH].gather(1, h[:, None]).squeeze(1))
-        return ok & (~both | fits)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,7 +260,7 @@ class _NoteSampler:
         self.control_count += (forbidden & by_control).sum()
         self.guard_count += (forbidden & ~by_control).sum()
 
-    def sample(self, C: torch.Tensor, tables: dict, ctrl_static: torch.Tensor, bar: torch.Tensor,
+    def sample(self, C: torch.Tensor, tables: NoteTables, ctrl_static: torch.Tensor, bar: torch.Tensor,
                tok: torch.Tensor, rev: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """One row per piece. tok/rev [B, K]: slots fixed before step 1 (template rows). u [B, 1+S, K]."""
         g = self.g
@@ -471,7 +289,7 @@ class _NoteSampler:
                 zero_ts = ~rev[:, COL_POSITION] & (u[:, 0, COL_POSITION] < p0)
             m = tok[:, COL_METRIC]
             zero_ts |= rev[:, COL_POSITION] & (tok[:, COL_POSITION] == 0)
-            empty = (m == METRIC_EOS) | (m == METRIC_EMPTY_BAR) | ((m >= METRIC_TS_OFFSET) & zero_ts)
+            empty = (m == METRIC_EOS) | (m == METRIC_EMPTY_BAR) | (is_ts_change(m) & zero_ts)
             tok[:, 1:] = torch.where(empty[:, None], torch.zeros_like(tok[:, 1:]), tok[:, 1:])
             rev[:, 1:] |= empty[:, None]
             note_forced = ~empty
@@ -518,7 +336,7 @@ class _NoteSampler:
         t, mk, nw = tok[idx].clone(), masked[idx], newly[idx]
         order = q[idx].masked_fill(~nw, -1.0).sort(dim=-1, descending=True, stable=True).indices  # [b, K]
         accepted = ~mk  # revealed before this step
-        sub_tables = {k: v[idx] for k, v in tables.items()}
+        sub_tables = tables.take(idx)
         sub_ctrl = ctrl[idx] if ctrl.shape[0] == tok.shape[0] else ctrl
         sub_forced = note_forced[idx] if note_forced is not None else None
         rows = torch.arange(len(idx), device=tok.device)

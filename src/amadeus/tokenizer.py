@@ -22,28 +22,42 @@ import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from symusic import Note, Score, Tempo, TimeSignature, TimeUnit, Track
 
 from amadeus.theory import CHORD_INTERVALS, CHORD_QUALITIES, CHORD_SUFFIXES, GM_PROGRAM_NAMES, PITCH_CLASS_NAMES
+# the matrix layout is the grammar's; these names are part of the tokenizer's API too (docs/interfaces.md)
+from amadeus.grammar import (  # noqa: F401
+    ATTRIBUTES,
+    COL_CHORD,
+    COL_DURATION,
+    COL_INSTRUMENT,
+    COL_METRIC,
+    COL_PITCH,
+    COL_POSITION,
+    COL_TEMPO,
+    COL_VELOCITY,
+    DRUM_INSTRUMENT,
+    METRIC_EMPTY_BAR,
+    METRIC_EOS,
+    METRIC_NEW_BAR,
+    METRIC_NEW_POSITION,
+    METRIC_PAD,
+    METRIC_SAME_ONSET,
+    METRIC_SOS,
+    METRIC_TS_OFFSET,
+    cut_at_eos,
+    is_bar_start,
+    is_note_metric,
+    is_ts_change,
+    note_rows,
+    ts_per_row,
+)
 
 FORMAT_VERSION = 2  # 2: tempo ladder anchored at 120 bpm
 
-ATTRIBUTES = ("metric", "position", "chord", "tempo", "instrument", "pitch", "duration", "velocity")
-COL_METRIC, COL_POSITION, COL_CHORD, COL_TEMPO, COL_INSTRUMENT, COL_PITCH, COL_DURATION, COL_VELOCITY = range(8)
-
-METRIC_PAD = 0
-METRIC_SOS = 1
-METRIC_EOS = 2
-METRIC_EMPTY_BAR = 3
-METRIC_SAME_ONSET = 4
-METRIC_NEW_POSITION = 5
-METRIC_NEW_BAR = 6
-METRIC_TS_OFFSET = 7
-
-DRUM_INSTRUMENT = 129
 DEFAULT_TEMPO = 120.0
 DECODE_TPQ = 480
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".abc")
@@ -404,6 +418,17 @@ def _excl_cumsum(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(x)[:-1]]).astype(np.int64)
 
 
+class _Bars(NamedTuple):
+    """The bars a decoded matrix lays out (see NoteTokenizer._decode_bars)."""
+
+    of_row: np.ndarray  # int [N]: bar of each row
+    sig: np.ndarray  # int [bars]: time-signature index of each bar
+    start: np.ndarray  # int [bars]: start of each bar in grid steps
+    ts_rows: np.ndarray  # int: the NEW_BAR_TS rows
+    ts_sig: np.ndarray  # int: their signature indices
+    first_has_ts: bool  # bar 0 starts with a NEW_BAR_TS row
+
+
 # ----------------------------------------------------------------------------------------------
 # the tokenizer
 
@@ -528,54 +553,9 @@ class NoteTokenizer:
         n = len(t["time"])
         stats.notes = n
         stats.drum_notes = int((t["instrument"] == DRUM_INSTRUMENT).sum())
-
-        # grid quantisation, with what it changes counted
-        time = np.maximum(t["time"], 0)
-        dur = np.maximum(t["duration"], 0)
-        onset = (2 * time * R + tpq) // (2 * tpq)
-        steps = np.maximum(1, (2 * dur * R + tpq) // (2 * tpq))
-        zero = dur == 0
-        off_onset = (time * R) % tpq != 0
-        off_dur = ((dur * R) % tpq != 0) & ~zero
-        dur_idx = self._duration_index(steps) if n else np.zeros(0, np.int64)
-        snapped = self._durations[dur_idx] != steps
-        stats.off_grid_onset = int(off_onset.sum())
-        stats.off_grid_duration = int(off_dur.sum())
-        stats.zero_duration = int(zero.sum())
-        stats.duration_snapped = int(snapped.sum())
-        reason = np.full(n, -1, np.int64)
-        for code in range(3, -1, -1):  # first applicable reason wins
-            flag = (zero, off_onset, off_dur, snapped)[code]
-            reason[flag] = code
-
-        # bars from the time signatures
-        seg_start, seg_ts = self._time_signature_segments(score, stats)
-        end = int(onset.max()) + 1 if n else 1
-        keep = seg_start < end
-        seg_start, seg_ts = seg_start[keep], seg_ts[keep]
-        seg_len = self._bar_lengths[seg_ts]
-        seg_stop = np.minimum(np.append(seg_start[1:], end), end)
-        seg_bars = -(-(seg_stop - seg_start) // seg_len)
-        n_bars = int(seg_bars.sum())
-        if n_bars > c.max_bars:
-            raise TokenizerError(f"{label}: {n_bars} bars exceed max_bars={c.max_bars}")
-        bar_seg = np.repeat(np.arange(len(seg_start)), seg_bars)
-        bar_in_seg = np.arange(n_bars) - np.repeat(_excl_cumsum(seg_bars), seg_bars)
-        bar_start = seg_start[bar_seg] + bar_in_seg * seg_len[bar_seg]
-        bar_ts = seg_ts[bar_seg]
-        bar_ts_row = bar_in_seg == 0  # first bar of each segment carries NEW_BAR_TS
-        stats.bars = n_bars
-        stats.time_signature_changes = int(bar_ts_row.sum()) - 1
-
-        # tempo at each onset: last tempo event at or before it (on the grid), binned
-        tp = score.tempos.numpy()
-        t_order = np.argsort(tp["time"], kind="stable")
-        t_time = tp["time"].astype(np.int64)[t_order]
-        t_grid = (2 * t_time * R + tpq) // (2 * tpq)
-        bpm = 6e7 / np.maximum(tp["mspq"].astype(np.float64)[t_order], 1.0)
-        stats.tempo_out_of_range = int(((bpm < c.tempo_min * 0.999) | (bpm > c.tempo_max * 1.001)).sum())
-        t_bin = c.tempo_index(bpm)
-        default_bin = int(c.tempo_index(np.array([DEFAULT_TEMPO]))[0])
+        onset, steps, dur_idx, reason = self._quantise(t, tpq, stats)
+        bar_start, bar_ts, bar_ts_row = self._bar_grid(score, int(onset.max()) + 1 if n else 1, stats, label)
+        n_bars = len(bar_start)
 
         # order notes: onset, instrument, pitch, duration, velocity
         vel_idx = c.velocity_index(t["velocity"])
@@ -583,11 +563,7 @@ class NoteTokenizer:
         onset_s = onset[order]
         bar = np.searchsorted(bar_start, onset_s, side="right") - 1
         pos = onset_s - bar_start[bar]
-        # the default tempo sits before time 0, so a tempo event at 0 overrides it
-        ti = np.searchsorted(np.append(-1, t_grid), onset_s, side="right") - 1
-        tempo_bin = np.append(default_bin, t_bin)[ti]
-        stats.tempo_changes, stats.tempo_change_off_onset = self._tempo_change_counts(
-            t_grid, t_bin, default_bin, onset_s, tempo_bin)
+        tempo_bin = self._tempo_bins(score, onset_s, stats)
 
         # chord at each onset, from the pitched notes on the grid
         u_onset, u_inv = np.unique(onset_s, return_inverse=True)
@@ -629,6 +605,69 @@ class NoteTokenizer:
         stats.empty_bars = int(empty.sum())
         return tokens, stats, reason
 
+    def _quantise(self, t: dict[str, np.ndarray], tpq: int,
+                  stats: EncodeStats) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Grid onset, grid duration (steps), duration bin and loss reason of every note, with what the
+        grid changes counted in `stats`."""
+        R, n = self.config.resolution, len(t["time"])
+        time = np.maximum(t["time"], 0)
+        dur = np.maximum(t["duration"], 0)
+        onset = (2 * time * R + tpq) // (2 * tpq)
+        steps = np.maximum(1, (2 * dur * R + tpq) // (2 * tpq))
+        zero = dur == 0
+        off_onset = (time * R) % tpq != 0
+        off_dur = ((dur * R) % tpq != 0) & ~zero
+        dur_idx = self._duration_index(steps) if n else np.zeros(0, np.int64)
+        snapped = self._durations[dur_idx] != steps
+        stats.off_grid_onset = int(off_onset.sum())
+        stats.off_grid_duration = int(off_dur.sum())
+        stats.zero_duration = int(zero.sum())
+        stats.duration_snapped = int(snapped.sum())
+        reason = np.full(n, -1, np.int64)
+        for code in range(3, -1, -1):  # first applicable reason wins
+            flag = (zero, off_onset, off_dur, snapped)[code]
+            reason[flag] = code
+        return onset, steps, dur_idx, reason
+
+    def _bar_grid(self, score: Score, end: int, stats: EncodeStats,
+                  label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bars up to grid step `end` from the time signatures: (start step, signature index, whether
+        the bar carries NEW_BAR_TS: the first bar of each signature segment)."""
+        seg_start, seg_ts = self._time_signature_segments(score, stats)
+        keep = seg_start < end
+        seg_start, seg_ts = seg_start[keep], seg_ts[keep]
+        seg_len = self._bar_lengths[seg_ts]
+        seg_stop = np.minimum(np.append(seg_start[1:], end), end)
+        seg_bars = -(-(seg_stop - seg_start) // seg_len)
+        n_bars = int(seg_bars.sum())
+        if n_bars > self.config.max_bars:
+            raise TokenizerError(f"{label}: {n_bars} bars exceed max_bars={self.config.max_bars}")
+        bar_seg = np.repeat(np.arange(len(seg_start)), seg_bars)
+        bar_in_seg = np.arange(n_bars) - np.repeat(_excl_cumsum(seg_bars), seg_bars)
+        bar_start = seg_start[bar_seg] + bar_in_seg * seg_len[bar_seg]
+        bar_ts_row = bar_in_seg == 0
+        stats.bars = n_bars
+        stats.time_signature_changes = int(bar_ts_row.sum()) - 1
+        return bar_start, seg_ts[bar_seg], bar_ts_row
+
+    def _tempo_bins(self, score: Score, onset_s: np.ndarray, stats: EncodeStats) -> np.ndarray:
+        """Tempo bin at each (sorted) onset: the last tempo event at or before it (on the grid)."""
+        c, R, tpq = self.config, self.config.resolution, score.ticks_per_quarter
+        tp = score.tempos.numpy()
+        t_order = np.argsort(tp["time"], kind="stable")
+        t_time = tp["time"].astype(np.int64)[t_order]
+        t_grid = (2 * t_time * R + tpq) // (2 * tpq)
+        bpm = 6e7 / np.maximum(tp["mspq"].astype(np.float64)[t_order], 1.0)
+        stats.tempo_out_of_range = int(((bpm < c.tempo_min * 0.999) | (bpm > c.tempo_max * 1.001)).sum())
+        t_bin = c.tempo_index(bpm)
+        default_bin = int(c.tempo_index(np.array([DEFAULT_TEMPO]))[0])
+        # the default tempo sits before time 0, so a tempo event at 0 overrides it
+        ti = np.searchsorted(np.append(-1, t_grid), onset_s, side="right") - 1
+        tempo_bin = np.append(default_bin, t_bin)[ti]
+        stats.tempo_changes, stats.tempo_change_off_onset = self._tempo_change_counts(
+            t_grid, t_bin, default_bin, onset_s, tempo_bin)
+        return tempo_bin
+
     @staticmethod
     def _tempo_change_counts(t_grid: np.ndarray, t_bin: np.ndarray, default_bin: int,
                              onset_s: np.ndarray, tempo_bin: np.ndarray) -> tuple[int, int]:
@@ -661,77 +700,78 @@ class NoteTokenizer:
             raise ValueError(f"tokens must have shape [N, {self.K}], got {tok.shape}")
         tok = tok.astype(np.int64)
         stats = DecodeStats(rows=len(tok))
-        eos = np.nonzero(tok[:, COL_METRIC] == METRIC_EOS)[0]
-        if len(eos):
-            stats.after_eos = len(tok) - int(eos[0]) - 1
-            tok = tok[: eos[0]]
-        c, R = self.config, self.config.resolution
-        step = DECODE_TPQ // R
-        m = tok[:, COL_METRIC]
+        cut = cut_at_eos(tok)
+        if len(cut) < len(tok):
+            stats.after_eos = len(tok) - len(cut) - 1
+        tok = cut
+        valid = self._valid_rows(tok, stats)
+        bars = self._decode_bars(tok[:, COL_METRIC], valid)
+        stats.bars = len(bars.sig)
+        r = self._decodable_notes(tok, valid, bars, stats)
+        step = DECODE_TPQ // self.config.resolution
+        onset = (bars.start[bars.of_row[r]] + tok[r, COL_POSITION] - 1) * step
+        score = Score(DECODE_TPQ)
+        score.tempos = self._decode_tempos(tok[r, COL_TEMPO] - 1, onset, stats)
+        score.time_signatures = self._decode_time_signatures(bars, step)
+        for track in self._decode_tracks(tok[r], onset, step):
+            score.tracks.append(track)
+        return score, stats
 
+    def _valid_rows(self, tok: np.ndarray, stats: DecodeStats) -> np.ndarray:
+        """Bool [N]: rows with known ids that are neither PAD nor SOS; the others are counted."""
+        m = tok[:, COL_METRIC]
         unknown = ((tok < 0) | (tok >= np.array(self.vocab_sizes))).any(axis=1)
         pad = ~unknown & (m == METRIC_PAD)
         sos = ~unknown & (m == METRIC_SOS)
         stats.unknown_id = int(unknown.sum())
         stats.pad_row = int(pad.sum())
         stats.misplaced_sos = int(sos[1:].sum())
-        valid = ~unknown & ~pad & ~sos
+        return ~unknown & ~pad & ~sos
 
-        # bars: every EMPTY_BAR / NEW_BAR / NEW_BAR_TS row starts one
-        is_ts = valid & (m >= METRIC_TS_OFFSET)
-        bar_row = valid & ((m == METRIC_EMPTY_BAR) | (m == METRIC_NEW_BAR) | is_ts)
-        note_type = valid & ((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION) | (m == METRIC_NEW_BAR)
-                             | is_ts)
+    def _decode_bars(self, m: np.ndarray, valid: np.ndarray) -> _Bars:
+        """Bars of the valid rows: every EMPTY_BAR / NEW_BAR / NEW_BAR_TS row starts one; note rows
+        before the first bar start make an implicit bar 0 (in the default signature)."""
+        m = np.where(valid, m, METRIC_PAD)  # invalid rows neither start bars nor change signatures
+        bar_row = is_bar_start(m)
         bar_idx = np.cumsum(bar_row) - 1
         n_bars = int(bar_row.sum())
-        if (note_type & (bar_idx < 0)).any():  # note rows before any bar start: implicit bar 0
+        if (is_note_metric(m) & (bar_idx < 0)).any():
             bar_idx = bar_idx + 1
             n_bars += 1
         n_bars = max(n_bars, 1)
         bar_idx = np.maximum(bar_idx, 0)
-        bar_sig = np.full(n_bars, -1, np.int64)
-        bar_sig[bar_idx[is_ts]] = m[is_ts] - METRIC_TS_OFFSET
-        first_has_ts = bar_sig[0] >= 0
-        if not first_has_ts:
-            bar_sig[0] = self.default_ts
-        fill = np.maximum.accumulate(np.where(bar_sig >= 0, np.arange(n_bars), 0))
-        bar_sig = bar_sig[fill]
-        bar_len = self._bar_lengths[bar_sig]
-        bar_start = _excl_cumsum(bar_len)
-        stats.bars = n_bars
+        sig = np.full(n_bars, self.default_ts, np.int64)
+        row_ts = ts_per_row(m, self.default_ts, len(self.config.time_signatures))
+        sig[bar_idx[bar_row]] = row_ts[bar_row]
+        ts_rows = np.nonzero(is_ts_change(m))[0]
+        first_has_ts = bool((bar_idx[ts_rows] == 0).any())
+        return _Bars(bar_idx, sig, _excl_cumsum(self._bar_lengths[sig]), ts_rows, row_ts[ts_rows], first_has_ts)
 
-        # note rows and their validity
-        pitch = tok[:, COL_PITCH]
-        no_pitch = note_type & (pitch == 0) & ((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION))
-        cand = note_type & (pitch > 0)
-        pos = tok[:, COL_POSITION]
-        bl = bar_len[bar_idx]
+    def _decodable_notes(self, tok: np.ndarray, valid: np.ndarray, bars: _Bars, stats: DecodeStats) -> np.ndarray:
+        """Indices of the note rows that decode; the others are counted by the first check they fail."""
+        m, pitch, pos = tok[:, COL_METRIC], tok[:, COL_PITCH], tok[:, COL_POSITION]
+        note_type = valid & is_note_metric(m)
+        stats.no_pitch = int((note_type & (pitch == 0) & ((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION))).sum())
         checks = [
             ("no_position", pos == 0),
-            ("position_beyond_bar", pos - 1 >= bl),
+            ("position_beyond_bar", pos - 1 >= self._bar_lengths[bars.sig][bars.of_row]),
             ("no_instrument", tok[:, COL_INSTRUMENT] == 0),
             ("no_duration", tok[:, COL_DURATION] == 0),
             ("no_velocity", tok[:, COL_VELOCITY] == 0),
         ]
-        stats.no_pitch = int(no_pitch.sum())
-        ok = cand.copy()
+        ok = note_type & (pitch > 0)
         for name, bad in checks:
             setattr(stats, name, int((ok & bad).sum()))
             ok &= ~bad
         r = np.nonzero(ok)[0]
         stats.notes = len(r)
+        return r
 
-        # notes
-        onset = (bar_start[bar_idx[r]] + pos[r] - 1) * step
-        dur = self._durations[tok[r, COL_DURATION] - 1] * step
-        inst = tok[r, COL_INSTRUMENT]
-        vel = self._velocities[tok[r, COL_VELOCITY] - 1]
-        p = pitch[r] - 1
-
-        # tempo: carry the previous one over tempo 0; an event wherever the bin changes
-        tb = tok[r, COL_TEMPO] - 1
+    def _decode_tempos(self, tb: np.ndarray, onset: np.ndarray, stats: DecodeStats) -> Any:
+        """Tempo events of the notes' tempo bins `tb` (-1 = none: the previous one carries over); an
+        event wherever the bin changes, the first at time 0."""
         stats.no_tempo = int((tb < 0).sum())
-        default_bin = int(c.tempo_index(np.array([DEFAULT_TEMPO]))[0])
+        default_bin = int(self.config.tempo_index(np.array([DEFAULT_TEMPO]))[0])
         known = np.where(tb >= 0, np.arange(len(tb)), -1)
         carried = np.maximum.accumulate(known) if len(tb) else known
         tb = np.where(carried >= 0, tb[np.maximum(carried, 0)], default_bin)
@@ -743,29 +783,36 @@ class NoteTokenizer:
         else:
             tempo_time, tempo_bins = np.zeros(1, np.int64), np.array([default_bin])
         mspq = np.rint(6e7 / self._tempos[tempo_bins])
+        return Tempo.from_numpy(tempo_time.astype(np.int32), mspq.astype(np.int32))
 
-        score = Score(DECODE_TPQ)
-        score.tempos = Tempo.from_numpy(tempo_time.astype(np.int32), mspq.astype(np.int32))
-        ts_bars = np.zeros(0 if first_has_ts else 1, np.int64)  # default 4/4 at 0 if bar 0 has none
-        ts_rows = np.nonzero(is_ts)[0]
-        ts_time = np.concatenate([bar_start[ts_bars], bar_start[bar_idx[ts_rows]]]) * step
-        ts_sig = np.concatenate([bar_sig[ts_bars], m[ts_rows] - METRIC_TS_OFFSET])
-        sigs = np.array(c.time_signatures, dtype=np.int64)[ts_sig].reshape(-1, 2)
-        score.time_signatures = TimeSignature.from_numpy(
-            ts_time.astype(np.int32), sigs[:, 0].astype(np.uint8), sigs[:, 1].astype(np.uint8))
+    def _decode_time_signatures(self, bars: _Bars, step: int) -> Any:
+        """One event per NEW_BAR_TS row, plus the default 4/4 at 0 when bar 0 has none."""
+        ts_bars = np.zeros(0 if bars.first_has_ts else 1, np.int64)
+        ts_time = np.concatenate([bars.start[ts_bars], bars.start[bars.of_row[bars.ts_rows]]]) * step
+        ts_sig = np.concatenate([bars.sig[ts_bars], bars.ts_sig])
+        sigs = np.array(self.config.time_signatures, dtype=np.int64)[ts_sig].reshape(-1, 2)
+        return TimeSignature.from_numpy(ts_time.astype(np.int32), sigs[:, 0].astype(np.uint8),
+                                        sigs[:, 1].astype(np.uint8))
 
+    def _decode_tracks(self, rows: np.ndarray, onset: np.ndarray, step: int) -> list[Track]:
+        """One track per instrument value of the decodable note rows (drums apart), notes sorted."""
+        dur = self._durations[rows[:, COL_DURATION] - 1] * step
+        inst = rows[:, COL_INSTRUMENT]
+        vel = self._velocities[rows[:, COL_VELOCITY] - 1]
+        p = rows[:, COL_PITCH] - 1
         order = np.lexsort((p, onset, inst))
         onset, dur, inst, vel, p = onset[order], dur[order], inst[order], vel[order], p[order]
         values, first = np.unique(inst, return_index=True)
         bounds = np.append(first, len(inst))
+        tracks = []
         for i, value in enumerate(values.tolist()):
             a, b = bounds[i], bounds[i + 1]
             drum = value == DRUM_INSTRUMENT
             track = Track(name=instrument_name(value), program=0 if drum else value - 1, is_drum=drum)
             track.notes = Note.from_numpy(onset[a:b].astype(np.int32), dur[a:b].astype(np.int32),
                                           p[a:b].astype(np.int8), vel[a:b].astype(np.int8))
-            score.tracks.append(track)
-        return score, stats
+            tracks.append(track)
+        return tracks
 
     # -- fidelity --------------------------------------------------------------------------------
 
@@ -811,10 +858,7 @@ class NoteTokenizer:
         out = np.array(tokens, dtype=np.int64, copy=True)
         if semitones == 0:
             return out
-        m = out[:, COL_METRIC]
-        note = (((m == METRIC_SAME_ONSET) | (m == METRIC_NEW_POSITION) | (m == METRIC_NEW_BAR)
-                 | (m >= METRIC_TS_OFFSET)) & (out[:, COL_PITCH] > 0)
-                & (out[:, COL_INSTRUMENT] > 0) & (out[:, COL_INSTRUMENT] != DRUM_INSTRUMENT))
+        note = note_rows(out) & (out[:, COL_INSTRUMENT] > 0) & (out[:, COL_INSTRUMENT] != DRUM_INSTRUMENT)
         shifted = out[note, COL_PITCH] + semitones
         if len(shifted) and (shifted.min() < 1 or shifted.max() > 128):
             return None
