@@ -2,7 +2,7 @@
 
     amadeus evaluate --ckpt outputs/demo/model-text.ckpt --split test --num 16 --out eval.json
 
-Text adherence (reference-spec section 5.1): the first N pieces of the split that have a caption are
+Text adherence (the MidiCaps / Text2Midi metrics): the first N pieces of the split that have a caption are
 the prompts. From each caption the model generates a piece (with classifier-free guidance G) and, as
 a baseline in the same run, a piece without text from the same seed (piece i uses seed + i in both).
 Every generated piece is scored (amadeus.metrics.TextAdherence: TB TBT CK CKD CTS CI CM_top3) twice:
