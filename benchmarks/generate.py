@@ -11,7 +11,7 @@ full length. Baselines (`amadeus.model.baselines`) share the backbone sizes:
   flat   (REMI-like): one attribute per backbone step, K = 8 backbone steps per note;
   nested (NMT-like):  one backbone step per note + a 1-layer causal head decoding the K attributes
                       one after another.
-Network sizes come from configs/tiny.yaml and configs/pretrain-30m.yaml.
+Network sizes come from configs/size/tiny.yaml and configs/size/30m.yaml.
 
 Rows: {"method", "size", "steps", "batch", "notes_per_s", "ms_per_note", "backbone_ms_per_step"}
 (+ "device", "threads", "notes"). ms_per_note = wall time per generated row of the batch (all pieces
@@ -29,19 +29,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "generate.json"
-CONFIGS = {"tiny": ROOT / "configs" / "tiny.yaml", "30m": ROOT / "configs" / "pretrain-30m.yaml"}
 
 
 def network(size: str, vocab: tuple[int, ...]):
     from amadeus.model.config import ModelConfig
 
-    net = yaml.safe_load(CONFIGS[size].read_text())["model"]["network"]
-    keys = ("d_model", "n_layers", "n_heads", "head_width", "head_layers", "head_heads", "ffn_mult")
-    return ModelConfig(vocab_sizes=vocab, dropout=0.0, max_notes=4096, **{k: net[k] for k in keys if k in net})
+    from _sizes import SIZE_KEYS
+    from _sizes import network as size_network
+
+    net = size_network(size)
+    return ModelConfig(vocab_sizes=vocab, dropout=0.0, max_notes=4096, **{k: net[k] for k in SIZE_KEYS if k in net})
 
 
 def timed(fn, device: str) -> float:

@@ -275,7 +275,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="pool size (default: CPU cores)")
     args = parser.parse_args()
 
-    from amadeus.preprocess import default_workers
+    from amadeus.workers import default_workers
 
     workers = args.workers or default_workers()
     bach = bach_files(args.quick)

@@ -6,8 +6,8 @@
 Weights are random (untrained): speed does not depend on them (the sampler's grammar guards may see
 more same-step contradictions than with a trained model, so these numbers are if anything
 pessimistic). Each run is the real sampler (`amadeus.sampling.generate`, guards on, top-p 0.95) with
-EOS forbidden so that every piece runs the full length. Network sizes come from configs/tiny.yaml and
-configs/pretrain-30m.yaml; the text encoder is the bundled all-MiniLM-L6-v2 (384-d).
+EOS forbidden so that every piece runs the full length. Network sizes come from configs/size/tiny.yaml
+and configs/size/30m.yaml; the text encoder is the bundled all-MiniLM-L6-v2 (384-d).
 
 Guidance runs the conditional and the unconditional (fully masked prefix) rows together, so the
 backbone and the head do twice the work per note; the `guidance_cost` column measures what that
@@ -30,11 +30,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "text2midi.json"
-CONFIGS = {"tiny": ROOT / "configs" / "tiny.yaml", "30m": ROOT / "configs" / "pretrain-30m.yaml"}
 CAPTION = ("A melodic classical piece in D minor for string ensemble and piano, at a slow Adagio tempo of "
            "66 bpm in 3/4, built on the chords Dm, A7 and Gm.")
 ENCODER = "all-MiniLM-L6-v2"
@@ -43,9 +40,11 @@ ENCODER = "all-MiniLM-L6-v2"
 def network(size: str, vocab: tuple[int, ...]):
     from amadeus.model.config import ModelConfig
 
-    net = yaml.safe_load(CONFIGS[size].read_text())["model"]["network"]
-    keys = ("d_model", "n_layers", "n_heads", "head_width", "head_layers", "head_heads", "ffn_mult")
-    return ModelConfig(vocab_sizes=vocab, dropout=0.0, max_notes=4096, **{k: net[k] for k in keys if k in net})
+    from _sizes import SIZE_KEYS
+    from _sizes import network as size_network
+
+    net = size_network(size)
+    return ModelConfig(vocab_sizes=vocab, dropout=0.0, max_notes=4096, **{k: net[k] for k in SIZE_KEYS if k in net})
 
 
 def sync(device: str) -> None:

@@ -19,12 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-SIZES = {
-    # name: (d_model, n_layers, n_heads, head_width, head_heads)
-    "tiny": (128, 3, 4, 64, 4),
-    "30m": (512, 6, 8, 128, 4),
-    "150m": (768, 20, 12, 256, 4),
-}
 RESULTS = Path(__file__).parent / "results" / "train.json"
 
 
@@ -35,8 +29,11 @@ def measure(size: str, batch: int, window: int, steps: int, device: str) -> dict
     from amadeus.module import AmadeusModule
 
     torch.manual_seed(0)
-    d, n, h, hw, hh = SIZES[size]
-    module = AmadeusModule(network=ModelConfig(d_model=d, n_layers=n, n_heads=h, head_width=hw, head_heads=hh))
+    from _sizes import SIZE_KEYS
+    from _sizes import network as size_network
+
+    net = size_network(size)  # configs/size/<size>.yaml
+    module = AmadeusModule(network=ModelConfig(**{k: net[k] for k in SIZE_KEYS if k in net}))
     module.to(device).train()
     vocab = module.tokenizer.vocab_sizes
     notes = torch.stack([torch.randint(1, v, (batch, window + 1)) for v in vocab], -1).to(device)

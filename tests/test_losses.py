@@ -55,7 +55,7 @@ def test_dispersive_loss_value():
 
 
 def test_dispersive_sign_pushes_sequences_apart():
-    """A gradient step on our loss lowers the mean pairwise cosine; the reference's sign raises it."""
+    """A gradient step on our loss lowers the mean pairwise cosine; the authors' code's sign raises it."""
     torch.manual_seed(0)
     base = torch.randn(8, 16) + 2.0  # a cone: fairly similar features
 
@@ -65,7 +65,7 @@ def test_dispersive_sign_pushes_sequences_apart():
         with torch.no_grad():
             return mean_cos(f - 5.0 * f.grad).item()
 
-    def reference(f, tau=0.5):  # -log(sum over all pairs incl. the diagonal / B(B-1)), as in the reference code
+    def reference(f, tau=0.5):  # -log(sum over all pairs incl. the diagonal / B(B-1)), as in the authors' code
         u = torch.nn.functional.normalize(f, dim=-1)
         B = f.shape[0]
         return -torch.log(torch.exp(-(1 - u @ u.T) / tau).sum() / (B * (B - 1)))

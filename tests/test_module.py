@@ -163,3 +163,30 @@ def test_ddp_two_cpu_processes(tiny_shards, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stderr + proc.stdout  # both ranks joined the process group
+
+
+def test_weight_decay_only_on_linear_weights():
+    """Every trainable parameter lands in exactly one AdamW group: decay for the weight matrices of
+    linear maps, none for embeddings (backbone and head attribute tables, slot, [MASK], CIEM null),
+    norm gains and biases. Checked by name against the model's layout, text prefix projection included."""
+    module = AmadeusModule(network=TINY, text_encoder="all-MiniLM-L6-v2", weight_decay=0.1)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    group_of = {id(p): i for i, g in enumerate(groups) for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(group_of)  # no parameter twice
+
+    embeddings = ("backbone.embed.tables.table.weight", "head.tables.table.weight", "head.slot", "head.mask_emb",
+                  "head.ciem.null")
+    seen = set()
+    for name, p in module.named_parameters():
+        if not p.requires_grad:  # the frozen text encoder
+            assert id(p) not in group_of, name
+            continue
+        leaf = name.rsplit(".", 2)
+        is_norm = "norm" in leaf[-2] if len(leaf) > 1 else False
+        expect_no_decay = name in embeddings or name.endswith(".bias") or is_norm
+        assert group_of[id(p)] == (1 if expect_no_decay else 0), name
+        seen.add(name)
+    assert set(embeddings) <= seen
+    assert any("prefix" in n and group_of[id(p)] == 0 for n, p in module.named_parameters() if p.requires_grad)
+    assert any(n.startswith("head.out.") and n.endswith(".bias") for n in seen)

@@ -3,10 +3,11 @@
 `make_caption(features)` always states the key, time signature, tempo, instruments and main chords;
 the sentence template and the mood word vary with a seed (by default a hash of the features, so the
 same piece always gets the same caption). `load_captions(path)` reads MidiCaps files (a JSON list,
-JSON lines, or a {location: caption} object) into a dict keyed by `location` that also answers to a
-file name or stem. `parse_caption(text)` reads back what a free-text caption states (the targets of
-the text-adherence metrics), and `transpose_caption(text, s)` moves its keys and chords by s
-semitones (for transposed training windows).
+JSON lines, or a {location: caption} object) into `Captions`, a dict keyed by `location` that also
+finds the caption of a file by a trailing part of its path, its file name or its stem (the one
+caption lookup: `amadeus preprocess` uses it too). `parse_caption(text)` reads back what a
+free-text caption states (the targets of the text-adherence metrics), and `transpose_caption(text,
+s)` moves its keys and chords by s semitones (for transposed training windows).
 """
 
 from __future__ import annotations
@@ -115,27 +116,43 @@ def make_caption(features: dict[str, Any], rng: int | random.Random | None = Non
 
 
 class Captions(dict):
-    """{location: caption} that also finds a caption by file name or stem (when unambiguous)."""
+    """{location: caption} that also finds the caption of a file whose path differs from the location.
+
+    `find(path)` tries, in order: the location itself (also after normalising './' and '\\'); the
+    longest trailing part of the path that ends exactly one location ('lmd/data/a/x.mid' is found
+    from 'a/x.mid' and from '/mnt/lmd/data/a/x.mid', a unique file name is enough); then the file's
+    stem, when exactly one location has it ('x' or 'x.midi' find 'a/x.mid'). So the MIDI folder may
+    sit above or below the captions' root. An ambiguous name finds nothing.
+    """
 
     def __init__(self, items: dict[str, str]) -> None:
         super().__init__(items)
-        self._alias: dict[str, str | None] = {}
-        for loc in items:
-            p = Path(loc)
-            for alias in {p.name, p.stem}:
-                self._alias[alias] = loc if self._alias.get(alias, loc) == loc else None  # None: ambiguous
+        self._by_location = {_norm_location(k): v for k, v in items.items()}
+        owners: dict[str, set[str]] = {}
+        stems: dict[str, set[str]] = {}
+        for loc in self._by_location:
+            parts = loc.split("/")
+            for i in range(len(parts)):
+                owners.setdefault("/".join(parts[i:]), set()).add(loc)
+            stems.setdefault(Path(loc).stem, set()).add(loc)
+        self._by_suffix = {k: self._by_location[next(iter(v))] for k, v in owners.items() if len(v) == 1}
+        self._by_stem = {k: self._by_location[next(iter(v))] for k, v in stems.items() if len(v) == 1}
 
     def find(self, location: str | Path) -> str | None:
-        """Caption of a location, else of its file name, else of its stem; None if absent/ambiguous."""
+        """Caption of a location, else of its longest unique trailing part, else of its unique stem;
+        None if absent or ambiguous."""
         key = str(location)
         if dict.__contains__(self, key):
             return dict.__getitem__(self, key)
-        p = Path(key)
-        for alias in (p.name, p.stem):
-            loc = self._alias.get(alias)
-            if loc is not None:
-                return dict.__getitem__(self, loc)
-        return None
+        key = _norm_location(key)
+        if key in self._by_location:
+            return self._by_location[key]
+        parts = key.split("/")
+        for i in range(len(parts)):  # longest trailing part first
+            hit = self._by_suffix.get("/".join(parts[i:]))
+            if hit is not None:
+                return hit
+        return self._by_stem.get(Path(key).stem)
 
     def __missing__(self, key: str) -> str:
         found = self.find(key)
@@ -149,6 +166,14 @@ class Captions(dict):
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         found = self.find(key)
         return default if found is None else found
+
+
+def _norm_location(location: str) -> str:
+    """'./a\\b.mid' -> 'a/b.mid': forward slashes, no leading './' or '/'."""
+    loc = location.replace("\\", "/")
+    while loc.startswith("./"):
+        loc = loc[2:]
+    return loc.lstrip("/")
 
 
 def _record(obj: Any, where: str) -> tuple[str, str]:

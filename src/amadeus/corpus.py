@@ -249,7 +249,7 @@ def build_bach_corpus(out_dir: str | os.PathLike | None = None, workers: int | N
     """
     import music21
 
-    from amadeus.preprocess import WorkerPool, default_workers
+    from amadeus.workers import WorkerPool, default_workers
 
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else default_bach_dir() / "midi"
@@ -312,12 +312,12 @@ def _read_stamp(path: Path) -> dict[str, Any] | None:
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    from amadeus.preprocess import _json_default
+    from amadeus.shards import json_default
 
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         for r in records:
-            f.write(json.dumps(r, sort_keys=True, default=_json_default) + "\n")
+            f.write(json.dumps(r, sort_keys=True, default=json_default) + "\n")
     os.replace(tmp, path)
 
 

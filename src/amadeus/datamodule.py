@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from amadeus.captions import transpose_caption
-from amadeus.preprocess import load_manifest
+from amadeus.shards import load_manifest, read_shard
 from amadeus.tokenizer import NoteTokenizer, TokenizerConfig
 
 STAGES = ("pretrain", "finetune")
@@ -258,7 +258,7 @@ class _EpochLoader(DataLoader):
 
 
 class MusicDataModule(L.LightningDataModule):
-    """Batches of note windows from tokenized shards (amadeus.preprocess), streamed.
+    """Batches of note windows from tokenized shards (amadeus.shards), streamed.
 
     Args:
         data_dir: shard folder(s) with a manifest.json (local paths or fsspec URLs); None = the
@@ -362,19 +362,10 @@ class MusicDataModule(L.LightningDataModule):
     def count_train_windows(self) -> int:
         """Training windows per epoch (sum of ceil(N / T) over train pieces), from the n_rows column."""
         if self._train_windows is None:
-            import fsspec
-            import pyarrow.compute as pc
-            import pyarrow.parquet as pq
-
             total = 0
-            columns = ["n_rows", "split"] + (["caption"] if self.stage == "finetune" else [])
             for f in self.files("train"):
-                fs, path = fsspec.core.url_to_fs(f)
-                t = pq.read_table(path, columns=columns, filesystem=fs)
-                keep = pc.equal(t["split"], "train")
-                if self.stage == "finetune":
-                    keep = pc.and_(keep, pc.not_equal(t["caption"], ""))
-                n = t["n_rows"].filter(keep).to_numpy().astype(np.int64)
+                t = read_shard(f, ["n_rows"], split="train", captioned=self.stage == "finetune")
+                n = t["n_rows"].to_numpy().astype(np.int64)
                 total += int(np.where(n <= self.max_notes + 1, 1, -(-n // self.max_notes)).sum())
             self._train_windows = total
         return self._train_windows

@@ -2,7 +2,7 @@
 
     amadeus evaluate --ckpt outputs/demo/model-text.ckpt --split test --num 16 --out eval.json
 
-Text adherence (reference-spec section 5.1): the first N pieces of the split that have a caption are
+Text adherence (the MidiCaps / Text2Midi metrics): the first N pieces of the split that have a caption are
 the prompts. From each caption the model generates a piece (with classifier-free guidance G) and, as
 a baseline in the same run, a piece without text from the same seed (piece i uses seed + i in both).
 Every generated piece is scored (amadeus.metrics.TextAdherence: TB TBT CK CKD CTS CI CM_top3) twice:
@@ -64,19 +64,14 @@ def read_pieces(data: str | Path, split: str, num: int, tokenizer_hash: str | No
     Each piece: {"id", "caption", "features" (dict), "tokens" (int64 [N, K])}. The shards' tokenizer
     must be the model's (tokenizer_hash); a mismatch or a missing manifest is a clear error.
     """
-    import fsspec
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     from amadeus.datamodule import MusicDataModule
+    from amadeus.shards import read_shard
 
     dm = MusicDataModule(data_dir=str(data), stage="pretrain", num_workers=0, tokenizer_hash=tokenizer_hash)
     K = dm.tokenizer.K
     pieces: list[dict] = []
     for file in dm.files(split, required=False):
-        fs, path = fsspec.core.url_to_fs(file)
-        table = pq.read_table(path, columns=["id", "tokens", "caption", "features", "split"], filesystem=fs)
-        table = table.filter(pc.and_(pc.equal(table["split"], split), pc.not_equal(table["caption"], "")))
+        table = read_shard(file, ["id", "tokens", "caption", "features"], split=split, captioned=True)
         for row in table.slice(0, num - len(pieces)).to_pylist():
             try:
                 features = json.loads(row["features"] or "{}")

@@ -3,7 +3,8 @@
 MLSDES pools the residual stream at about one third of the depth over the real notes of each sequence
 (padding and text prefix excluded), gathers the pooled features of all GPUs, and minimises
     L_disp = log mean_{a != b} exp(-(1 - cos(f_a, f_b)) / tau),
-which pushes different sequences apart (the reference code had the opposite sign; see its test).
+which pushes different sequences apart (the authors' code has the opposite sign, which pulls them
+together; tests/test_losses.py shows both).
 The masked-diffusion loss itself lives in `amadeus.model.diffusion.diffusion_loss`.
 """
 

@@ -1,15 +1,15 @@
 """Evaluation metrics (torchmetrics), usable from a Lightning callback and from the CLI.
 
-Text adherence (the MidiCaps / Text2Midi columns, reference-spec section 5.1): `TextAdherence`
+Text adherence (the columns of the MidiCaps / Text2Midi results tables): `TextAdherence`
 compares the features of a generated piece (amadeus.features) with those stated by its caption
 (`amadeus.captions.parse_caption`) or stored with its target.
 
-Structure of generated token matrices (section 5.2): `SyntaxErrorRate`, `PitchClassEntropy`,
+Structure of generated token matrices: `SyntaxErrorRate`, `PitchClassEntropy`,
 `GrooveConsistency`, and generation speed `NotesPerSecond`.
 
 Likelihood: `diffusion_elbo_nll` / `DiffusionNLL` give the masked-diffusion ELBO per attribute, the
-proper bound on the NLL (the reference code scored random-mask training forwards, unmasked slots
-included: weakness 19).
+proper bound on the NLL (scoring random-mask training forwards instead counts the unmasked slots,
+which the model sees, and so understates the NLL).
 
 Audio-text: `ClapScore`, only with a local CLAP checkpoint (nothing is downloaded).
 """

@@ -259,11 +259,17 @@ class AmadeusModule(L.LightningModule):
             p.requires_grad_(not frozen)
 
     def configure_optimizers(self) -> dict[str, Any]:
+        # Weight decay only on the weight matrices of linear maps (nn.Linear.weight). Embeddings are not
+        # decayed: the backbone's and the head's attribute tables (nn.Embedding), the head's slot and
+        # [MASK] embeddings and CIEM's null context (free nn.Parameters); nor are norm gains and biases.
+        # Decay pulls a parameter towards 0: for an embedding row that means towards "no information"
+        # about a value the data may rarely show, for a norm gain towards switching the layer off.
+        linear_weights = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
         decay, no_decay = [], []
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             if not p.requires_grad and self.hparams.freeze_backbone_steps == 0:
                 continue
-            (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+            (decay if id(p) in linear_weights else no_decay).append(p)
         hp = self.hparams
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

