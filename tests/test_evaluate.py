@@ -111,7 +111,7 @@ def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys)
 def test_nll_matches_a_direct_computation(text_ckpt, tiny_shards):
     """The evaluator's ELBO equals diffusion_elbo_nll run by hand on the same rows (no text)."""
     from amadeus.datamodule import EvalWindows, MusicDataModule
-    from amadeus.hub import Amadeus
+    from amadeus.api import Amadeus
     from amadeus.metrics import diffusion_elbo_nll
 
     module = Amadeus.load(text_ckpt).module
