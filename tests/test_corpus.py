@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from amadeus import corpus
+from amadeus.commands import corpus
 from amadeus.corpus import bach_chorale_paths, build_bach_corpus, chorale_to_score, corpus_statistics, midi_name
 
 

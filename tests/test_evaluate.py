@@ -112,7 +112,7 @@ def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys)
 def test_nll_matches_a_direct_computation(text_ckpt, tiny_shards):
     """The evaluator's ELBO equals diffusion_elbo_nll run by hand on the same rows (no text)."""
     from amadeus.datamodule import EvalWindows, MusicDataModule
-    from amadeus.hub import Amadeus
+    from amadeus.api import Amadeus
     from amadeus.metrics import diffusion_elbo_nll
 
     module = Amadeus.load(text_ckpt).module
@@ -194,3 +194,16 @@ def test_clap_with_a_local_checkpoint(text_ckpt, tiny_shards, tmp_path, capsys):
         assert v is None or -1.0 <= v <= 1.0
     printed = capsys.readouterr().out
     assert "CLAP: with text" in printed and CLAP_NOT_COMPUTED not in printed
+
+
+def test_caption_contrast_and_the_demo_table(text_ckpt, tmp_path, capsys):
+    """The demo's text stage: each target's caption with and without text, scored against the target."""
+    from amadeus.commands import demo
+
+    rows = demo._text_demo(text_ckpt, tmp_path, num=2)
+    assert list(rows) == [f"{t['key']}, {t['time_signature']} / {m}" for t in demo.TARGETS for m in ("text", "no text")]
+    assert all(set(r) >= {"CK", "CTS"} for r in rows.values())
+    out = capsys.readouterr().out
+    assert out.count("caption ") == 2 and "text adherence, % of 2 samples per row (guidance 3.0)" in out
+    assert sorted(p.name for p in tmp_path.glob("text*.mid")) == ["text0_0.mid", "text0_1.mid", "text1_0.mid",
+                                                                   "text1_1.mid"]

@@ -9,7 +9,7 @@ import torch
 from symusic import Score
 
 from amadeus.cli import main as cli_main
-from amadeus.hub import read_checkpoint
+from amadeus.checkpoint import read_checkpoint
 from amadeus.render import NO_SOUNDFONT, find_soundfont
 from midi_factory import block_chords, make_score, part
 

@@ -18,7 +18,7 @@ import pytest
 from midi_factory import make_score, part, random_grid_notes, write
 from symusic import Score
 
-from amadeus import preprocess as pp
+from amadeus.commands import preprocess as pp
 from amadeus.preprocess import list_inputs, preprocess, split_of
 from amadeus.tokenizer import DRUM_INSTRUMENT, NoteTokenizer
 from amadeus.workers import WorkerPool

@@ -11,6 +11,7 @@ from midi_factory import block_chords, make_score, part, quarters, random_grid_n
 from symusic import Score
 
 from amadeus.theory import CHORD_QUALITIES
+from amadeus.commands.tokenizer import main
 from amadeus.tokenizer import (
     ATTRIBUTES,
     CHORD_NONE,
@@ -32,7 +33,6 @@ from amadeus.tokenizer import (
     TokenizerError,
     chord_name,
     detect_chords,
-    main,
 )
 
 TOK = NoteTokenizer()

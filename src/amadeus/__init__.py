@@ -12,7 +12,7 @@ __all__ = ["Amadeus", "__version__"]
 def __getattr__(name: str):
     # Lazy: `import amadeus` stays cheap (no torch import) for the data tools.
     if name == "Amadeus":
-        from amadeus.hub import Amadeus
+        from amadeus.api import Amadeus
 
         return Amadeus
     raise AttributeError(f"module 'amadeus' has no attribute {name!r}")

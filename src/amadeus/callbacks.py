@@ -114,13 +114,14 @@ class SampleMidi(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or self.num_samples <= 0:
             return
         from amadeus.render import find_soundfont, piano_roll_png, render_wav
+        from amadeus.sampling import generate
 
         out_dir = _run_dir(trainer) / "samples" / f"epoch={trainer.current_epoch:03d}"
         out_dir.mkdir(parents=True, exist_ok=True)
         was_training = pl_module.training
         pl_module.eval()
-        result = pl_module.generate(num=self.num_samples, max_notes=self.max_notes, steps=self.steps,
-                                    temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        result = generate(pl_module, num=self.num_samples, max_notes=self.max_notes, steps=self.steps,
+                          temperature=self.temperature, top_p=self.top_p, seed=self.seed)
         pl_module.train(was_training)
         soundfont = find_soundfont() if self.audio else None
         wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)

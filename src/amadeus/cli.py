@@ -1,9 +1,9 @@
 """The `amadeus` command.
 
-Training subcommands (fit, validate, test) are Lightning's own `LightningCLI`, so every key of a
-YAML config maps onto a constructor argument of `AmadeusModule`, `MusicDataModule` or the Trainer.
-The data and generation subcommands are plain argparse; each lives next to the code it drives and
-exposes `add_arguments(parser)` and `run(args) -> int`.
+Training subcommands (fit, validate, test) are Lightning's own `LightningCLI`, built by
+`amadeus.commands.lightning.make_cli`, so every key of a YAML config maps onto a constructor argument
+of `AmadeusModule`, `MusicDataModule` or the Trainer. The data and generation subcommands are plain
+argparse; each is a module of `amadeus.commands` exposing `add_arguments(parser)` and `run(args) -> int`.
 """
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ import importlib
 import os
 import sys
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test")
+from amadeus.commands.lightning import COMMANDS as LIGHTNING_COMMANDS
+from amadeus.commands.lightning import make_cli
 
 # name -> (module exposing add_arguments/run, one-line help)
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
-    "corpus": ("amadeus.corpus", "build the embedded corpus (Bach chorales from music21) and its shards"),
-    "preprocess": ("amadeus.preprocess", "MIDI folder / glob / tar / list file -> tokenized Parquet shards"),
-    "generate": ("amadeus.generate", "sample MIDI (and WAV/PNG) from a checkpoint, with controls and text"),
-    "evaluate": ("amadeus.evaluate", "text-adherence and unconditional metrics of a checkpoint"),
-    "export": ("amadeus.hub", "checkpoint -> folder with model.safetensors, config.json, tokenizer.json"),
-    "demo": ("amadeus.demo", "the main job: corpus -> train tiny -> samples (what `make demo` runs)"),
+    "corpus": ("amadeus.commands.corpus", "build the embedded corpus (Bach chorales from music21) and its shards"),
+    "preprocess": ("amadeus.commands.preprocess", "MIDI folder / glob / tar / list file -> tokenized Parquet shards"),
+    "generate": ("amadeus.commands.generate", "sample MIDI (and WAV/PNG) from a checkpoint, with controls and text"),
+    "evaluate": ("amadeus.commands.evaluate", "text-adherence and unconditional metrics of a checkpoint"),
+    "export": ("amadeus.commands.export", "checkpoint -> folder with model.safetensors, config.json, tokenizer.json"),
+    "demo": ("amadeus.commands.demo", "the main job: corpus -> train tiny -> samples (what `make demo` runs)"),
 }
 
 
@@ -37,23 +38,8 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def lightning_cli(args: list[str]) -> None:
-    """Run LightningCLI on `args` (e.g. ["fit", "-c", "configs/tiny.yaml"])."""
-    from lightning.pytorch.cli import LightningCLI
-
-    from amadeus.datamodule import MusicDataModule
-    from amadeus.module import AmadeusModule
-
-    # LightningCLI reads sys.argv itself when args is None (and warns when given both).
-    LightningCLI(
-        AmadeusModule,
-        MusicDataModule,
-        args=None if args == sys.argv[1:] else args,
-        save_config_kwargs={"overwrite": True},
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run `amadeus ARGV...`; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -62,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command = argv[0]
     if command in LIGHTNING_COMMANDS:
-        lightning_cli(argv)
+        make_cli(argv)
         return 0
     if command not in TOOL_COMMANDS:
         print(f"amadeus: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)

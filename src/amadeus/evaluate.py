@@ -1,4 +1,5 @@
-"""`amadeus evaluate`: text adherence and unconditional metrics of a checkpoint, as a table and JSON.
+"""Evaluation of a checkpoint (`amadeus evaluate`): text adherence and unconditional metrics,
+as a report (JSON) and a table.
 
     amadeus evaluate --ckpt outputs/demo/model-text.ckpt --split test --num 16 --out eval.json
 
@@ -16,15 +17,13 @@ model reads text); syntax-error rate, pitch-class entropy, groove consistency an
 generated pieces, next to the same structure metrics of the source pieces for reference.
 
 CLAP only with --clap PATH (a local checkpoint); nothing is ever downloaded.
-Bad arguments print one line on stderr and exit with code 2.
+The command line (flags, checks, printing) is `amadeus.commands.evaluate`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,7 +36,6 @@ from amadeus.metrics import (
     ADHERENCE_METRICS,
     DiffusionNLL,
     GrooveConsistency,
-    MetricUnavailable,
     NotesPerSecond,
     PitchClassEntropy,
     SyntaxErrorRate,
@@ -54,7 +52,8 @@ TARGETS = ("features", "caption")
 # data
 
 
-def _is_local(path: str) -> bool:
+def is_local(path: str | Path) -> bool:
+    """True for a local path, False for an fsspec URL (s3://, gs://, ...)."""
     return "://" not in str(path)
 
 
@@ -145,17 +144,60 @@ def _generation_report(result, tokenizer) -> dict[str, Any]:
             **structure_metrics(result.tokens, tokenizer)}
 
 
-def evaluate(ckpt: str | Path, data: str | Path | None = None, split: str = "test", num: int = 16,
-             max_notes: int = 256, steps: int | None = None, guidance: float = 3.0, seed: int = 0,
+def _adherence(model, pieces: list[dict], results: dict[str, Any], clap_metric) -> dict[str, Any]:
+    """Adherence of each mode's pieces to the stored features and to the caption fields, their
+    generation statistics and (when asked) CLAP: the report's adherence, counts, generation, clap."""
+    from amadeus.features import extract_features
+
+    tokenizer = model.tokenizer
+    captions = [p["caption"] for p in pieces]
+    adherence: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
+    counts: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
+    generation: dict[str, Any] = {m: None for m in MODES}
+    clap_report: dict[str, Any] | str = CLAP_NOT_COMPUTED if clap_metric is None else {m: None for m in MODES}
+    targets = {"features": [p["features"] for p in pieces], "caption": [parse_caption(c) for c in captions]}
+    for mode, result in results.items():
+        scores = [tokenizer.decode(t) for t in result.tokens]
+        feats = [extract_features(s) for s in scores]
+        for target in TARGETS:
+            metric = TextAdherence()
+            metric.update(feats, targets[target])
+            adherence[target][mode] = {k: _num(v) for k, v in metric.compute().items()}
+            counts[target][mode] = metric.counts()
+        generation[mode] = _generation_report(result, tokenizer)
+        if clap_metric is not None:
+            clap_metric.reset()
+            clap_metric.update(scores, captions)
+            clap_report[mode] = _num(clap_metric.compute())
+    return {"adherence": adherence, "adherence_counts": counts, "generation": generation, "clap": clap_report}
+
+
+def _nll(module, dm, split: str, nll_windows: int, nll_length: int, nll_samples: int, seed: int,
+         log) -> dict[str, Any]:
+    """Diffusion ELBO on deterministic windows of the split, without text and (text models) with it."""
+    from amadeus.datamodule import EvalWindows
+
+    if nll_windows <= 0:
+        return {}
+    windows = EvalWindows(dm.files(split, required=False), split, "pretrain", module.tokenizer, nll_length,
+                          nll_windows)
+    log(f"diffusion ELBO on {len(windows)} windows of {nll_length} rows ({nll_samples} masks per size) ...")
+    return {"without_text": diffusion_nll(module, windows, text=False, num_samples=nll_samples, seed=seed),
+            "with_text": (diffusion_nll(module, windows, text=True, num_samples=nll_samples, seed=seed)
+                          if module.text_encoder is not None else None)}
+
+
+def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = None, split: str = "test",
+             num: int = 16, max_notes: int = 256, steps: int | None = None, seed: int = 0,
              clap: str | Path | None = None, nll_windows: int = 16, nll_length: int = 128, nll_samples: int = 4,
              device: str = "cpu", log=print) -> dict[str, Any]:
     """Run every metric; returns the report (what `amadeus evaluate` writes as JSON).
 
-    Raises ValueError / OSError (checkpoint, data) or MetricUnavailable (--clap) with a clear message.
+    `guidance` is the classifier-free guidance scale of the text rows (the command's default is
+    amadeus.commands._common.TEXT_GUIDANCE). Raises ValueError / OSError (checkpoint, data) or
+    MetricUnavailable (clap) with a clear message.
     """
-    from amadeus.datamodule import EvalWindows
-    from amadeus.features import extract_features
-    from amadeus.hub import Amadeus
+    from amadeus.api import Amadeus
 
     t0 = time.perf_counter()
     if data is None:
@@ -175,7 +217,6 @@ def evaluate(ckpt: str | Path, data: str | Path | None = None, split: str = "tes
         from amadeus.metrics import ClapScore
 
         clap_metric = ClapScore(clap)  # one model, reset between modes
-    captions = [p["caption"] for p in pieces]
     n = len(pieces)
 
     # -- generation: with text (guided) and without, same seeds
@@ -183,37 +224,10 @@ def evaluate(ckpt: str | Path, data: str | Path | None = None, split: str = "tes
     results = {}
     if text_model:
         log(f"generating {n} pieces from their captions (guidance {guidance}) ...")
-        results["with_text"] = model.sample(n, text=captions, guidance=guidance, **options)
+        results["with_text"] = model.sample(n, text=[p["caption"] for p in pieces], guidance=guidance, **options)
     log(f"generating {n} pieces without text ...")
     results["without_text"] = model.sample(n, **options)
-
-    adherence: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
-    counts: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
-    generation: dict[str, Any] = {m: None for m in MODES}
-    clap_report: dict[str, Any] | str = CLAP_NOT_COMPUTED if clap_metric is None else {m: None for m in MODES}
-    targets = {"features": [p["features"] for p in pieces], "caption": [parse_caption(c) for c in captions]}
-    for mode, result in results.items():
-        scores = [tokenizer.decode(t) for t in result.tokens]
-        feats = [extract_features(s) for s in scores]
-        for target in TARGETS:
-            metric = TextAdherence()
-            metric.update(feats, targets[target])
-            adherence[target][mode] = {k: _num(v) for k, v in metric.compute().items()}
-            counts[target][mode] = metric.counts()
-        generation[mode] = _generation_report(result, tokenizer)
-        if clap_metric is not None:
-            clap_metric.reset()
-            clap_metric.update(scores, captions)
-            clap_report[mode] = _num(clap_metric.compute())
-
-    # -- likelihood on windows of the split
-    nll: dict[str, Any] = {}
-    if nll_windows > 0:
-        windows = EvalWindows(dm.files(split, required=False), split, "pretrain", tokenizer, nll_length, nll_windows)
-        log(f"diffusion ELBO on {len(windows)} windows of {nll_length} rows ({nll_samples} masks per size) ...")
-        nll["without_text"] = diffusion_nll(module, windows, text=False, num_samples=nll_samples, seed=seed)
-        nll["with_text"] = (diffusion_nll(module, windows, text=True, num_samples=nll_samples, seed=seed)
-                            if text_model else None)
+    scored = _adherence(model, pieces, results, clap_metric)
 
     return {
         "checkpoint": str(ckpt), "data": str(data), "split": split, "device": str(model.device),
@@ -222,13 +236,37 @@ def evaluate(ckpt: str | Path, data: str | Path | None = None, split: str = "tes
         "settings": {"num": n, "max_notes": max_notes, "steps": steps, "guidance": guidance if text_model else None,
                      "seed": seed, "nll_windows": nll_windows, "nll_length": nll_length, "nll_samples": nll_samples},
         "pieces": [{"id": p["id"], "caption": p["caption"], "seed": seed + i} for i, p in enumerate(pieces)],
-        "adherence": adherence, "adherence_counts": counts,
-        "generation": generation,
+        "adherence": scored["adherence"], "adherence_counts": scored["adherence_counts"],
+        "generation": scored["generation"],
         "data_reference": structure_metrics([p["tokens"] for p in pieces], tokenizer),
-        "nll": nll,
-        "clap": clap_report,
+        "nll": _nll(module, dm, split, nll_windows, nll_length, nll_samples, seed, log),
+        "clap": scored["clap"],
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def caption_contrast(model, targets: Sequence[dict[str, Any]], *, num: int, max_notes: int, steps: int,
+                     guidance: float, seed: int = 100, log=print) -> dict[str, dict[str, Any]]:
+    """Generate `num` pieces from the caption of each target feature dict, with the text (guidance
+    `guidance`) and without it, and score each set's adherence to its target.
+
+    Target i uses seed + i in both modes. Returns {(target, mode) row name: {"adherence": {metric: %},
+    "scores": the pieces, "caption": the caption}}; what the demo prints as its text-to-MIDI table.
+    """
+    from amadeus.captions import make_caption
+
+    rows: dict[str, dict[str, Any]] = {}
+    for i, target in enumerate(targets):
+        caption = make_caption(target, rng=0)
+        log(f"caption {i}: {caption}")
+        for mode, guide in (("text", {"text": caption, "guidance": guidance}), ("no text", {})):
+            scores = model.generate(num=num, max_notes=max_notes, steps=steps, seed=seed + i, **guide)
+            metric = TextAdherence()
+            metric.update(scores, [target] * len(scores))
+            rows[f"{target['key']}, {target['time_signature']} / {mode}"] = {
+                "adherence": {k: round(float(v), 1) for k, v in metric.compute().items()},
+                "scores": scores, "caption": caption, "target": i, "mode": mode}
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,91 +324,3 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         lines.append("CLAP: " + ", ".join(f"{m.replace('_', ' ')} {_cell(v, 0, 4).strip()}" for m, v in clap.items()))
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# `amadeus evaluate`
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="Lightning .ckpt or exported folder (amadeus export)")
-    parser.add_argument("--data", default=None,
-                        help="shard folder (amadeus preprocess); default: the embedded Bach corpus shards")
-    parser.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate on (default test)")
-    parser.add_argument("--num", type=int, default=16, help="captioned pieces used as prompts (default 16)")
-    parser.add_argument("--max-notes", type=int, default=256, help="at most this many generated rows per piece")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps per note (default K // 2)")
-    parser.add_argument("--guidance", type=float, default=3.0,
-                        help="classifier-free guidance scale for the text rows (default 3; 1 = plain conditional)")
-    parser.add_argument("--seed", type=int, default=0, help="piece i uses seed + i, with and without text")
-    parser.add_argument("--clap", default=None, metavar="PATH",
-                        help="local CLAP checkpoint (Hugging Face folder) to compute CLAP; never downloaded")
-    parser.add_argument("--nll-windows", type=int, default=16,
-                        help="windows of the split for the diffusion ELBO (default 16; 0 = skip)")
-    parser.add_argument("--nll-length", type=int, default=128, help="rows per ELBO window (default 128)")
-    parser.add_argument("--nll-samples", type=int, default=4,
-                        help="random masks per mask size for the ELBO (exact where fewer subsets exist; default 4)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: the sampler's small per-note tensors run fastest on one "
-                             "thread, and far slower when threads outnumber free cores; 0 = torch's default)")
-    parser.add_argument("--out", default=None,
-                        help="JSON report (default: beside the checkpoint, NAME.eval.json or FOLDER/evaluation.json)")
-
-
-def _validate(args: argparse.Namespace) -> None:
-    from amadeus.tokenizer import ATTRIBUTES
-
-    K = len(ATTRIBUTES)
-    if not Path(args.ckpt).exists():
-        raise ValueError(f"--ckpt {args.ckpt}: no such checkpoint file or exported folder")
-    if args.data is not None and _is_local(args.data) and not (Path(args.data) / "manifest.json").is_file():
-        what = ("no such folder" if not Path(args.data).exists()
-                else "no manifest.json in it (make shards with `amadeus preprocess`)")
-        raise ValueError(f"--data {args.data}: {what}")
-    for name in ("num", "max_notes", "nll_samples"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.nll_windows < 0:
-        raise ValueError(f"--nll-windows must be >= 0, got {args.nll_windows}")
-    if args.nll_length < 2:
-        raise ValueError(f"--nll-length must be >= 2, got {args.nll_length}")
-    if args.steps is not None and not 1 <= args.steps <= K:
-        raise ValueError(f"--steps {args.steps}: must be in 1..{K} (the number of attributes)")
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    if not math.isfinite(args.guidance) or args.guidance < 0:
-        raise ValueError(f"--guidance must be a number >= 0, got {args.guidance}")
-    if args.clap is not None and not Path(args.clap).exists():
-        raise ValueError(f"--clap {args.clap}: no such local CLAP checkpoint (nothing is downloaded)")
-
-
-def _default_out(ckpt: str) -> Path:
-    p = Path(ckpt)
-    return p / "evaluation.json" if p.is_dir() else p.with_name(p.stem + ".eval.json")
-
-
-def run(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    try:
-        _validate(args)
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if args.threads > 0 and device == "cpu":
-            torch.set_num_threads(args.threads)
-        report = evaluate(args.ckpt, data=args.data, split=args.split, num=args.num, max_notes=args.max_notes,
-                          steps=args.steps, guidance=args.guidance, seed=args.seed, clap=args.clap,
-                          nll_windows=args.nll_windows, nll_length=args.nll_length, nll_samples=args.nll_samples,
-                          device=device, log=lambda msg: print(msg, file=sys.stderr))
-    except (ValueError, OSError, MetricUnavailable) as e:  # checkpoint, data, tokenizer and CLAP errors
-        print(f"amadeus evaluate: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        torch.set_num_threads(threads)  # in-process callers (tests, notebooks) keep their setting
-    out = Path(args.out) if args.out else _default_out(args.ckpt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    print(format_report(report))
-    print(f"\nwrote {out} ({report['seconds']:.1f} s)")
-    return 0

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from amadeus.checkpoint import read_checkpoint
 from amadeus.losses import mlsdes_loss
 from amadeus.model.config import ModelConfig
 from amadeus.model.diffusion import corrupt, diffusion_loss
@@ -142,8 +143,6 @@ class AmadeusModule(L.LightningModule):
         Used to start text fine-tuning from an unconditional model: the prefix projection (and
         anything else new) keeps its fresh initialisation. A tokenizer mismatch is an error.
         """
-        from amadeus.hub import read_checkpoint
-
         state, hparams = read_checkpoint(path)
         their_hash = hparams.get("tokenizer_hash")
         if their_hash and their_hash != self.tokenizer.config_hash:
@@ -297,11 +296,3 @@ class AmadeusModule(L.LightningModule):
             return int(trainer.max_steps)
         est = trainer.estimated_stepping_batches
         return int(est) if math.isfinite(est) else 0
-
-    # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(self, **kwargs: Any):
-        """Sample pieces; see `amadeus.sampling.generate` for the options. Returns token matrices."""
-        from amadeus.sampling import generate
-
-        return generate(self, **kwargs)

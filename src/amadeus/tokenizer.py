@@ -14,7 +14,6 @@ Run `python -m amadeus.tokenizer FILE_OR_DIR...` to print the fidelity of MIDI/A
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -915,41 +914,7 @@ class NoteTokenizer:
 # command line: fidelity of files
 
 
-def _iter_files(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in MIDI_SUFFIXES and f.is_file())
-        else:
-            files.append(p)
-    return files
+if __name__ == "__main__":  # `python -m amadeus.tokenizer FILE_OR_DIR...`: see amadeus.commands.tokenizer
+    from amadeus.commands.tokenizer import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m amadeus.tokenizer",
-                                     description="Fidelity of encode -> decode for MIDI/ABC files.")
-    parser.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
-    parser.add_argument("--tokenizer", help="tokenizer.json to use (default config otherwise)")
-    parser.add_argument("--quiet", action="store_true", help="print only errors and the total")
-    args = parser.parse_args(argv)
-    tok = NoteTokenizer.load(args.tokenizer) if args.tokenizer else NoteTokenizer()
-    total, errors = None, 0
-    for f in _iter_files(args.paths):
-        try:
-            report = tok.fidelity(f)
-        except TokenizerError as e:
-            errors += 1
-            print(f"ERROR {e}", file=sys.stderr)
-            continue
-        if not args.quiet:
-            print(report.summary())
-        total = report if total is None else total + report
-    if total is None:
-        print("no readable files", file=sys.stderr)
-        return 1
-    print(total.summary() + f"  ({errors} unreadable)")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

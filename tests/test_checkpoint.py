@@ -1,17 +1,18 @@
-"""Safe checkpoint loading, export -> load round trip, clear mismatch errors, `amadeus export`."""
+"""Safe checkpoint loading, clear mismatch errors, `amadeus export`."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 
 from amadeus import Amadeus
+from amadeus.api import export, load_module
+from amadeus.checkpoint import CheckpointError, read_checkpoint
 from amadeus.cli import main as cli_main
-from amadeus.hub import CheckpointError, export, load_module, read_checkpoint
+from amadeus.sampling import generate
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -26,33 +27,6 @@ def test_read_and_rebuild(trained_tiny):
     rebuilt = load_module(ckpt)
     for k, v in module.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[k], v)
-
-
-def test_export_load_round_trip_gives_identical_samples(trained_tiny, tmp_path):
-    _, ckpt = trained_tiny
-    out = export(ckpt, tmp_path / "export")
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
-    meta = json.loads((out / "config.json").read_text())
-    assert meta["format"] == "amadeus.export" and meta["hparams"]["network"]["d_model"] == 64
-    a, b = Amadeus.load(ckpt), Amadeus.load(out)
-    kw = dict(max_notes=40, steps=2, seed=7, controls=["tempo=100"])
-    for x, y in zip(a.sample(2, **kw).tokens, b.sample(2, **kw).tokens):
-        np.testing.assert_array_equal(x, y)
-    scores = b.generate(2, **kw)
-    assert len(scores) == 2 and all(s.note_num() > 0 for s in scores)
-    again = b.export(tmp_path / "again")  # the API writes the same folder format
-    c = Amadeus.load(again)
-    np.testing.assert_array_equal(c.sample(1, **kw).tokens[0], a.sample(1, **kw).tokens[0])
-
-
-def test_exported_folder_is_never_unpickled(trained_tiny, tmp_path, monkeypatch):
-    out = export(trained_tiny[1], tmp_path / "export")
-
-    def forbidden(*a, **k):
-        raise AssertionError("torch.load called on an exported folder")
-
-    monkeypatch.setattr(torch, "load", forbidden)
-    Amadeus.load(out)
 
 
 class Bomb:
@@ -118,7 +92,7 @@ def test_lightning_checkpoint_loads_with_weights_only(trained_tiny, tmp_path):
     from amadeus.module import AmadeusModule
 
     module = AmadeusModule(network=trained_tiny[0].hparams["network"], warmup_steps=1)
-    tokens = torch.as_tensor(trained_tiny[0].generate(num=1, max_notes=30, min_notes=30, seed=0).tokens[0])
+    tokens = torch.as_tensor(generate(trained_tiny[0], num=1, max_notes=30, min_notes=30, seed=0).tokens[0])
     batch = {"notes": tokens[None].repeat(2, 1, 1), "mask": torch.ones(2, len(tokens), dtype=torch.bool)}
     loader = torch.utils.data.DataLoader([batch], batch_size=None)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,

@@ -20,6 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from amadeus.commands._common import (
+    GENERATE_MAX_NOTES,
+    GENERATE_THREADS,
+    TEMPERATURE,
+    TEXT_GUIDANCE,
+    TOP_K,
+    TOP_P,
+    UsageError,
+    add_device_arguments,
+    check_at_least,
+    check_steps,
+    check_threads,
+    fail,
+    torch_runtime,
+)
 from amadeus.tokenizer import ATTRIBUTES
 
 
@@ -32,30 +47,33 @@ def _setting(values: list[str] | None, name: str, cast) -> Any:
         key, _, val = v.rpartition("=")
         key = key.strip() or "*"
         if key != "*" and key not in ATTRIBUTES:
-            raise ValueError(f"--{name} {v}: unknown attribute {key!r}; known: {', '.join(ATTRIBUTES)}")
+            raise UsageError(f"--{name} {v}: unknown attribute {key!r}; known: {', '.join(ATTRIBUTES)}")
         try:
             out[key] = cast(val)
         except ValueError:
-            raise ValueError(f"--{name} {v}: {val!r} is not a number") from None
+            raise UsageError(f"--{name} {v}: {val!r} is not a number") from None
     return out["*"] if list(out) == ["*"] else out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `amadeus generate`."""
     parser.add_argument("--ckpt", required=True, help="Lightning .ckpt or exported folder (amadeus export)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num", type=int, default=4, help="pieces to generate (default 4)")
-    parser.add_argument("--max-notes", type=int, default=1024, help="at most this many generated rows per piece")
+    parser.add_argument("--max-notes", type=int, default=GENERATE_MAX_NOTES,
+                        help="at most this many generated rows per piece")
     parser.add_argument("--max-bars", type=int, default=None, help="at most this many generated bars per piece")
     parser.add_argument("--min-notes", type=int, default=0, help="no EOS before this many generated rows")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"denoising steps per note, 1..{len(ATTRIBUTES)} (default {len(ATTRIBUTES) // 2})")
     parser.add_argument("--temperature", action="append", metavar="[ATTR=]T",
                         help="sampling temperature, global or per attribute (repeatable: --temperature 1.1 "
-                             "--temperature pitch=0.9); 0 = greedy; default 1.0")
-    parser.add_argument("--top-p", action="append", metavar="[ATTR=]P", help="nucleus threshold (default 0.95)")
-    parser.add_argument("--top-k", action="append", metavar="[ATTR=]K", help="top-k (default 0 = off)")
+                             f"--temperature pitch=0.9); 0 = greedy; default {TEMPERATURE:g}")
+    parser.add_argument("--top-p", action="append", metavar="[ATTR=]P", help=f"nucleus threshold (default {TOP_P:g})")
+    parser.add_argument("--top-k", action="append", metavar="[ATTR=]K", help=f"top-k (default {TOP_K} = off)")
     parser.add_argument("--seed", type=int, default=0, help="piece i uses seed + i (default 0)")
-    parser.add_argument("--prompt-midi", default=None, help="MIDI file to continue (or to regenerate with --regenerate)")
+    parser.add_argument("--prompt-midi", default=None,
+                        help="MIDI file to continue (or to regenerate with --regenerate)")
     parser.add_argument("--prompt-bars", type=int, default=None, help="use the first N bars of --prompt-midi")
     parser.add_argument("--prompt-notes", type=int, default=None, help="use the first N rows of --prompt-midi")
     parser.add_argument("--regenerate", default=None, metavar="ATTRS",
@@ -67,76 +85,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "chord=C,G,Am,F density=4-8; add @bars=A-B to restrict to bars")
     parser.add_argument("--text", default=None, help="caption (needs a text-conditioned checkpoint)")
     parser.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale (default 3 with --text, else 1 = off)")
+                        help=f"classifier-free guidance scale (default {TEXT_GUIDANCE:g} with --text, else 1 = off)")
     parser.add_argument("--batch-size", type=int, default=None, help="pieces decoded together (default: all)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default 0 = torch's default; 1 is fastest for small models and "
-                             "whenever the machine is busy: more threads than free cores slow sampling 10x)")
+    add_device_arguments(parser, GENERATE_THREADS,
+                         f"torch CPU threads (default {GENERATE_THREADS} = torch's default; 1 is fastest for small "
+                         "models and whenever the machine is busy: more threads than free cores slow sampling 10x)")
     parser.add_argument("--wav", action="store_true", help="also render WAV (needs a soundfont)")
     parser.add_argument("--png", action="store_true", help="also draw piano-roll PNGs")
 
 
 def _validate(args: argparse.Namespace) -> None:
-    K = len(ATTRIBUTES)
-    if args.steps is not None and not 1 <= args.steps <= K:
-        raise ValueError(f"--steps {args.steps}: must be in 1..{K} (the number of attributes)")
-    for name in ("num", "max_notes"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.max_bars is not None and args.max_bars < 1:
-        raise ValueError(f"--max-bars must be >= 1, got {args.max_bars}")
+    check_steps(args.steps)
+    check_at_least(args, ("num", "max_notes", "max_bars"), 1)
     if (args.prompt_bars or args.prompt_notes or args.regenerate) and not args.prompt_midi:
-        raise ValueError("--prompt-bars / --prompt-notes / --regenerate need --prompt-midi FILE")
+        raise UsageError("--prompt-bars / --prompt-notes / --regenerate need --prompt-midi FILE")
     if args.prompt_midi and not Path(args.prompt_midi).is_file():
-        raise ValueError(f"--prompt-midi {args.prompt_midi}: no such file")
+        raise UsageError(f"--prompt-midi {args.prompt_midi}: no such file")
     if args.guidance is not None and args.guidance != 1.0 and not args.text:
-        raise ValueError("--guidance needs --text")
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+        raise UsageError("--guidance needs --text")
+    check_threads(args.threads)
     ckpt = Path(args.ckpt)
     if not ckpt.exists():
-        raise ValueError(f"--ckpt {ckpt}: no such checkpoint file or exported folder")
+        raise UsageError(f"--ckpt {ckpt}: no such checkpoint file or exported folder")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Sampler keyword arguments from the flags."""
+    options: dict[str, Any] = dict(
+        max_notes=args.max_notes, max_bars=args.max_bars, min_notes=args.min_notes, steps=args.steps,
+        seed=args.seed, controls=args.control, batch_size=args.batch_size)
+    for name, flag, cast, default in (("temperature", "temperature", float, TEMPERATURE),
+                                      ("top_p", "top-p", float, TOP_P), ("top_k", "top-k", int, TOP_K)):
+        value = _setting(getattr(args, name), flag, cast)
+        options[name] = default if value is None else value
+    if args.text:
+        options.update(text=args.text, guidance=TEXT_GUIDANCE if args.guidance is None else args.guidance)
+    return options
+
+
+def _sample(args: argparse.Namespace, device: str):
+    """Load the model and sample; returns (model, scores, seconds since the start)."""
+    from amadeus.api import Amadeus
+    from amadeus.sampling import prompt_from_midi
+
+    options = _options(args)
+    model = Amadeus.load(args.ckpt, device=device)
+    start = time.perf_counter()
+    if args.regenerate:
+        attrs = [a.strip() for a in args.regenerate.split(",") if a.strip()]
+        piece = prompt_from_midi(model.tokenizer, args.prompt_midi, bars=args.prompt_bars, notes=args.prompt_notes)
+        options.pop("max_notes")
+        scores = model.regenerate(piece, attrs, num=args.num, **options)
+    else:
+        scores = model.generate(args.num, prompt=args.prompt_midi, prompt_bars=args.prompt_bars,
+                                prompt_notes=args.prompt_notes, **options)
+    return model, scores, start
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from amadeus.hub import Amadeus
-
+    """Sample, write the files and generation.json; 2 on bad arguments or an unusable checkpoint."""
     try:
         _validate(args)
-        temperature = _setting(args.temperature, "temperature", float)
-        top_p = _setting(args.top_p, "top-p", float)
-        top_k = _setting(args.top_k, "top-k", int)
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if args.threads > 0 and device == "cpu":
-            torch.set_num_threads(args.threads)
-        model = Amadeus.load(args.ckpt, device=device)
-        options: dict[str, Any] = dict(
-            max_notes=args.max_notes, max_bars=args.max_bars, min_notes=args.min_notes, steps=args.steps,
-            temperature=1.0 if temperature is None else temperature, top_p=0.95 if top_p is None else top_p,
-            top_k=0 if top_k is None else top_k, seed=args.seed, controls=args.control,
-            batch_size=args.batch_size)
-        if args.text:
-            options.update(text=args.text, guidance=3.0 if args.guidance is None else args.guidance)
-        start = time.perf_counter()
-        if args.regenerate:
-            attrs = [a.strip() for a in args.regenerate.split(",") if a.strip()]
-            from amadeus.sampling import prompt_from_midi
-
-            piece = prompt_from_midi(model.tokenizer, args.prompt_midi, bars=args.prompt_bars, notes=args.prompt_notes)
-            options.pop("max_notes")
-            scores = model.regenerate(piece, attrs, num=args.num, **options)
-        else:
-            scores = model.generate(args.num, prompt=args.prompt_midi, prompt_bars=args.prompt_bars,
-                                    prompt_notes=args.prompt_notes, **options)
+        with torch_runtime(args.device, args.threads) as device:
+            model, scores, start = _sample(args, device)
         result = model.last_result
     except (ValueError, OSError) as e:  # our errors (checkpoint, control, tokenizer) are ValueErrors
-        print(f"amadeus generate: error: {e}", file=sys.stderr)
-        return 2
+        return fail("generate", e)
 
     from amadeus.render import NO_SOUNDFONT, find_soundfont, piano_roll_png, render_wav
 

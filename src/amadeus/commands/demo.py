@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from amadeus.commands._common import DEMO_MAX_NOTES, DEMO_STEPS, TEXT_GUIDANCE, fail
 
 # Two contrasting targets that the Bach corpus can teach (it has 4/4 and 3/4 pieces in many keys,
 # but nearly all at one tempo, so tempo is stated and not contrasted). Captions are written from
@@ -25,9 +26,12 @@ TARGETS = (
     {"key": "G major", "key_mode": "major", "time_signature": "4/4", "tempo": 120,
      "instruments": ["Voice Oohs"], "chords": ["G", "D", "C", "Em"], "n_voices": 4},
 )
+TEXT_SAMPLES = 32  # pieces per caption and mode in stage 4
+ADHERENCE_COLUMNS = ("CTS", "CK", "CKD", "CI", "CM_top3", "TB", "TBT")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `amadeus demo`."""
     parser.add_argument("--out", default="outputs/demo", help="where the checkpoint and samples go")
     parser.add_argument("--config", default="configs/tiny.yaml", help="pretraining config")
     parser.add_argument("--text-config", default="configs/tiny-text.yaml", help="text fine-tuning config")
@@ -41,18 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _fit(config: str, out: Path, extra: list[str]) -> tuple[Path, dict[str, float]]:
     """Run `amadeus fit -c config` in-process; return the last checkpoint and the final metrics."""
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
 
-    from amadeus.datamodule import MusicDataModule
-    from amadeus.module import AmadeusModule
+    from amadeus.commands.lightning import make_cli
 
-    args = ["fit", "-c", config, f"--trainer.default_root_dir={out}",
-            f"--trainer.logger.init_args.save_dir={out}"] + extra
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees both args and argv
-    try:
-        cli = LightningCLI(AmadeusModule, MusicDataModule, args=args, save_config_kwargs={"overwrite": True})
-    finally:
-        sys.argv = argv
+    cli = make_cli(["fit", "-c", config, f"--trainer.default_root_dir={out}",
+                    f"--trainer.logger.init_args.save_dir={out}"] + extra)
     ckpt = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint))
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
     return Path(ckpt.last_model_path or ckpt.best_model_path), metrics
@@ -78,22 +75,17 @@ def _voices(score) -> int:
     return int(np.unique(onsets, return_counts=True)[1].max()) if onsets.size else 0
 
 
-def run(args: argparse.Namespace) -> int:
+def _corpus(workers: int | None):
+    print("== 1/4 embedded corpus (Bach chorales from music21)")
     from amadeus.corpus import corpus_statistics, default_bach_dir, ensure_bach_shards
 
-    for cfg in [args.config] + ([] if args.no_text else [args.text_config]):
-        if not Path(cfg).is_file():
-            print(f"amadeus demo: config {cfg} not found (run from the repository root)", file=sys.stderr)
-            return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-
-    print("== 1/4 embedded corpus (Bach chorales from music21)")
-    shards = ensure_bach_shards(workers=args.workers)
+    shards = ensure_bach_shards(workers=workers)
     stats = corpus_statistics(default_bach_dir() / "midi")
     print(f"corpus: {stats.summary()}\nshards: {shards}")
+    return stats
 
+
+def _pretrain(args: argparse.Namespace, out: Path) -> tuple[Path, dict[str, float]]:
     print("== 2/4 training configs/tiny.yaml")
     extra = [f"--trainer.max_steps={args.max_steps}"] if args.max_steps else []
     last, metrics = _fit(args.config, out / "train", extra)
@@ -105,51 +97,59 @@ def run(args: argparse.Namespace) -> int:
         acc = {k.split("/")[-1]: round(v, 3) for k, v in metrics.items() if k.startswith("val/acc/")}
         print(f"validation: diffusion loss {val_diff:.4f} (ELBO per attribute slot, nats), total with MLSDES "
               f"{val_loss:.4f}; masked-slot accuracy {acc}")
+    return ckpt, metrics
 
+
+def _sample(ckpt: Path, out: Path, num: int) -> list[Path]:
     print("== 3/4 sampling")
-    from amadeus.hub import Amadeus
+    from amadeus.api import Amadeus
 
     model = Amadeus.load(ckpt)
-    scores = model.generate(num=args.samples, max_notes=256, steps=4, seed=0)
+    scores = model.generate(num=num, max_notes=DEMO_MAX_NOTES, steps=DEMO_STEPS, seed=0)
     written = _write_samples(scores, out, "sample")
     for path, score in zip(written, scores):
         print(f"  {path}  ({score.note_num()} notes, up to {_voices(score)} voices at once)")
-    summary: dict[str, Any] = {"corpus": stats.summary(), "val_loss": val_loss, "val_diffusion": val_diff, "samples": [str(p) for p in written]}
+    return written
 
+
+def _text_demo(ckpt: Path, out: Path, num: int = TEXT_SAMPLES, guidance: float = TEXT_GUIDANCE) -> dict[str, Any]:
+    """Generate from two contrasting captions, with and without the text; print adherence."""
+    from amadeus.api import Amadeus
+    from amadeus.evaluate import caption_contrast
+
+    rows = caption_contrast(Amadeus.load(ckpt), TARGETS, num=num, max_notes=DEMO_MAX_NOTES, steps=DEMO_STEPS,
+                            guidance=guidance)
+    for row in rows.values():
+        if row["mode"] == "text":
+            _write_samples(row["scores"][:2], out, f"text{row['target']}")
+    print(f"text adherence, % of {num} samples per row (guidance {guidance}):")
+    print("target / mode".ljust(28) + "".join(c.rjust(9) for c in ADHERENCE_COLUMNS))
+    for name, row in rows.items():
+        r = row["adherence"]
+        print(name.ljust(28) + "".join(f"{r.get(c, float('nan')):9.1f}" for c in ADHERENCE_COLUMNS))
+    return {name: row["adherence"] for name, row in rows.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    """The four stages; 2 when a config file is missing."""
+    for cfg in [args.config] + ([] if args.no_text else [args.text_config]):
+        if not Path(cfg).is_file():
+            return fail("demo", f"config {cfg} not found (run from the repository root)", prefix="")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    stats = _corpus(args.workers)
+    ckpt, metrics = _pretrain(args, out)
+    written = _sample(ckpt, out, args.samples)
+    summary: dict[str, Any] = {"corpus": stats.summary(), "val_loss": metrics.get("val/loss"),
+                               "val_diffusion": metrics.get("val/diffusion"), "samples": [str(p) for p in written]}
     if not args.no_text:
         print("== 4/4 text fine-tuning on the auto-captions, then text-to-MIDI")
         extra = [f"--model.init_from={ckpt}"] + ([f"--trainer.max_steps={args.text_steps}"] if args.text_steps else [])
-        last, metrics = _fit(args.text_config, out / "text", extra)
+        last, _ = _fit(args.text_config, out / "text", extra)
         text_ckpt = out / "model-text.ckpt"
         shutil.copyfile(last, text_ckpt)
         summary["text"] = _text_demo(text_ckpt, out)
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"done in {time.perf_counter() - t0:.0f} s; everything is in {out}/")
     return 0
-
-
-def _text_demo(ckpt: Path, out: Path, num: int = 32, guidance: float = 3.0) -> dict[str, Any]:
-    """Generate from two contrasting captions, with and without the text; print adherence."""
-    from amadeus.captions import make_caption
-    from amadeus.hub import Amadeus
-    from amadeus.metrics import TextAdherence
-
-    model = Amadeus.load(ckpt)
-    rows = {}
-    for i, target in enumerate(TARGETS):
-        caption = make_caption(target, rng=0)
-        print(f"caption {i}: {caption}")
-        for mode, guide in (("text", {"text": caption, "guidance": guidance}), ("no text", {})):
-            scores = model.generate(num=num, max_notes=256, steps=4, seed=100 + i, **guide)
-            metric = TextAdherence()
-            metric.update(scores, [target] * len(scores))
-            rows[f"{target['key']}, {target['time_signature']} / {mode}"] = {
-                k: round(float(v), 1) for k, v in metric.compute().items()}
-            if mode == "text":
-                _write_samples(scores[:2], out, f"text{i}")
-    cols = ["CTS", "CK", "CKD", "CI", "CM_top3", "TB", "TBT"]
-    print(f"text adherence, % of {num} samples per row (guidance {guidance}):")
-    print("target / mode".ljust(28) + "".join(c.rjust(9) for c in cols))
-    for name, r in rows.items():
-        print(name.ljust(28) + "".join(f"{r.get(c, float('nan')):9.1f}" for c in cols))
-    return rows

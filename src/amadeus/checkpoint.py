@@ -1,4 +1,4 @@
-"""Checkpoints in and out: safe loading, export to a plain folder, and the `Amadeus` Python API.
+"""Checkpoints in and out: safe reading, verification against the code, loading, and export to a plain folder.
 
 Two formats are read:
 - a Lightning ``.ckpt`` (what `amadeus fit` writes): read with ``torch.load(weights_only=True)``, so
@@ -10,19 +10,16 @@ A checkpoint is rebuilt only if it matches the code exactly: its tokenizer hash 
 the current tokenizer code gives its config, and every tensor name and shape must match the network
 the config builds (a clear error names the differences; weights are never loaded leniently).
 
-    from amadeus import Amadeus
-    model = Amadeus.load("outputs/demo/model.ckpt")     # or an exported folder
-    scores = model.generate(num=2, steps=4, controls=["instrument=piano", "tempo=96"])
+The module class is given by the caller (`load_module(path, AmadeusModule)`), so this file imports no
+model code and `amadeus.module` can import it. The Python API on top is `amadeus.api.Amadeus`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
-import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -31,6 +28,8 @@ from amadeus.tokenizer import NoteTokenizer, TokenizerConfig, TokenizerError
 FORMAT = "amadeus.export"
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 class CheckpointError(ValueError):
@@ -101,11 +100,9 @@ def _read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     return state, hparams
 
 
-def load_module(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the AmadeusModule of a checkpoint; CheckpointError if it does not match the code."""
-    from amadeus.module import AmadeusModule
-
-    state, hp = read_checkpoint(path)
+def module_arguments(path: str | Path, hp: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments a checkpoint's hyper-parameters give its module, after checking that
+    they are an amadeus checkpoint's and that this code's tokenizer gives the saved tokenizer hash."""
     for key in ("network", "tokenizer"):
         if key not in hp:
             raise CheckpointError(f"{path}: hyper-parameters lack {key!r} (not an amadeus checkpoint?)")
@@ -118,26 +115,42 @@ def load_module(path: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(
             f"{path}: tokenizer hash {saved_hash} was saved, but this code gives {code_hash} for the same config "
             "(the tokenizer changed since the model was trained: its token ids would mean something else)")
-    kwargs = {k: hp[k] for k in ("network", "tokenizer", "text_encoder", "text_max_length") if k in hp}
-    try:
-        module = AmadeusModule(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot rebuild the model from its hyper-parameters ({e})") from None
-    own = module.state_dict()
+    return {k: hp[k] for k in ("network", "tokenizer", "text_encoder", "text_max_length") if k in hp}
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
+def verify_state(path: str | Path, own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Raise CheckpointError naming every difference between a checkpoint's tensors (`state`) and the
+    network the code builds (`own`): missing, unexpected and mis-shaped tensors."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs code {tuple(own[k].shape)}"
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensors ({', '.join(unexpected[:4])}"
-                         f"{', ...' if len(unexpected) > 4 else ''})")
-        if shapes:
-            parts.append("shape mismatch: " + "; ".join(shapes[:4]))
-        raise CheckpointError(f"{path}: does not match the network its config builds: " + "; ".join(parts))
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensors ({_names(missing)})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} tensors ({_names(unexpected)})")
+    if shapes:
+        parts.append("shape mismatch: " + "; ".join(shapes[:4]))
+    raise CheckpointError(f"{path}: does not match the network its config builds: " + "; ".join(parts))
+
+
+def load_module(path: str | Path, build: Callable[..., M], device: str | torch.device = "cpu") -> M:
+    """Rebuild a checkpoint's module with `build(**hyper-parameters)` (the module class) and load its
+    weights strictly; CheckpointError if the checkpoint does not match the code."""
+    state, hp = read_checkpoint(path)
+    kwargs = module_arguments(path, hp)
+    try:
+        module = build(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its hyper-parameters ({e})") from None
+    verify_state(path, module.state_dict(), state)
     module.load_state_dict(state, strict=True)
     return module.to(device).eval()
 
@@ -173,82 +186,3 @@ def write_folder(module: Any, out_dir: str | Path, source: str = "") -> Path:
     (out / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     module.tokenizer.save(out / TOKENIZER)
     return out
-
-
-def export(ckpt: str | Path, out_dir: str | Path) -> Path:
-    """Write `out_dir` with model.safetensors, config.json and tokenizer.json from a checkpoint."""
-    return write_folder(load_module(ckpt), out_dir, source=str(ckpt))  # load_module validates hash and shapes
-
-
-# ----------------------------------------------------------------------------------------------
-# the Python API
-
-
-class Amadeus:
-    """A loaded model for experiments: `Amadeus.load(path)`, then `generate(...)` -> symusic Scores.
-
-    `generate` takes the options of `amadeus generate` (see `amadeus.sampling.generate`); the token
-    matrices and statistics of the last call are in `last_result`.
-    """
-
-    def __init__(self, module: Any):
-        self.module = module.eval()
-        self.tokenizer: NoteTokenizer = module.tokenizer
-        self.last_result = None
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Amadeus":
-        """From a Lightning .ckpt or an exported folder."""
-        return cls(load_module(path, device))
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    def sample(self, num: int = 1, *, prompt: Any = None, prompt_bars: int | None = None,
-               prompt_notes: int | None = None, **kwargs: Any):
-        """Token matrices + statistics (`amadeus.sampling.SampleResult`). prompt: MIDI path / Score /
-        tokens, cut to its first `prompt_bars` bars or `prompt_notes` rows."""
-        from amadeus.sampling import generate, prompt_from_midi
-
-        if prompt is not None:
-            prompt = prompt_from_midi(self.tokenizer, prompt, bars=prompt_bars, notes=prompt_notes)
-        self.last_result = generate(self.module, num, prompt=prompt, **kwargs)
-        return self.last_result
-
-    def generate(self, num: int = 1, **kwargs: Any) -> list:
-        """Sampled pieces as symusic Scores; options as `sample` / `amadeus.sampling.generate`
-        (max_notes, max_bars, steps, temperature, top_p, top_k, seed, controls, prompt, prompt_bars,
-        text, guidance, batch_size, ...)."""
-        return [self.tokenizer.decode(t) for t in self.sample(num, **kwargs).tokens]
-
-    def regenerate(self, piece: Any, attributes: Sequence[str] | str, rows: Any = None, num: int = 1,
-                   **kwargs: Any) -> list:
-        """Re-sample chosen attributes of an existing piece (MIDI path / Score / tokens), keeping the rest."""
-        from amadeus.sampling import regenerate
-
-        self.last_result = regenerate(self.module, piece, attributes, rows=rows, num=num, **kwargs)
-        return [self.tokenizer.decode(t) for t in self.last_result.tokens]
-
-    def export(self, out_dir: str | Path) -> Path:
-        """Write this model as an exported folder (model.safetensors, config.json, tokenizer.json)."""
-        return write_folder(self.module, out_dir, source="Amadeus.export")
-
-
-# ----------------------------------------------------------------------------------------------
-# `amadeus export`
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) to export")
-    parser.add_argument("out_dir", help="folder to write model.safetensors, config.json and tokenizer.json to")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        out = export(args.ckpt, args.out_dir)
-    except (CheckpointError, TokenizerError) as e:
-        print(f"amadeus export: error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported {args.ckpt} -> {out} ({WEIGHTS}, {CONFIG}, {TOKENIZER})")
-    return 0

@@ -1,0 +1,93 @@
+"""What several commands share: device and thread set-up, argument checks, command-line defaults.
+
+Each default of the command line is defined once here and used by the flags and help texts of every
+command that offers it. Library functions take these values as arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from amadeus.tokenizer import ATTRIBUTES
+
+# Sampler settings of the command line (to be taken from `amadeus.sampling.SamplingOptions` once it
+# exists). TEXT_GUIDANCE: classifier-free guidance scale used with a caption when none is asked for
+# (`amadeus generate --text`, `amadeus evaluate`, the demo); 1 would be the plain conditional model.
+TEMPERATURE = 1.0
+TOP_P = 0.95
+TOP_K = 0
+TEXT_GUIDANCE = 3.0
+# Sampling budgets of the commands.
+GENERATE_MAX_NOTES = 1024  # `amadeus generate --max-notes`
+EVAL_MAX_NOTES = 256  # `amadeus evaluate --max-notes`
+DEMO_MAX_NOTES = 256  # the demo's samples
+DEMO_STEPS = 4  # the demo's denoising steps per note
+# torch CPU threads: 0 = torch's default. `amadeus evaluate` defaults to 1 because its sampler's
+# small per-note tensors run fastest on one thread and far slower when threads outnumber free cores.
+GENERATE_THREADS = 0
+EVAL_THREADS = 1
+DEFAULT_DEVICE = "auto"  # cuda if available, else cpu
+
+
+class UsageError(ValueError):
+    """A bad command-line argument: printed as one line on stderr, exit code 2."""
+
+
+def fail(command: str, error: Exception | str, prefix: str = "error: ") -> int:
+    """Print `amadeus COMMAND: error: MESSAGE` on stderr; return the usage exit code 2."""
+    print(f"amadeus {command}: {prefix}{error}", file=sys.stderr)
+    return 2
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, threads: int, threads_help: str) -> None:
+    """--device and --threads, as every sampling command offers them."""
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=threads, help=threads_help)
+
+
+def check_steps(steps: int | None) -> None:
+    """--steps must be None (the sampler's default) or 1..K."""
+    K = len(ATTRIBUTES)
+    if steps is not None and not 1 <= steps <= K:
+        raise UsageError(f"--steps {steps}: must be in 1..{K} (the number of attributes)")
+
+
+def check_at_least(args: argparse.Namespace, names: tuple[str, ...], minimum: int) -> None:
+    """Every named integer option must be >= minimum."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def check_threads(threads: int) -> None:
+    """--threads must be >= 0 (0 = torch's default)."""
+    if threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {threads}")
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is available, else "cpu"; any other name as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def torch_runtime(device: str, threads: int) -> Iterator[str]:
+    """Resolve `device` and, on CPU, run the block with `threads` torch threads (0 = torch's default);
+    the caller's thread count is restored afterwards, so in-process callers keep their setting."""
+    import torch
+
+    resolved = resolve_device(device)
+    before = torch.get_num_threads()
+    if threads > 0 and resolved == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield resolved
+    finally:
+        torch.set_num_threads(before)
