@@ -1,6 +1,7 @@
 """The package's layout rules, checked on the sources' ASTs (no imports run):
 
-- no import cycle inside `amadeus` (function-local imports count: they are no way around a cycle);
+- no import cycle inside `amadeus` (function-local imports count: they are no way around a cycle;
+  imports for type checkers only, under `if TYPE_CHECKING:`, do not run and do not count);
 - `argparse` only in the command layer (amadeus/commands/ and amadeus/cli.py);
 - no library function longer than 80 lines (the command layer is exempt).
 """
@@ -34,13 +35,18 @@ def _is_main_guard(node: ast.AST) -> bool:
             and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:` (its imports are read by type checkers only, never at run time)."""
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+
+
 def _imports(tree: ast.Module):
-    """Every import node of a module, skipping `if __name__ == "__main__":` blocks."""
+    """Every import node of a module, skipping `if __name__ == "__main__":` and `if TYPE_CHECKING:`."""
     stack = [tree]
     while stack:
         node = stack.pop()
         for child in ast.iter_child_nodes(node):
-            if _is_main_guard(child):
+            if _is_main_guard(child) or _is_type_checking(child):
                 continue
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 yield child
