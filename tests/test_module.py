@@ -163,3 +163,25 @@ def test_ddp_two_cpu_processes(tiny_shards, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stderr + proc.stdout  # both ranks joined the process group
+
+
+def test_sample_midi_callback_writes_samples_with_its_options(tmp_path):
+    """SampleMidi turns its YAML arguments into a SamplingOptions (checked at startup) and writes .mid + .png."""
+    from types import SimpleNamespace
+
+    from amadeus.callbacks import SampleMidi
+    from amadeus.sampling import SamplingOptions
+
+    cb = SampleMidi(num_samples=2, max_notes=6, steps=2, audio=False)
+    assert cb.options == SamplingOptions(max_notes=6, steps=2)
+    with pytest.raises(ValueError, match="steps"):
+        SampleMidi(steps=0)
+    torch.manual_seed(0)
+    module = AmadeusModule(network=TINY)
+    module.train()
+    fake = SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path),
+                           current_epoch=3, global_step=7)
+    cb.on_validation_epoch_end(fake, module)
+    assert module.training  # the callback restores the mode
+    names = sorted(p.name for p in (tmp_path / "samples" / "epoch=003").iterdir())
+    assert names == ["sample_0.mid", "sample_0.png", "sample_1.mid", "sample_1.png"]
