@@ -145,7 +145,7 @@ class SamplingOptions:
         if self.min_notes < 0:
             raise ValueError(f"min_notes must be >= 0, got {self.min_notes}")
         if self.batch_size is not None and self.batch_size < 0:
-            raise ValueError(f"batch_size must be >= 1 (or None: all pieces at once), got {self.batch_size}")
+            raise ValueError(f"batch_size must be >= 0 (0 or None: all pieces at once), got {self.batch_size}")
         _check_settings(*self.per_attribute(ATTRIBUTES))
 
     def steps_for(self, K: int) -> int:
