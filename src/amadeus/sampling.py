@@ -159,7 +159,7 @@ class SamplingOptions:
                 per_attribute(self.top_k, 0, names, "top_k"))
 
     @classmethod
-    def build(cls, options: "SamplingOptions | None" = None, **overrides: Any) -> "SamplingOptions":
+    def build(cls, options: SamplingOptions | None = None, **overrides: Any) -> SamplingOptions:
         """`options` (default: the defaults) with the settings in `overrides` replaced; a keyword that is
         not a setting is a TypeError naming it."""
         if options is not None and not isinstance(options, SamplingOptions):
@@ -836,7 +836,7 @@ class _Run:
 
     @classmethod
     def start(cls, backbone: Any, head: Any, tokenizer: NoteTokenizer, controls: Controls,
-              options: SamplingOptions, max_notes: int, template: Any, result: SampleResult) -> "_Run":
+              options: SamplingOptions, max_notes: int, template: Any, result: SampleResult) -> _Run:
         """Build the grammar and the note sampler on the backbone's device."""
         dev = next(backbone.parameters()).device
         grammar = Grammar(tokenizer, controls, dev, guards=options.guards)
