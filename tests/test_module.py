@@ -190,3 +190,25 @@ def test_weight_decay_only_on_linear_weights():
     assert set(embeddings) <= seen
     assert any("prefix" in n and group_of[id(p)] == 0 for n, p in module.named_parameters() if p.requires_grad)
     assert any(n.startswith("head.out.") and n.endswith(".bias") for n in seen)
+
+
+def test_sample_midi_callback_writes_samples_with_its_options(tmp_path):
+    """SampleMidi turns its YAML arguments into a SamplingOptions (checked at startup) and writes .mid + .png."""
+    from types import SimpleNamespace
+
+    from amadeus.callbacks import SampleMidi
+    from amadeus.sampling import SamplingOptions
+
+    cb = SampleMidi(num_samples=2, max_notes=6, steps=2, audio=False)
+    assert cb.options == SamplingOptions(max_notes=6, steps=2)
+    with pytest.raises(ValueError, match="steps"):
+        SampleMidi(steps=0)
+    torch.manual_seed(0)
+    module = AmadeusModule(network=TINY)
+    module.train()
+    fake = SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path),
+                           current_epoch=3, global_step=7)
+    cb.on_validation_epoch_end(fake, module)
+    assert module.training  # the callback restores the mode
+    names = sorted(p.name for p in (tmp_path / "samples" / "epoch=003").iterdir())
+    assert names == ["sample_0.mid", "sample_0.png", "sample_1.mid", "sample_1.png"]

@@ -15,6 +15,7 @@ from amadeus.model.head import AttributeDiffusionHead
 from amadeus.model.transformer import NoteTransformer
 from amadeus.module import AmadeusModule
 from amadeus.sampling import (
+    SamplingOptions,
     filter_probs,
     generate,
     lane_keys,
@@ -287,6 +288,31 @@ def test_classifier_free_guidance_with_a_random_prefix():
     uncached = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=4.0, use_cache=False, **kw)
     for a, b in zip(strong.tokens, uncached.tokens):
         np.testing.assert_array_equal(a, b)
+    one_by_one = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=4.0, batch_size=1, **kw)
+    for a, b in zip(strong.tokens, one_by_one.tokens):  # guided pieces do not depend on the batch either
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sampling_options_are_the_keywords(untrained):
+    """An options object and the same settings as keywords give the same pieces; keywords override it."""
+    options = SamplingOptions(max_notes=20, steps=2, temperature={"pitch": 0.5}, top_k=4)
+    a = generate(untrained, 2, options=options, seed=5)
+    b = generate(untrained, 2, max_notes=20, steps=2, temperature={"pitch": 0.5}, top_k=4, seed=5)
+    for x, y in zip(a.tokens, b.tokens):
+        np.testing.assert_array_equal(x, y)
+    assert a.settings == b.settings
+    assert generate(untrained, 1, options=options, steps=8, seed=5).settings["steps"] == 8
+    assert options.steps == 2  # frozen: generate's keywords make a new object
+    assert SamplingOptions().steps_for(8) == 4
+    with pytest.raises(TypeError, match="stepz"):
+        generate(untrained, 1, stepz=2)
+    with pytest.raises(TypeError, match="SamplingOptions"):
+        generate(untrained, 1, options={"steps": 2})
+    for kw, match in [({"steps": 9}, "1..8"), ({"top_p": 1.5}, "top_p"), ({"top_k": 1.5}, "top_k"),
+                      ({"min_notes": -1}, "min_notes"), ({"max_bars": 0}, "max_bars"),
+                      ({"top_k": {"loudness": 2}}, "unknown attributes")]:
+        with pytest.raises(ValueError, match=match):
+            SamplingOptions(**kw)
 
 
 def test_text_conditioning_end_to_end():

@@ -16,6 +16,7 @@ from amadeus.losses import (
     pairwise_cosine_stats,
     uniformity,
 )
+from amadeus.sampling import SamplingOptions, generate
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,11 @@ class SampleMidi(L.Callback):
     """
 
     def __init__(self, num_samples: int = 2, max_notes: int = 256, steps: int = 4,
-                 temperature: float = 1.0, top_p: float = 0.95, seed: int = 0, audio: bool = True) -> None:
+                 temperature: float = SamplingOptions.temperature, top_p: float = SamplingOptions.top_p,
+                 seed: int = 0, audio: bool = True) -> None:
         self.num_samples = num_samples
-        self.max_notes = max_notes
-        self.steps = steps
-        self.temperature = temperature
-        self.top_p = top_p
+        # short samples, few denoising steps: the rest of the sampler's defaults (validated here, at startup)
+        self.options = SamplingOptions(max_notes=max_notes, steps=steps, temperature=temperature, top_p=top_p)
         self.seed = seed
         self.audio = audio
         self.written: list[Path] = []
@@ -114,14 +114,12 @@ class SampleMidi(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or self.num_samples <= 0:
             return
         from amadeus.render import find_soundfont, piano_roll_png, render_wav
-        from amadeus.sampling import generate
 
         out_dir = _run_dir(trainer) / "samples" / f"epoch={trainer.current_epoch:03d}"
         out_dir.mkdir(parents=True, exist_ok=True)
         was_training = pl_module.training
         pl_module.eval()
-        result = generate(pl_module, num=self.num_samples, max_notes=self.max_notes, steps=self.steps,
-                          temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        result = generate(pl_module, num=self.num_samples, options=self.options, seed=self.seed)
         pl_module.train(was_training)
         soundfont = find_soundfont() if self.audio else None
         wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)

@@ -37,7 +37,7 @@ classifier-free guidance with a text prefix (logits l_u + g (l_c - l_u); g = 1 i
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -48,6 +48,7 @@ from amadeus.controls import Controls, parse_controls
 from amadeus.grammar import Grammar, NoteTables, is_ts_change
 from amadeus.model.diffusion import confidence_reveal
 from amadeus.tokenizer import (
+    ATTRIBUTES,
     COL_METRIC,
     COL_PITCH,
     COL_POSITION,
@@ -87,6 +88,83 @@ class SampleResult:
         d.pop("tokens")
         d["notes_per_s"] = self.notes_per_s
         return d
+
+
+TEXT_GUIDANCE = 3.0
+"""The guidance scale the commands (generate, evaluate, demo, benchmarks) use with a caption; the library's
+default stays 1.0 (plain conditional) so that `generate(text=...)` alone is the conditional model."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How `generate` samples: every setting that is not an input (inputs: number of pieces, seeds,
+    controls, prompt, text / prefix, template). Validated on construction; change one with
+    `dataclasses.replace(options, steps=2)` or by passing it as a keyword to `generate`.
+
+    temperature, top_p and top_k take one value for every attribute or {attribute: value} ("*" or
+    "default" sets the others; an attribute missing from the mapping gets temperature 1, top-p 1 and
+    top-k 0 = off).
+    """
+
+    max_notes: int = 1024
+    """At most this many generated rows per piece (prompt excluded)."""
+    max_bars: int | None = None
+    """At most this many generated bars per piece: the row that would open the next one becomes EOS."""
+    min_notes: int = 0
+    """EOS is forbidden before this many generated rows."""
+    steps: int | None = None
+    """Denoising steps per note, 1..K (the number of attributes); None: K // 2."""
+    temperature: float | Mapping[str, float] = 1.0
+    """Logit temperature, global or per attribute; 0 = greedy."""
+    top_p: float | Mapping[str, float] = 0.95
+    """Nucleus threshold in (0, 1] over the grammatical values, global or per attribute; 1 = off."""
+    top_k: int | Mapping[str, int] = 0
+    """Keep the k most likely values, global or per attribute; 0 = off."""
+    guidance: float = 1.0
+    """Classifier-free guidance g: logits l_u + g (l_c - l_u); 1 = conditional only (see TEXT_GUIDANCE)."""
+    batch_size: int | None = None
+    """Pieces decoded together; None or 0: all at once. Does not change the pieces, only the speed."""
+    use_cache: bool = True
+    """KV cache; False recomputes the whole sequence at every step (the reference path of the tests)."""
+    guards: bool = True
+    """Grammar guards (logit masks that keep every row decodable); False: vocabularies and controls only."""
+
+    def __post_init__(self) -> None:
+        K = len(ATTRIBUTES)
+        if self.steps is not None and (not isinstance(self.steps, int) or not 1 <= self.steps <= K):
+            raise ValueError(f"steps must be an integer in 1..{K} (the number of attributes), got {self.steps!r}")
+        if self.max_notes < 1:
+            raise ValueError(f"max_notes must be >= 1, got {self.max_notes}")
+        if self.max_bars is not None and self.max_bars < 1:
+            raise ValueError(f"max_bars must be >= 1, got {self.max_bars}")
+        if self.min_notes < 0:
+            raise ValueError(f"min_notes must be >= 0, got {self.min_notes}")
+        if self.batch_size is not None and self.batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0 (0 or None: all pieces at once), got {self.batch_size}")
+        _check_settings(*self.per_attribute(ATTRIBUTES))
+
+    def steps_for(self, K: int) -> int:
+        """Denoising steps per note for K attributes (the default K // 2 resolved)."""
+        return K // 2 if self.steps is None else self.steps
+
+    def per_attribute(self, names: Sequence[str]) -> tuple[list[float], list[float], list[float]]:
+        """(temperatures, top-p, top-k), one value per attribute in `names`."""
+        return (per_attribute(self.temperature, 1.0, names, "temperature"),
+                per_attribute(self.top_p, 1.0, names, "top_p"),
+                per_attribute(self.top_k, 0, names, "top_k"))
+
+    @classmethod
+    def build(cls, options: SamplingOptions | None = None, **overrides: Any) -> SamplingOptions:
+        """`options` (default: the defaults) with the settings in `overrides` replaced; a keyword that is
+        not a setting is a TypeError naming it."""
+        if options is not None and not isinstance(options, SamplingOptions):
+            raise TypeError(f"options must be a SamplingOptions, got {type(options).__name__}")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {unknown}; sampling settings: "
+                            f"{', '.join(f.name for f in fields(cls))}")
+        base = options if options is not None else cls()
+        return replace(base, **overrides) if overrides else base
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,84 +512,90 @@ def generate(
     model: Any,
     num: int = 1,
     *,
-    max_notes: int = 1024,
-    max_bars: int | None = None,
-    min_notes: int = 0,
-    steps: int | None = None,
-    temperature: float | Mapping[str, float] = 1.0,
-    top_p: float | Mapping[str, float] = 0.95,
-    top_k: int | Mapping[str, int] = 0,
+    options: SamplingOptions | None = None,
     seed: int | Sequence[int] = 0,
     controls: Sequence[str] | Controls | None = None,
     prompt: Any = None,
     text: str | Sequence[str] | None = None,
     prefix: torch.Tensor | None = None,
     prefix_mask: torch.Tensor | None = None,
-    guidance: float = 1.0,
-    batch_size: int | None = None,
-    use_cache: bool = True,
-    guards: bool = True,
     template: Any = None,
     regenerate: Sequence[str] = (),
     regenerate_rows: Any = None,
+    **settings: Any,
 ) -> SampleResult:
     """Sample `num` pieces. Returns token matrices (SOS ... EOS) and statistics.
 
     model: an AmadeusModule, or any object with .backbone (NoteTransformer), .head
         (AttributeDiffusionHead), .tokenizer and, for `text`, .encode_text(captions).
-    max_notes / max_bars: limits on generated rows / generated bars; min_notes: EOS is forbidden
-        before that many generated rows. steps: denoising steps per note, 1..K (default K // 2).
-    temperature, top_p, top_k: one value or {attribute: value}; temperature 0 = greedy, top_k 0 = off.
+    options: how to sample (`SamplingOptions`: max_notes, max_bars, min_notes, steps, temperature, top_p,
+        top_k, guidance, batch_size, use_cache, guards); each of its fields may also be given as a
+        keyword here, which replaces that field (any other keyword is a TypeError).
     seed: piece i uses seed + i (or give one seed per piece). controls: see `amadeus.controls`.
     prompt: a token matrix / Score / MIDI path (or one per piece): the output starts with exactly its
-        rows (see `prompt_from_midi` for the first N bars). text / prefix (+ prefix_mask): conditioning;
-        guidance g mixes conditional and unconditional logits l_u + g (l_c - l_u) (g = 1: conditional only).
-    batch_size: pieces decoded together (default: all). use_cache=False runs the full backbone over
-        the whole sequence at every step (the reference path the KV cache is tested against).
+        rows (see `prompt_from_midi` for the first N bars). text / prefix (+ prefix_mask): conditioning,
+        mixed with the unconditional logits by `options.guidance`.
     template / regenerate / regenerate_rows: see `regenerate` (re-sample chosen attributes of a piece).
     """
+    opts = SamplingOptions.build(options, **settings)
     backbone, head, tokenizer = _parts(model)
-    K = tokenizer.K
     if not isinstance(num, int) or num < 1:
         raise ValueError(f"num must be a positive integer, got {num!r}")
-    steps = K // 2 if steps is None else steps
-    if not isinstance(steps, int) or not 1 <= steps <= K:
-        raise ValueError(f"steps must be an integer in 1..{K} (the number of attributes), got {steps!r}")
-    if max_notes < 1:
-        raise ValueError(f"max_notes must be >= 1, got {max_notes}")
-    if max_bars is not None and max_bars < 1:
-        raise ValueError(f"max_bars must be >= 1, got {max_bars}")
-    names = tokenizer.attribute_names
-    temps = per_attribute(temperature, 1.0, names, "temperature")
-    tps = per_attribute(top_p, 1.0, names, "top_p")
-    tks = per_attribute(top_k, 0, names, "top_k")
-    _check_settings(temps, tps, tks)
-    seeds = [int(seed) + i for i in range(num)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
-    if len(seeds) != num:
-        raise ValueError(f"got {len(seeds)} seeds for {num} pieces")
+    seeds = _seeds(seed, num)
     ctl = parse_controls(controls, tokenizer)
-    if guidance != 1.0 and text is None and prefix is None:
+    if opts.guidance != 1.0 and text is None and prefix is None:
         raise ValueError("guidance needs a text or a prefix to guide towards")
-
-    # prompts: one for all pieces, or a list/tuple with one per piece
-    def single(x: Any) -> bool:
-        return isinstance(x, (str, Path, np.ndarray)) or type(x).__name__.startswith("Score")
-
-    if prompt is None:
-        prompts = [tokenizer.sos_row()[None]] * num
-    elif isinstance(prompt, (list, tuple)) and len(prompt) and single(prompt[0]):
-        if len(prompt) != num:
-            raise ValueError(f"got {len(prompt)} prompts for {num} pieces")
-        prompts = [_as_tokens(p, tokenizer, "prompt") for p in prompt]
-    else:
-        prompts = [_as_tokens(prompt, tokenizer, "prompt")] * num
-    tmpl = None
+    prompts = _prompts(prompt, num, tokenizer)
+    max_notes, tmpl = opts.max_notes, None
     if template is not None:
         tmpl = _template(template, tokenizer, regenerate, regenerate_rows)
         prompts = [tokenizer.sos_row()[None]] * num
         max_notes = len(tmpl[0])
+    prefix, prefix_mask = _conditioning(model, num, text, prefix, prefix_mask)
 
-    # text prefix
+    was_training = backbone.training, head.training
+    backbone.eval()
+    head.eval()
+    try:
+        result = SampleResult(tokens=[], seeds=seeds, settings=dict(
+            num=num, max_notes=max_notes, max_bars=opts.max_bars, min_notes=opts.min_notes,
+            steps=opts.steps_for(tokenizer.K), temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
+            seed=seed if isinstance(seed, int) else seeds, controls=list(ctl.specs), guidance=opts.guidance,
+            use_cache=opts.use_cache, guards=opts.guards,
+            text=text if text is None or isinstance(text, str) else list(text)))
+        run = _Run.start(backbone, head, tokenizer, ctl, opts, max_notes, tmpl, result)
+        return run.sample(prompts, seeds, prefix, prefix_mask)
+    finally:
+        backbone.train(was_training[0])
+        head.train(was_training[1])
+
+
+def _seeds(seed: int | Sequence[int], num: int) -> list[int]:
+    """One seed per piece: seed + i, or the given list."""
+    seeds = [int(seed) + i for i in range(num)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if len(seeds) != num:
+        raise ValueError(f"got {len(seeds)} seeds for {num} pieces")
+    return seeds
+
+
+def _prompts(prompt: Any, num: int, tokenizer: NoteTokenizer) -> list[np.ndarray]:
+    """One prompt token matrix per piece: none (SOS only), one for all, or a list/tuple with one each."""
+
+    def single(x: Any) -> bool:
+        return isinstance(x, (str, Path, np.ndarray)) or type(x).__name__.startswith("Score")
+
+    if prompt is None:
+        return [tokenizer.sos_row()[None]] * num
+    if isinstance(prompt, (list, tuple)) and len(prompt) and single(prompt[0]):
+        if len(prompt) != num:
+            raise ValueError(f"got {len(prompt)} prompts for {num} pieces")
+        return [_as_tokens(p, tokenizer, "prompt") for p in prompt]
+    return [_as_tokens(prompt, tokenizer, "prompt")] * num
+
+
+def _conditioning(model: Any, num: int, text: str | Sequence[str] | None, prefix: torch.Tensor | None,
+                  prefix_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The prefix [num, P, D] (+ mask) to condition on: the encoded captions, or the given prefix."""
     if text is not None:
         if prefix is not None:
             raise ValueError("give text or prefix, not both")
@@ -527,37 +611,7 @@ def generate(
         if prefix.shape[0] == 1:
             prefix = prefix.expand(num, -1, -1)
             prefix_mask = None if prefix_mask is None else prefix_mask.expand(num, -1)
-
-    was_training = backbone.training, head.training
-    backbone.eval()
-    head.eval()
-    try:
-        param = next(backbone.parameters())
-        grammar = Grammar(tokenizer, ctl, param.device, guards=guards)
-        sampler = _NoteSampler(head, grammar, steps, temps, tps, tks, float(guidance))
-        result = SampleResult(tokens=[], seeds=seeds, settings=dict(
-            num=num, max_notes=max_notes, max_bars=max_bars, min_notes=min_notes, steps=steps,
-            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed if isinstance(seed, int) else seeds,
-            controls=list(ctl.specs), guidance=guidance, use_cache=use_cache, guards=guards,
-            text=text if text is None or isinstance(text, str) else list(text)))
-        start = time.perf_counter()
-        bs = batch_size or num
-        for lo in range(0, num, bs):
-            hi = min(num, lo + bs)
-            pre = None if prefix is None else prefix[lo:hi].to(param.device)
-            pre_mask = None if prefix_mask is None else prefix_mask[lo:hi].to(param.device)
-            out = _run_batch(backbone, head, tokenizer, grammar, sampler, prompts[lo:hi], seeds[lo:hi],
-                             max_notes, max_bars, min_notes, pre, pre_mask, use_cache, tmpl, result)
-            result.tokens.extend(out)
-        result.seconds = time.perf_counter() - start
-        result.guard_interventions = int(sampler.guard_count)
-        result.control_interventions = int(sampler.control_count)
-        result.conflicts = int(sampler.conflict_count)
-        result.head_passes = sampler.passes
-        return result
-    finally:
-        backbone.train(was_training[0])
-        head.train(was_training[1])
+    return prefix, prefix_mask
 
 
 def _template(template: Any, tokenizer: NoteTokenizer, attributes: Sequence[str], rows: Any):
@@ -584,125 +638,204 @@ def _template(template: Any, tokenizer: NoteTokenizer, attributes: Sequence[str]
     return tok, free
 
 
-def _run_batch(backbone, head, tokenizer, grammar, sampler, prompts, seeds, max_notes, max_bars, min_notes,
-               prefix, prefix_mask, use_cache, tmpl, result) -> list[np.ndarray]:
-    """Decode one batch of pieces; returns their token matrices.
+@dataclass
+class _Run:
+    """What the batches of one `generate` call share: the networks, the grammar, the per-note sampler
+    (which also counts interventions), the limits, the regeneration template and the result."""
+
+    backbone: Any
+    head: Any
+    tokenizer: NoteTokenizer
+    grammar: Grammar
+    sampler: _NoteSampler
+    options: SamplingOptions
+    max_notes: int  # options.max_notes, or the template's length when regenerating
+    template: tuple[torch.Tensor, torch.Tensor] | None  # (rows [T, K], free slots [T, K]) on the device
+    result: SampleResult  # filled batch by batch
+
+    @classmethod
+    def start(cls, backbone: Any, head: Any, tokenizer: NoteTokenizer, controls: Controls,
+              options: SamplingOptions, max_notes: int, template: Any, result: SampleResult) -> _Run:
+        """Build the grammar and the note sampler on the backbone's device."""
+        dev = next(backbone.parameters()).device
+        grammar = Grammar(tokenizer, controls, dev, guards=options.guards)
+        temps, tps, tks = options.per_attribute(tokenizer.attribute_names)
+        sampler = _NoteSampler(head, grammar, options.steps_for(tokenizer.K), temps, tps, tks,
+                               float(options.guidance))
+        if template is not None:
+            template = (torch.as_tensor(template[0], device=dev), torch.as_tensor(template[1], device=dev))
+        return cls(backbone, head, tokenizer, grammar, sampler, options, max_notes, template, result)
+
+    def sample(self, prompts: list[np.ndarray], seeds: list[int], prefix: torch.Tensor | None,
+               prefix_mask: torch.Tensor | None) -> SampleResult:
+        """Decode every piece, `batch_size` at a time, into `self.result`."""
+        result, sampler = self.result, self.sampler
+        dev = self.grammar.v.device
+        start = time.perf_counter()
+        num = len(prompts)
+        bs = self.options.batch_size or num
+        for lo in range(0, num, bs):
+            hi = min(num, lo + bs)
+            pre = None if prefix is None else prefix[lo:hi].to(dev)
+            pre_mask = None if prefix_mask is None else prefix_mask[lo:hi].to(dev)
+            result.tokens.extend(_Batch(self, prompts[lo:hi], seeds[lo:hi], pre, pre_mask).decode())
+        result.seconds = time.perf_counter() - start
+        result.guard_interventions = int(sampler.guard_count)
+        result.control_interventions = int(sampler.control_count)
+        result.conflicts = int(sampler.conflict_count)
+        result.head_passes = sampler.passes
+        return result
+
+
+class _Batch:
+    """One batch of pieces being decoded, one row per piece per step.
 
     Layout: `buf` [B, P + max_notes + 1, K] holds the prompts left-padded to a common length P
-    (`valid` marks real rows) and then one generated row per step in the same column for every
-    piece still running. `ids` are the running pieces; their grammar state, KV-cache rows and
-    prefix rows are kept compact (finished pieces are dropped from all of them).
+    (`valid` marks real rows) and then one generated row per step in the same column `col` for every
+    piece still running. `ids` are the running pieces; their grammar state, random keys, KV-cache rows
+    and conditioning rows (`rid`) are kept compact (finished pieces are dropped from all of them).
     """
-    dev = grammar.v.device
-    B, K = len(prompts), tokenizer.K
-    lens = torch.tensor([len(p) for p in prompts], device=dev)
-    P = int(lens.max())
-    cap_rows = backbone.cfg.max_notes
-    if P > cap_rows:
-        raise ValueError(f"prompt of {P} rows exceeds the model's max_notes={cap_rows}")
-    total = P + max_notes + 1
-    buf = torch.zeros(B, total, K, dtype=torch.long, device=dev)
-    valid = torch.zeros(B, total, dtype=torch.bool, device=dev)
-    for b, p in enumerate(prompts):
-        buf[b, P - len(p): P] = torch.as_tensor(p, device=dev)
-        valid[b, P - len(p): P] = True
-    st = [_prompt_state(p, tokenizer) for p in prompts]
-    zeros = torch.zeros(B, dtype=torch.long, device=dev)
-    state = _State(bar=torch.tensor([s[0] for s in st], device=dev), gen_bars=zeros.clone(),
-                   ts=torch.tensor([s[1] for s in st], device=dev), pos=torch.tensor([s[2] for s in st], device=dev),
-                   n_in_bar=torch.tensor([s[3] for s in st], device=dev), n_gen=zeros.clone(), length=lens.clone())
-    keys = piece_keys(seeds, dev)
-    min_rows = torch.full((B,), int(min_notes), device=dev)
-    end = torch.full((B,), total, dtype=torch.long, device=dev)  # column after each piece's last row
-    guided = sampler.guidance != 1.0
-    eos_row = torch.as_tensor(tokenizer.eos_row(), device=dev)
-    if tmpl is not None:
-        t_rows, t_free = torch.as_tensor(tmpl[0], device=dev), torch.as_tensor(tmpl[1], device=dev)
 
-    # conditioning rows [A(, x2 with guidance: conditional then unconditional = fully masked prefix)]
-    pre = pre_mask = None
-    if prefix is not None:
-        pre = prefix
-        pre_mask = prefix_mask
-        if guided:
-            real = pre_mask if pre_mask is not None else torch.ones(pre.shape[:2], dtype=torch.bool, device=dev)
-            pre, pre_mask = torch.cat([pre, pre]), torch.cat([real, torch.zeros_like(real)])
+    def __init__(self, run: _Run, prompts: list[np.ndarray], seeds: list[int], prefix: torch.Tensor | None,
+                 prefix_mask: torch.Tensor | None):
+        self.run, self.prompts = run, prompts
+        dev = self.dev = run.grammar.v.device
+        B, K = len(prompts), run.tokenizer.K
+        lens = torch.tensor([len(p) for p in prompts], device=dev)
+        self.P = P = int(lens.max())
+        self.cap_rows = run.backbone.cfg.max_notes
+        if P > self.cap_rows:
+            raise ValueError(f"prompt of {P} rows exceeds the model's max_notes={self.cap_rows}")
+        total = P + run.max_notes + 1
+        self.buf = torch.zeros(B, total, K, dtype=torch.long, device=dev)
+        self.valid = torch.zeros(B, total, dtype=torch.bool, device=dev)
+        for b, p in enumerate(prompts):
+            self.buf[b, P - len(p): P] = torch.as_tensor(p, device=dev)
+            self.valid[b, P - len(p): P] = True
+        self.state = _initial_state(prompts, run.tokenizer, lens)
+        self.keys = piece_keys(seeds, dev)
+        self.min_rows = torch.full((B,), int(run.options.min_notes), device=dev)
+        self.end = torch.full((B,), total, dtype=torch.long, device=dev)  # column after each piece's last row
+        self.guided = run.sampler.guidance != 1.0
+        self.pre, self.pre_mask = self._prefix_rows(prefix, prefix_mask)
+        self.ids = torch.arange(B, device=dev)  # running pieces (rows of buf)
+        self.rid = torch.arange(2 * B if self.guided else B, device=dev)  # their conditioning rows
+        self.cache = None
+        if run.options.use_cache:
+            extra = 0 if self.pre is None else self.pre.shape[1]
+            self.cache = run.backbone.new_cache(len(self.rid), capacity=total + extra)
+        self.col = P
+        self.lanes = lane_keys((1 + run.sampler.steps) * K, dev)
+        self.eos_row = torch.as_tensor(run.tokenizer.eos_row(), device=dev)
 
-    def rows2(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, x]) if guided else x
+    def _prefix_rows(self, prefix: torch.Tensor | None, prefix_mask: torch.Tensor | None):
+        """Conditioning rows [B(, x2 with guidance: conditional then unconditional = fully masked prefix)]."""
+        if prefix is None or not self.guided:
+            return prefix, prefix_mask
+        real = prefix_mask if prefix_mask is not None else torch.ones(prefix.shape[:2], dtype=torch.bool,
+                                                                       device=self.dev)
+        return torch.cat([prefix, prefix]), torch.cat([real, torch.zeros_like(real)])
 
-    def run_backbone(ids: torch.Tensor, rid: torch.Tensor, col: int, cache, first: bool) -> torch.Tensor:
-        """z [A(x2), d] at the last filled column for pieces `ids` (conditioning rows `rid`)."""
-        if use_cache and not first:
-            return backbone(rows2(buf[ids, col - 1: col]), cache=cache).z[:, -1]
-        notes, nm = rows2(buf[ids, :col]), rows2(valid[ids, :col])
-        p = None if pre is None else pre[rid]
-        pm = None if pre_mask is None else pre_mask[rid]
-        out = backbone(notes, prefix=p, prefix_mask=pm, cache=cache, notes_mask=None if bool(nm.all()) else nm)
+    def _rows2(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x]) if self.guided else x
+
+    def _conditioning(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The running pieces' conditioning rows (prefix, mask), or None."""
+        return (None if self.pre is None else self.pre[self.rid],
+                None if self.pre_mask is None else self.pre_mask[self.rid])
+
+    def _latent(self, first: bool) -> torch.Tensor:
+        """z [A(x2), d] at the last filled column for the running pieces (the whole prompt if `first`)."""
+        backbone, ids, col = self.run.backbone, self.ids, self.col
+        if self.cache is not None and not first:
+            return backbone(self._rows2(self.buf[ids, col - 1: col]), cache=self.cache).z[:, -1]
+        notes, nm = self._rows2(self.buf[ids, :col]), self._rows2(self.valid[ids, :col])
+        p, pm = self._conditioning()
+        out = backbone(notes, prefix=p, prefix_mask=pm, cache=self.cache,
+                       notes_mask=None if bool(nm.all()) else nm)
         return out.z[:, -1]
 
-    ids = torch.arange(B, device=dev)  # running pieces (rows of buf)
-    rid = torch.arange(2 * B if guided else B, device=dev)  # their conditioning rows
-    cache = None
-    if use_cache:
-        cache = backbone.new_cache(len(rid), capacity=total + (0 if pre is None else pre.shape[1]))
-    col = P
-    z = run_backbone(ids, rid, col, cache, first=True)
-    lanes = lane_keys((1 + sampler.steps) * K, dev)
-    while len(ids):
-        A = len(ids)
-        u = uniforms(keys, state.n_gen, lanes).view(A, 1 + sampler.steps, K)
-        C = head.context(z, None if pre is None else pre[rid], None if pre_mask is None else pre_mask[rid])
-        tables = grammar.note_tables(state, min_rows)
-        if tmpl is not None:
-            j = state.n_gen.clamp_max(len(t_rows) - 1)
-            rev = ~t_free[j]
-            tok = torch.where(rev, t_rows[j], torch.zeros_like(t_rows[j]))
-        else:
-            tok = torch.zeros(A, K, dtype=torch.long, device=dev)
-            rev = torch.zeros(A, K, dtype=torch.bool, device=dev)
-        ctrl = grammar.ctrl_static.expand(A, -1, -1)
-        row = sampler.sample(C, tables, ctrl, state.bar, tok, rev, u)
+    def _fixed_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots fixed before the first denoising step (tok, revealed) [A, K]: the template's kept slots."""
+        A, K = len(self.ids), self.run.tokenizer.K
+        if self.run.template is None:
+            return (torch.zeros(A, K, dtype=torch.long, device=self.dev),
+                    torch.zeros(A, K, dtype=torch.bool, device=self.dev))
+        t_rows, t_free = self.run.template
+        j = self.state.n_gen.clamp_max(len(t_rows) - 1)
+        rev = ~t_free[j]
+        return torch.where(rev, t_rows[j], torch.zeros_like(t_rows[j])), rev
 
+    def _sample_row(self, z: torch.Tensor) -> torch.Tensor:
+        """The next row [A, K] of every running piece."""
+        run, state = self.run, self.state
+        u = uniforms(self.keys, state.n_gen, self.lanes).view(len(self.ids), 1 + run.sampler.steps, -1)
+        C = run.head.context(z, *self._conditioning())
+        tables = run.grammar.note_tables(state, self.min_rows)
+        tok, rev = self._fixed_slots()
+        ctrl = run.grammar.ctrl_static.expand(len(self.ids), -1, -1)
+        return run.sampler.sample(C, tables, ctrl, state.bar, tok, rev, u)
+
+    def _append(self, row: torch.Tensor) -> torch.Tensor:
+        """Write the rows at column `col` and advance the grammar state; returns is_eos [A]."""
+        g, state, max_bars = self.run.grammar, self.state, self.run.options.max_bars
         m = row[:, COL_METRIC]
-        new_bar = grammar.starts_bar[m.clamp(0, grammar.Vm - 1)]
+        new_bar = g.starts_bar[m.clamp(0, g.Vm - 1)]
         if max_bars is not None:  # the row that would open bar max_bars + 1 becomes EOS
             over = new_bar & (state.gen_bars >= max_bars)
-            row = torch.where(over[:, None], eos_row, row)
+            row = torch.where(over[:, None], self.eos_row, row)
             m = row[:, COL_METRIC]
             new_bar = new_bar & ~over
-        buf[ids, col] = row
-        valid[ids, col] = True
+        self.buf[self.ids, self.col] = row
+        self.valid[self.ids, self.col] = True
         is_note = row[:, COL_PITCH] > 0
         nb = new_bar.long()
-        state = _State(
+        self.state = _State(
             bar=state.bar + nb, gen_bars=state.gen_bars + nb,
             ts=torch.where(m >= METRIC_TS_OFFSET, m - METRIC_TS_OFFSET, state.ts),
             pos=torch.where(is_note, row[:, COL_POSITION], state.pos * (1 - nb)),
             n_in_bar=state.n_in_bar * (1 - nb) + is_note.long(),
             n_gen=state.n_gen + 1, length=state.length + 1)
         is_eos = m == METRIC_EOS
-        result.rows += A - int(is_eos.sum())
-        result.notes += int(is_note.sum())
-        col += 1
+        self.run.result.rows += len(self.ids) - int(is_eos.sum())
+        self.run.result.notes += int(is_note.sum())
+        self.col += 1
+        return is_eos
 
-        done = is_eos | (state.n_gen >= max_notes) | (state.length >= cap_rows)
-        if bool(done.any()):
-            end[ids[done]] = torch.where(is_eos[done], col - 1, col)
-            keep = (~done).nonzero().squeeze(1)
-            keep2 = torch.cat([keep, keep + A]) if guided else keep
-            ids, rid, keys, min_rows, state = ids[keep], rid[keep2], keys[keep], min_rows[keep], state.take(keep)
-            if cache is not None:
-                cache.select(keep2)
-        if len(ids):
-            z = run_backbone(ids, rid, col, cache, first=False)
+    def _retire(self, is_eos: torch.Tensor) -> None:
+        """Drop the pieces that ended (EOS, max_notes, the model's context) from the running set."""
+        st = self.state
+        done = is_eos | (st.n_gen >= self.run.max_notes) | (st.length >= self.cap_rows)
+        if not bool(done.any()):
+            return
+        self.end[self.ids[done]] = torch.where(is_eos[done], self.col - 1, self.col)
+        keep = (~done).nonzero().squeeze(1)
+        keep2 = torch.cat([keep, keep + len(self.ids)]) if self.guided else keep
+        self.ids, self.rid, self.keys = self.ids[keep], self.rid[keep2], self.keys[keep]
+        self.min_rows, self.state = self.min_rows[keep], st.take(keep)
+        if self.cache is not None:
+            self.cache.select(keep2)
 
-    out = []
-    eos = tokenizer.eos_row()[None]
-    for b in range(B):
-        rows = buf[b, P - len(prompts[b]): int(end[b])].cpu().numpy()
-        out.append(np.concatenate([rows, eos]))
-    return out
+    def decode(self) -> list[np.ndarray]:
+        """Run every piece to its end; returns their token matrices (prompt, generated rows, EOS)."""
+        z = self._latent(first=True)
+        while len(self.ids):
+            self._retire(self._append(self._sample_row(z)))
+            if len(self.ids):
+                z = self._latent(first=False)
+        eos = self.run.tokenizer.eos_row()[None]
+        return [np.concatenate([self.buf[b, self.P - len(p): int(self.end[b])].cpu().numpy(), eos])
+                for b, p in enumerate(self.prompts)]
+
+
+def _initial_state(prompts: list[np.ndarray], tokenizer: NoteTokenizer, lens: torch.Tensor) -> _State:
+    """The grammar state after each prompt (bars, time signature, last position, notes in the bar)."""
+    dev = lens.device
+    st = [_prompt_state(p, tokenizer) for p in prompts]
+    zeros = torch.zeros(len(prompts), dtype=torch.long, device=dev)
+    return _State(bar=torch.tensor([s[0] for s in st], device=dev), gen_bars=zeros.clone(),
+                  ts=torch.tensor([s[1] for s in st], device=dev), pos=torch.tensor([s[2] for s in st], device=dev),
+                  n_in_bar=torch.tensor([s[3] for s in st], device=dev), n_gen=zeros.clone(), length=lens.clone())
 
 
 def regenerate(model: Any, piece: Any, attributes: Sequence[str], rows: Any = None, num: int = 1,
