@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from amadeus.sampling import TEXT_GUIDANCE
+
 RESULTS = Path(__file__).parent / "results" / "text2midi.json"
 CAPTION = ("A melodic classical piece in D minor for string ensemble and piano, at a slow Adagio tempo of "
            "66 bpm in 3/4, built on the chords Dm, A7 and Gm.")
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer notes and repeats (about a minute on 2 cores)")
     ap.add_argument("--sizes", default="tiny,30m")
     ap.add_argument("--steps", type=int, default=4, help="denoising steps per note (default 4 = K // 2)")
-    ap.add_argument("--guidance", type=float, default=3.0, help="guidance scale of the guided rows (default 3)")
+    ap.add_argument("--guidance", type=float, default=TEXT_GUIDANCE,
+                    help=f"guidance scale of the guided rows (default {TEXT_GUIDANCE:g})")
     ap.add_argument("--notes", type=int, default=None, help="generated notes per run (default 32 quick, 128 full)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per row, best kept (default 2 quick, 3 full)")
     ap.add_argument("--threads", type=int, default=1,

@@ -10,18 +10,17 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from amadeus.sampling import TEXT_GUIDANCE, SamplingOptions  # noqa: F401 (re-exported to the commands)
 from amadeus.tokenizer import ATTRIBUTES
 
-# Sampler settings of the command line (to be taken from `amadeus.sampling.SamplingOptions` once it
-# exists). TEXT_GUIDANCE: classifier-free guidance scale used with a caption when none is asked for
-# (`amadeus generate --text`, `amadeus evaluate`, the demo); 1 would be the plain conditional model.
-TEMPERATURE = 1.0
-TOP_P = 0.95
-TOP_K = 0
-TEXT_GUIDANCE = 3.0
+# Sampler settings of the command line: the library's defaults, defined once in SamplingOptions.
+# TEXT_GUIDANCE: the guidance scale used with a caption when none is asked for.
+_DEFAULTS = SamplingOptions()
+TEMPERATURE = _DEFAULTS.temperature
+TOP_P = _DEFAULTS.top_p
+TOP_K = _DEFAULTS.top_k
+GENERATE_MAX_NOTES = _DEFAULTS.max_notes  # `amadeus generate --max-notes`
 # Sampling budgets of the commands.
-GENERATE_MAX_NOTES = 1024  # `amadeus generate --max-notes`
-EVAL_MAX_NOTES = 256  # `amadeus evaluate --max-notes`
 DEMO_MAX_NOTES = 256  # the demo's samples
 DEMO_STEPS = 4  # the demo's denoising steps per note
 # torch CPU threads: 0 = torch's default. `amadeus evaluate` defaults to 1 because its sampler's
