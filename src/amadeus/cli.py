@@ -21,6 +21,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("amadeus.generate", "sample MIDI (and WAV/PNG) from a checkpoint, with controls and text"),
     "evaluate": ("amadeus.evaluate", "text-adherence and unconditional metrics of a checkpoint"),
     "export": ("amadeus.hub", "checkpoint -> folder with model.safetensors, config.json, tokenizer.json"),
+    "studio": ("amadeus.commands.studio", "the browser studio: caption, controls, piano roll, audio, MIDI (loopback)"),
     "demo": ("amadeus.demo", "the main job: corpus -> train tiny -> samples (what `make demo` runs)"),
 }
 
