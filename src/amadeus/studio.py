@@ -115,7 +115,7 @@ def _check_ranges(length_unit: str, length: int, steps: int, K: int, temperature
 def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instruments: Sequence[str] = (),
                     tempo: float = 0, time_signature: str = ANY, key: str = ANY, pitch_low: int = 0,
                     pitch_high: int = 127, velocity_low: int = 1, velocity_high: int = 127,
-                    length_unit: str = "bars", length: int = 8, steps: int = 2, temperature: float = 1.0,
+                    length_unit: str = "bars", length: int = 8, steps: int | None = None, temperature: float = 1.0,
                     top_p: float = 0.95, seed: int = 0, upload: str | Path | None = None,
                     upload_mode: str = "continue", prompt_bars: int = 2,
                     regenerate: Sequence[str] = ("velocity",), out_dir: str | Path | None = None) -> Generation:
@@ -130,6 +130,7 @@ def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instru
                           "box, or start the studio with a text model (e.g. outputs/demo/model-text.ckpt)")
     if guidance != 1.0 and not caption:
         guidance = 1.0  # guidance mixes with/without the caption: without one it has nothing to do
+    steps = max(1, model.tokenizer.K // 2) if steps is None else steps  # the sampler's default
     _check_ranges(length_unit, length, steps, model.tokenizer.K, temperature, top_p)
     specs = control_specs(instruments, tempo, time_signature, key, pitch_low, pitch_high, velocity_low, velocity_high)
     try:
@@ -303,10 +304,19 @@ def build_app(model_or_path: Any, captions: str | Path | None = None) -> Any:
     model = load_model(model_or_path)
     reads_text = getattr(model.module, "text_encoder", None) is not None
 
-    def generate(caption: str = "", *args: Any, progress: Any = gr.Progress()) -> tuple:
+    def generate(caption: str = "", guidance: float = 1.0, instruments: list[str] | None = None, tempo: float = 0,
+                 time_signature: str = ANY, key: str = ANY, pitch_low: int = 0, pitch_high: int = 127,
+                 velocity_low: int = 1, velocity_high: int = 127, length_unit: str = "bars", length: int = 8,
+                 steps: int = max(1, model.tokenizer.K // 2), temperature: float = 1.0, top_p: float = 0.95,
+                 seed: int = 0, upload: str | None = None, upload_mode: str = "continue", prompt_bars: int = 2,
+                 regenerate: list[str] | None = None, progress: Any = gr.Progress()) -> tuple:
+        """Generate one piece; returns (MIDI file, piano roll PNG, WAV or None, figures)."""
         progress(0.05, desc="generating")
         try:
-            gen = studio_generate(model, caption, *args)
+            gen = studio_generate(model, caption, guidance, instruments or (), tempo, time_signature, key, pitch_low,
+                                  pitch_high, velocity_low, velocity_high, length_unit, length, steps, temperature,
+                                  top_p, seed, upload, upload_mode, prompt_bars,
+                                  ["velocity"] if regenerate is None else regenerate)
         except StudioError as e:
             raise gr.Error(str(e)) from None
         progress(1.0, desc="done")
