@@ -29,28 +29,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def text_ckpt(tmp_path_factory) -> Path:
-    """A random-weight tiny model that reads text (the bundled MiniLM), saved as a .ckpt."""
+TINY = dict(d_model=32, n_layers=1, n_heads=2, head_width=32, head_heads=2, dropout=0.0, use_mlsdes=False)
+
+
+def _tiny(**kwargs):
+    """A random-weight tiny Amadeus (seconds to build; its output is random but always decodable)."""
     import torch
 
+    from amadeus import Amadeus
     from amadeus.model.config import ModelConfig
     from amadeus.module import AmadeusModule
 
     torch.manual_seed(0)
-    module = AmadeusModule(network=ModelConfig(d_model=32, n_layers=1, n_heads=2, head_width=32, head_heads=2,
-                                               dropout=0.0, use_mlsdes=False),
-                           text_encoder="all-MiniLM-L6-v2", text_max_length=32)
-    path = tmp_path_factory.mktemp("studio_ckpt") / "text.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
+    return Amadeus(AmadeusModule(network=ModelConfig(**TINY), **kwargs))
 
 
 @pytest.fixture(scope="module")
-def text_model(text_ckpt):
-    from amadeus import Amadeus
+def text_model():
+    """Reads text through the bundled MiniLM."""
+    return _tiny(text_encoder="all-MiniLM-L6-v2", text_max_length=32)
 
-    return Amadeus.load(text_ckpt)
+
+@pytest.fixture(scope="module")
+def plain_model():
+    return _tiny()
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +91,10 @@ def test_generate_writes_midi_roll_and_figures(text_model, tmp_path):
     assert (gen.wav is None) == bool(gen.note)  # either audio or a note saying why not
 
 
-def test_continue_and_regenerate_an_upload(trained_tiny, tmp_path):
-    from amadeus import Amadeus
+def test_continue_and_regenerate_an_upload(plain_model, tmp_path):
     from amadeus.studio import studio_generate
 
-    model = Amadeus(trained_tiny[0])
+    model = plain_model
     notes = [(i * 480, 480, 60 + i % 7, 80) for i in range(16)]
     src = write(make_score([part(notes, program=0)], tempos=[(0, 100.0)], time_signatures=[(0, 4, 4)]),
                 tmp_path / "mine.mid")
@@ -108,11 +109,10 @@ def test_continue_and_regenerate_an_upload(trained_tiny, tmp_path):
     assert score.note_num() == 16 and {t.program for t in score.tracks if len(t.notes)} == {40}
 
 
-def test_bad_input_gives_one_clear_message(trained_tiny, text_model, tmp_path):
-    from amadeus import Amadeus
+def test_bad_input_gives_one_clear_message(plain_model, text_model, tmp_path):
     from amadeus.studio import StudioError, studio_generate
 
-    plain = Amadeus(trained_tiny[0])
+    plain = plain_model
     junk = tmp_path / "junk.mid"
     junk.write_text("this is not MIDI")
     with pytest.raises(StudioError, match="not a MIDI file"):
@@ -199,3 +199,15 @@ def test_page_in_headless_chromium(server, tmp_path):
             browser.close()
     assert _notes(midi) > 0
     assert shot.stat().st_size > 10_000
+
+
+def test_command_without_gradio_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from amadeus.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["studio", "--ckpt", "whatever.ckpt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'amadeus[studio]'" in err
