@@ -175,7 +175,7 @@ def _write_outputs(model: Any, score: Any, out_dir: str | Path | None, caption: 
     """MIDI, piano roll and (with a soundfont) WAV of `score`, plus the last sample's figures."""
     from amadeus.render import NO_SOUNDFONT, find_soundfont, piano_roll_png, render_wav
 
-    out = Path(out_dir) if out_dir else Path(tempfile.gettempdir()) / "amadeus-studio" / uuid.uuid4().hex[:12]
+    out = Path(out_dir) if out_dir else _fresh_dir(Path(tempfile.gettempdir()) / "amadeus-studio")
     out.mkdir(parents=True, exist_ok=True)
     midi = out / "amadeus.mid"
     score.dump_midi(str(midi))
@@ -192,6 +192,18 @@ def _write_outputs(model: Any, score: Any, out_dir: str | Path | None, caption: 
                "guard interventions": int(r.guard_interventions),
                "control interventions": int(r.control_interventions)}
     return Generation(midi, roll, wav, figures, note)
+
+
+def _fresh_dir(root: Path, keep_s: float = 3600.0) -> Path:
+    """A new folder under `root`, after removing those older than `keep_s` (Gradio serves its own copies)."""
+    import shutil
+    import time
+
+    if root.is_dir():
+        for old in root.iterdir():
+            if old.is_dir() and time.time() - old.stat().st_mtime > keep_s:
+                shutil.rmtree(old, ignore_errors=True)
+    return root / uuid.uuid4().hex[:12]
 
 
 def steps_tradeoff(path: str | Path | None = None) -> str:
@@ -322,7 +334,7 @@ def build_app(model_or_path: Any, captions: str | Path | None = None) -> Any:
         progress(1.0, desc="done")
         return str(gen.midi), str(gen.piano_roll), None if gen.wav is None else str(gen.wav), _figures_markdown(gen)
 
-    with gr.Blocks(title="Amadeus studio", analytics_enabled=False) as app:
+    with gr.Blocks(title="Amadeus studio", analytics_enabled=False, delete_cache=(3600, 7200)) as app:
         gr.Markdown("## Amadeus studio\n" + ("Type a caption, set controls, press **Generate**." if reads_text else
                     "This model reads no text: set controls and press **Generate**.")
                     + " Upload a MIDI file to continue it or to re-sample chosen attributes.")
