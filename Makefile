@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE := offline
 
-.PHONY: install demo test soundfont bench clean
+.PHONY: install demo test soundfont chromium bench clean
 
 install: $(STAMP)
 
@@ -15,8 +15,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" "lightning>=2.5,<3" -e ".[dev]"
+	$(PY) -m pip install -q "torch==2.13.0" "lightning>=2.5,<3" -e ".[dev,studio]"
 	-@$(MAKE) --no-print-directory soundfont
+	-@$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 
 # Optional: MuseScore_General.sf3 for WAV rendering. Everything else works without it.
@@ -27,6 +28,15 @@ soundfont:
 	   (timeout 300 apt-get update -q >/dev/null 2>&1 && timeout 300 apt-get install -y -q musescore-general-soundfont-small >/dev/null 2>&1)) \
 	  && echo "soundfont: installed" || echo "soundfont: not installed (WAV rendering disabled)"; \
 	else echo "soundfont: apt not available (WAV rendering disabled)"; fi
+
+# Optional: Debian's chromium for the studio's browser test (never a browser download).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (timeout 600 apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (timeout 300 apt-get update -q >/dev/null 2>&1 && timeout 600 apt-get install -y -q chromium >/dev/null 2>&1)) \
+	  && echo "chromium: installed" || echo "chromium: not installed (browser test skipped)"; \
+	else echo "chromium: apt not available (browser test skipped)"; fi
 
 demo: install
 	$(VENV)/bin/amadeus demo --out outputs/demo

@@ -22,6 +22,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("amadeus.commands.generate", "sample MIDI (and WAV/PNG) from a checkpoint, with controls and text"),
     "evaluate": ("amadeus.commands.evaluate", "text-adherence and unconditional metrics of a checkpoint"),
     "export": ("amadeus.commands.export", "checkpoint -> folder with model.safetensors, config.json, tokenizer.json"),
+    "studio": ("amadeus.commands.studio", "the browser studio: caption, controls, piano roll, audio, MIDI (loopback)"),
     "demo": ("amadeus.commands.demo", "the main job: corpus -> train tiny -> samples (what `make demo` runs)"),
 }
 

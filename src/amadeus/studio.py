@@ -1,0 +1,351 @@
+"""The browser studio: a Gradio page over `Amadeus.generate` / `Amadeus.regenerate`.
+
+`build_app(model_or_path)` returns a `gr.Blocks`: a caption (when the model reads text) with
+guidance, controls (instruments, tempo, time signature, key, pitch and velocity ranges, length),
+denoising steps S with the measured speed beside it, temperature / top-p / seed, an optional MIDI
+upload to continue or to re-sample chosen attributes, and the results (piano roll, WAV, MIDI file,
+figures). `studio_generate` is the plain typed function behind the button; it raises `StudioError`
+with one clear message, which the page shows while the server keeps serving. The same function is
+Gradio's API endpoint "/generate": `gradio_client.Client(url).predict("a caption", api_name="/generate")`.
+
+Gradio is imported only inside `build_app` (the optional extra `amadeus[studio]`), so `import amadeus`
+works without it. Analytics are switched off; the page never makes a public share link.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from amadeus.theory import GM_PROGRAM_NAMES
+
+DRUMS = "Drums"
+INSTRUMENT_CHOICES = (*GM_PROGRAM_NAMES, DRUMS)
+PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+KEY_CHOICES = ("any", *(f"{p} major" for p in PITCH_NAMES), *(f"{p} minor" for p in PITCH_NAMES))
+ANY = "any"
+LENGTH_UNITS = ("bars", "notes")
+UPLOAD_MODES = ("continue", "regenerate")
+MAX_LENGTH = {"bars": 64, "notes": 2048}
+NOTE_CAP = 1024  # generated rows when the length is given in bars
+BENCHMARK = Path("benchmarks") / "results" / "generate.json"
+
+
+class StudioError(ValueError):
+    """Input the studio cannot use; the message is shown on the page as it is."""
+
+
+@dataclass
+class Generation:
+    """What one press of Generate produced: files and the figures shown beside them."""
+
+    midi: Path
+    piano_roll: Path
+    wav: Path | None
+    figures: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # e.g. why there is no audio
+
+
+def _gm_program(name: str) -> str:
+    """Control value of an instrument choice: its GM program number, or "drums"."""
+    if name == DRUMS:
+        return "drums"
+    try:
+        return str(GM_PROGRAM_NAMES.index(name))
+    except ValueError:
+        raise StudioError(f"unknown instrument {name!r}: choose a General MIDI name from the list") from None
+
+
+def control_specs(instruments: Sequence[str] = (), tempo: float = 0, time_signature: str = ANY,
+                  key: str = ANY, pitch_low: int = 0, pitch_high: int = 127, velocity_low: int = 1,
+                  velocity_high: int = 127) -> list[str]:
+    """The page's control widgets as `amadeus.controls` strings (unset widgets add nothing)."""
+    specs = []
+    if instruments:
+        specs.append("instrument=" + ",".join(_gm_program(n) for n in instruments))
+    if tempo:
+        specs.append(f"tempo={float(tempo):g}")
+    if time_signature and time_signature != ANY:
+        specs.append(f"time_signature={time_signature}")
+    if key and key != ANY:
+        specs.append(f"key={key}")
+    if (int(pitch_low), int(pitch_high)) != (0, 127):
+        specs.append(f"pitch={int(pitch_low)}-{int(pitch_high)}")
+    if (int(velocity_low), int(velocity_high)) != (1, 127):
+        specs.append(f"velocity={int(velocity_low)}-{int(velocity_high)}")
+    return specs
+
+
+def _read_upload(path: str | Path) -> Any:
+    """The uploaded file as a symusic Score; StudioError when it is not a readable MIDI file."""
+    from symusic import Score
+
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if head != b"MThd":
+            raise ValueError("it does not start with the MIDI header MThd")
+        score = Score(str(p))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise StudioError(f"{p.name}: not a MIDI file ({e})") from None
+    if score.note_num() == 0:
+        raise StudioError(f"{p.name}: the MIDI file has no notes to continue or re-sample")
+    return score
+
+
+def _check_ranges(length_unit: str, length: int, steps: int, K: int, temperature: float, top_p: float) -> None:
+    if length_unit not in LENGTH_UNITS:
+        raise StudioError(f"length unit {length_unit!r}: choose bars or notes")
+    if not 1 <= int(length) <= MAX_LENGTH[length_unit]:
+        raise StudioError(f"length {length} {length_unit}: choose 1 to {MAX_LENGTH[length_unit]}")
+    if not 1 <= int(steps) <= K:
+        raise StudioError(f"denoising steps S = {steps}: choose 1 to {K} (the number of attributes)")
+    if not 0 <= float(temperature) <= 5:
+        raise StudioError(f"temperature {temperature}: choose 0 (greedy) to 5")
+    if not 0 < float(top_p) <= 1:
+        raise StudioError(f"top-p {top_p}: choose a value above 0 and at most 1")
+
+
+def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instruments: Sequence[str] = (),
+                    tempo: float = 0, time_signature: str = ANY, key: str = ANY, pitch_low: int = 0,
+                    pitch_high: int = 127, velocity_low: int = 1, velocity_high: int = 127,
+                    length_unit: str = "bars", length: int = 8, steps: int | None = None, temperature: float = 1.0,
+                    top_p: float = 0.95, seed: int = 0, upload: str | Path | None = None,
+                    upload_mode: str = "continue", prompt_bars: int = 2,
+                    regenerate: Sequence[str] = ("velocity",), out_dir: str | Path | None = None) -> Generation:
+    """One generation with the page's settings (a loaded `Amadeus` model); files go to `out_dir`
+    (default: a fresh folder under the temp dir). StudioError on input the model cannot honour."""
+    from amadeus.controls import ControlError, parse_controls
+
+    caption = (caption or "").strip()
+    reads_text = getattr(model.module, "text_encoder", None) is not None
+    if caption and not reads_text:
+        raise StudioError("this model was trained without text, so it cannot read a caption: clear the caption "
+                          "box, or start the studio with a text model (e.g. outputs/demo/model-text.ckpt)")
+    if guidance != 1.0 and not caption:
+        guidance = 1.0  # guidance mixes with/without the caption: without one it has nothing to do
+    steps = max(1, model.tokenizer.K // 2) if steps is None else steps  # the sampler's default
+    _check_ranges(length_unit, length, steps, model.tokenizer.K, temperature, top_p)
+    specs = control_specs(instruments, tempo, time_signature, key, pitch_low, pitch_high, velocity_low, velocity_high)
+    try:
+        parse_controls(specs, model.tokenizer)
+    except ControlError as e:
+        raise StudioError(f"impossible control: {e}") from None
+    common = dict(steps=int(steps), temperature=float(temperature), top_p=float(top_p), seed=int(seed),
+                  controls=specs, text=caption or None, guidance=float(guidance))
+    try:
+        if upload is None:
+            score = model.generate(1, **common, **_length(length_unit, int(length)))[0]
+        elif upload_mode == "continue":
+            piece = _read_upload(upload)
+            if int(prompt_bars) < 1:
+                raise StudioError(f"continue from the first {prompt_bars} bars: choose at least 1 bar")
+            score = model.generate(1, prompt=piece, prompt_bars=int(prompt_bars), **common,
+                                   **_length(length_unit, int(length)))[0]
+        elif upload_mode == "regenerate":
+            piece = _read_upload(upload)
+            if not regenerate:
+                raise StudioError("regenerate: tick the attributes to re-sample (e.g. instrument to re-orchestrate, "
+                                  "velocity to re-voice the dynamics)")
+            score = model.regenerate(piece, list(regenerate), **common)[0]
+        else:
+            raise StudioError(f"upload mode {upload_mode!r}: choose continue or regenerate")
+    except StudioError:
+        raise
+    except ValueError as e:  # ControlError, TokenizerError and the sampler's checks are ValueErrors
+        raise StudioError(str(e)) from None
+    return _write_outputs(model, score, out_dir, caption)
+
+
+def _length(unit: str, length: int) -> dict[str, int]:
+    """Sampler limits for a length: `length` bars (at least one row per bar before EOS), or exactly
+    `length` rows."""
+    if unit == "bars":
+        return {"max_bars": length, "max_notes": NOTE_CAP, "min_notes": length}
+    return {"max_notes": length, "min_notes": length}
+
+
+def _write_outputs(model: Any, score: Any, out_dir: str | Path | None, caption: str) -> Generation:
+    """MIDI, piano roll and (with a soundfont) WAV of `score`, plus the last sample's figures."""
+    from amadeus.render import NO_SOUNDFONT, find_soundfont, piano_roll_png, render_wav
+
+    out = Path(out_dir) if out_dir else _fresh_dir(Path(tempfile.gettempdir()) / "amadeus-studio")
+    out.mkdir(parents=True, exist_ok=True)
+    midi = out / "amadeus.mid"
+    score.dump_midi(str(midi))
+    title = caption if len(caption) <= 90 else caption[:87] + "..."
+    roll = piano_roll_png(score, out / "piano_roll.png", title=title or None)
+    wav, note = None, ""
+    if find_soundfont() is None:
+        note = NO_SOUNDFONT
+    else:
+        wav = render_wav(score, out / "amadeus.wav")
+    r = model.last_result
+    figures = {"notes": int(score.note_num()), "generated notes": int(r.notes),
+               "notes/s": round(r.notes_per_s, 1), "seconds": round(r.seconds, 2),
+               "guard interventions": int(r.guard_interventions),
+               "control interventions": int(r.control_interventions)}
+    return Generation(midi, roll, wav, figures, note)
+
+
+def _fresh_dir(root: Path, keep_s: float = 3600.0) -> Path:
+    """A new folder under `root`, after removing those older than `keep_s` (Gradio serves its own copies)."""
+    import shutil
+    import time
+
+    if root.is_dir():
+        for old in root.iterdir():
+            if old.is_dir() and time.time() - old.stat().st_mtime > keep_s:
+                shutil.rmtree(old, ignore_errors=True)
+    return root / uuid.uuid4().hex[:12]
+
+
+def steps_tradeoff(path: str | Path | None = None) -> str:
+    """The measured speed of each S (benchmarks/results/generate.json), or "not measured"."""
+    candidates = [Path(path)] if path else [Path.cwd() / BENCHMARK, Path(__file__).resolve().parents[2] / BENCHMARK]
+    for p in candidates:
+        if p.is_file():
+            try:
+                rows = json.loads(p.read_text())["rows"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            picked = [r for r in rows if r.get("method") == "amadeus" and r.get("batch") == 1
+                      and r.get("size") == "tiny" and r.get("steps")]
+            if picked:
+                speeds = ", ".join(f"S={r['steps']}: {r['notes_per_s']:.0f}" for r in sorted(picked, key=lambda r: r["steps"]))
+                return (f"Measured speed (notes/s, tiny model, {picked[0].get('device', 'cpu')}, one piece): {speeds}. "
+                        "Fewer steps are faster; more steps let each attribute see the others before it is "
+                        "chosen (quality per S: not measured).")
+    return "Speed per S: not measured (run benchmarks/generate.py)."
+
+
+def caption_examples(path: str | Path | None = None, limit: int = 6) -> list[str]:
+    """Up to `limit` captions of a corpus captions file (default: the embedded Bach corpus, if built)."""
+    from amadeus.captions import load_captions
+    from amadeus.corpus import CAPTIONS, default_bach_dir
+
+    p = Path(path) if path else default_bach_dir() / "midi" / CAPTIONS
+    if not p.is_file():
+        return []
+    try:
+        captions = list(dict.fromkeys(load_captions(p).values()))
+    except (OSError, ValueError):
+        return []
+    step = max(1, len(captions) // limit)
+    return captions[::step][:limit]
+
+
+def load_model(model_or_path: Any) -> Any:
+    """An `Amadeus` from a loaded one or a .ckpt / exported-folder path."""
+    from amadeus import Amadeus
+
+    return model_or_path if isinstance(model_or_path, Amadeus) else Amadeus.load(model_or_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# the page
+
+
+def _time_signature_choices(tokenizer: Any) -> list[str]:
+    common = ["4/4", "3/4", "2/4", "6/8", "2/2", "12/8"]
+    known = [f"{n}/{d}" for n, d in tokenizer.config.time_signatures]
+    return [ANY] + [ts for ts in common if ts in known] + [ts for ts in known if ts not in common]
+
+
+def _inputs(gr: Any, model: Any, examples: list[str]) -> list[Any]:
+    """The page's input widgets, in the order of `studio_generate`'s parameters after `model`."""
+    tok = model.tokenizer
+    reads_text = getattr(model.module, "text_encoder", None) is not None
+    with gr.Column(scale=3):
+        caption = gr.Textbox(label="Caption", lines=2, elem_id="caption",
+                             placeholder="e.g. A calm chorale in D minor, 3/4, at 96 bpm, for four voices"
+                             if reads_text else "this model reads no text: leave empty")
+        if examples and reads_text:
+            gr.Examples(examples=[[c] for c in examples], inputs=[caption], label="Captions from the corpus")
+        guidance = gr.Slider(1.0, 6.0, value=1.0, step=0.5, label="Guidance (1 = caption only, higher = follow it more)")
+        instruments = gr.Dropdown(list(INSTRUMENT_CHOICES), value=[], multiselect=True, filterable=True,
+                                  label="Instruments (type to search the General MIDI names; empty = free)")
+        with gr.Row():
+            tempo = gr.Number(value=0, label="Tempo (bpm, 0 = free)", minimum=0, maximum=400)
+            ts = gr.Dropdown(_time_signature_choices(tok), value=ANY, label="Time signature", filterable=True)
+            key = gr.Dropdown(list(KEY_CHOICES), value=ANY, label="Key", filterable=True)
+        with gr.Row():
+            p_lo = gr.Slider(0, 127, value=0, step=1, label="Lowest pitch (MIDI)")
+            p_hi = gr.Slider(0, 127, value=127, step=1, label="Highest pitch (MIDI)")
+        with gr.Row():
+            v_lo = gr.Slider(1, 127, value=1, step=1, label="Softest velocity")
+            v_hi = gr.Slider(1, 127, value=127, step=1, label="Loudest velocity")
+    with gr.Column(scale=2):
+        with gr.Row():
+            unit = gr.Radio(list(LENGTH_UNITS), value="bars", label="Length in")
+            length = gr.Number(value=8, precision=0, label="Length", minimum=1)
+        steps = gr.Slider(1, tok.K, value=max(1, tok.K // 2), step=1, label="Denoising steps S (speed / quality)")
+        gr.Markdown(steps_tradeoff(), elem_id="steps-tradeoff")
+        with gr.Row():
+            temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+        upload = gr.File(label="Your MIDI (optional)", file_types=[".mid", ".midi"], type="filepath")
+        with gr.Row():
+            mode = gr.Radio(list(UPLOAD_MODES), value="continue", label="With the upload")
+            bars = gr.Number(value=2, precision=0, minimum=1, label="Continue from its first N bars")
+        regen = gr.CheckboxGroup(["instrument", "velocity", "pitch", "duration", "tempo", "chord"],
+                                 value=["velocity"], label="Regenerate (instrument = re-orchestrate, "
+                                                           "velocity = re-voice the dynamics)")
+    return [caption, guidance, instruments, tempo, ts, key, p_lo, p_hi, v_lo, v_hi, unit, length, steps,
+            temperature, top_p, seed, upload, mode, bars, regen]
+
+
+def _figures_markdown(gen: Generation) -> str:
+    rows = " | ".join(f"**{k}**: {v}" for k, v in gen.figures.items())
+    return rows + (f"\n\n*Audio: {gen.note}*" if gen.note else "")
+
+
+def build_app(model_or_path: Any, captions: str | Path | None = None) -> Any:
+    """The studio page (a `gr.Blocks`) for a loaded `Amadeus` or a checkpoint path; launch it with
+    `.launch(server_name="127.0.0.1")`. captions: a captions.jsonl for the caption examples."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    model = load_model(model_or_path)
+    reads_text = getattr(model.module, "text_encoder", None) is not None
+
+    def generate(caption: str = "", guidance: float = 1.0, instruments: list[str] | None = None, tempo: float = 0,
+                 time_signature: str = ANY, key: str = ANY, pitch_low: int = 0, pitch_high: int = 127,
+                 velocity_low: int = 1, velocity_high: int = 127, length_unit: str = "bars", length: int = 8,
+                 steps: int = max(1, model.tokenizer.K // 2), temperature: float = 1.0, top_p: float = 0.95,
+                 seed: int = 0, upload: str | None = None, upload_mode: str = "continue", prompt_bars: int = 2,
+                 regenerate: list[str] | None = None, progress: Any = gr.Progress()) -> tuple:
+        """Generate one piece; returns (MIDI file, piano roll PNG, WAV or None, figures)."""
+        progress(0.05, desc="generating")
+        try:
+            gen = studio_generate(model, caption, guidance, instruments or (), tempo, time_signature, key, pitch_low,
+                                  pitch_high, velocity_low, velocity_high, length_unit, length, steps, temperature,
+                                  top_p, seed, upload, upload_mode, prompt_bars,
+                                  ["velocity"] if regenerate is None else regenerate)
+        except StudioError as e:
+            raise gr.Error(str(e)) from None
+        progress(1.0, desc="done")
+        return str(gen.midi), str(gen.piano_roll), None if gen.wav is None else str(gen.wav), _figures_markdown(gen)
+
+    with gr.Blocks(title="Amadeus studio", analytics_enabled=False, delete_cache=(3600, 7200)) as app:
+        gr.Markdown("## Amadeus studio\n" + ("Type a caption, set controls, press **Generate**." if reads_text else
+                    "This model reads no text: set controls and press **Generate**.")
+                    + " Upload a MIDI file to continue it or to re-sample chosen attributes.")
+        with gr.Row():
+            inputs = _inputs(gr, model, caption_examples(captions))
+        button = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Row():
+            midi = gr.File(label="MIDI", elem_id="midi-out")
+            audio = gr.Audio(label="Audio (local soundfont)", type="filepath", elem_id="audio-out")
+        roll = gr.Image(label="Piano roll", type="filepath", elem_id="piano-roll")
+        figures = gr.Markdown(elem_id="figures")
+        button.click(generate, inputs=inputs, outputs=[midi, roll, audio, figures], api_name="generate",
+                     concurrency_limit=1)
+    return app
