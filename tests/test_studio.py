@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
