@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "amadeus"
 MAX_LINES = 80
@@ -167,24 +166,9 @@ def long_functions(max_lines: int = MAX_LINES) -> list[str]:
     return found
 
 
-# Functions in modules that other parts of the restructure rewrite (sampling, controls, tokenizer
-# grammar, preprocess workers/shards); the lead removes this list once those branches are merged.
-PENDING = {"amadeus.controls.parse_controls", "amadeus.preprocess.preprocess", "amadeus.sampling.generate",
-           "amadeus.sampling._run_batch", "amadeus.tokenizer._encode", "amadeus.tokenizer.decode_with_stats"}
-
-
 def test_long_functions_are_found():
     assert any(f.startswith("amadeus.") for f in long_functions(max_lines=5))
 
 
-@pytest.mark.xfail(
-    condition=bool({f.split(" ")[0] for f in long_functions()} & PENDING),
-    reason="library functions over 80 lines in modules other branches rewrite: " + ", ".join(sorted(PENDING)),
-    strict=False)
 def test_no_library_function_over_80_lines():
     assert long_functions() == []
-
-
-def test_no_long_function_outside_the_pending_ones():
-    """Whatever else is over the limit is a real failure now."""
-    assert [f for f in long_functions() if f.split(" ")[0] not in PENDING] == []
