@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from amadeus.cli import main as cli_main
+from amadeus.descriptors import DESCRIPTORS
 from amadeus.evaluate import CLAP_NOT_COMPUTED, diffusion_nll
 from amadeus.grammar import SYNTAX_ERRORS
 from amadeus.metrics import ADHERENCE_METRICS
@@ -103,10 +104,21 @@ def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys)
         assert all(math.isfinite(v) and v >= 0 for v in parts)
         assert nll["nll/total"] == pytest.approx(sum(parts), rel=1e-5) and nll["nll/total"] > 0
 
+    # sample quality: descriptors of both modes and of real training pieces against the held-out ones
+    quality = report["quality"]
+    assert quality["real_pieces"] > 0 and quality["ceiling_pieces"] > 0
+    for key in ("ceiling", "with_text", "without_text"):
+        q = quality[key]
+        assert set(q["oa"]) == set(DESCRIPTORS) == set(q["mean"])
+        assert all(v is None or 0.0 <= v <= 1.0 for v in q["oa"].values())
+        assert 0.0 < q["mean_oa"] <= 1.0
+    assert quality["ceiling"]["real_mean"] == quality["without_text"]["real_mean"]
+
     assert report["clap"] == CLAP_NOT_COMPUTED
     printed = capsys.readouterr().out
     assert CLAP_NOT_COMPUTED in printed and "with text" in printed and "without text" in printed
     assert all(c in printed for c in ADHERENCE_METRICS)
+    assert "sample quality against" in printed and "consonance" in printed
 
 
 def test_nll_matches_a_direct_computation(text_ckpt, tiny_shards):
@@ -177,6 +189,7 @@ def test_unconditional_model_gets_the_baseline_only(trained_tiny, tiny_shards, t
         assert report["adherence"][target]["with_text"] is None
         assert report["adherence"][target]["without_text"]["CTS"] is not None
     assert report["generation"]["without_text"]["notes"] > 0 and report["nll"]["without_text"]["nll/total"] > 0
+    assert report["quality"]["with_text"] is None and report["quality"]["without_text"]["mean_oa"] > 0
     assert "not computed (model has no text encoder)" in capsys.readouterr().out
 
 

@@ -11,6 +11,11 @@ against the features stored with the prompt's source piece (key, tempo, time sig
 instruments, chords: the shard's features JSON) and against the fields the caption states
 (amadeus.captions.parse_caption). A model without a text encoder gets the baseline rows only.
 
+Sample quality (amadeus.descriptors): per-piece descriptors (consonance, scale consistency, polyphony,
+rhythm, range ...) of the generated pieces against the held-out pieces (validation and test splits,
+cut to the same number of rows), as distributions: overlapped area and KL per descriptor, beside the
+real-vs-real ceiling (as many training pieces, same cut, against the same held-out pieces).
+
 Unconditional metrics: the masked-diffusion ELBO per attribute (amadeus.metrics.DiffusionNLL, nats per
 note) on deterministic windows of the split, without text (and with each window's caption when the
 model reads text); syntax-error rate, pitch-class entropy, groove consistency and notes/s of the
@@ -43,6 +48,7 @@ from amadeus.metrics import (
 )
 
 SPLITS = ("train", "validation", "test")
+HELD_OUT = ("validation", "test")  # the real pieces generated music is compared with
 CLAP_NOT_COMPUTED = "CLAP: not computed (needs a local checkpoint, --clap PATH)"
 MODES = ("with_text", "without_text")
 TARGETS = ("features", "caption")
@@ -81,6 +87,19 @@ def read_pieces(data: str | Path, split: str, num: int, tokenizer_hash: str | No
         if len(pieces) >= num:
             break
     return pieces, dm
+
+
+def read_tokens(dm, splits: Sequence[str]) -> list[np.ndarray]:
+    """Token matrices of every piece of `splits` (captioned or not), in shard order."""
+    from amadeus.shards import read_shard
+
+    K = dm.tokenizer.K
+    out: list[np.ndarray] = []
+    for split in splits:
+        for file in dm.files(split, required=False):
+            for flat in read_shard(file, ["tokens"], split=split).column("tokens").to_pylist():
+                out.append(np.asarray(flat, dtype=np.int64).reshape(-1, K))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,6 +153,39 @@ def diffusion_nll(module, windows, *, text: bool, batch_size: int = 8, num_sampl
     out = {k: _num(v) for k, v in metric.compute().items()}
     out.update(windows=len(windows), notes=int(metric.notes), num_samples=num_samples, method=method)
     return out
+
+
+def sample_quality(generated: dict[str, Sequence[np.ndarray]], dm, tokenizer, *, max_notes: int,
+                   seed: int = 0) -> dict[str, Any]:
+    """Descriptors of each mode's generated token matrices against the held-out pieces, and the
+    real-vs-real ceiling; real pieces are cut to the first `max_notes` rows, as generation is.
+
+    Returns {"real_pieces", "ceiling_pieces", "ceiling": compare(...), mode: compare(...) | None};
+    see amadeus.descriptors.compare for the fields (mean_oa, oa, kl, mean, real_mean).
+    """
+    from amadeus.descriptors import compare, describe_set
+
+    def describe(tokens: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return describe_set(tokenizer.decode(t[: max_notes + 1]) for t in tokens)
+
+    held_out = read_tokens(dm, HELD_OUT)
+    if not held_out:
+        return {}
+    train = read_tokens(dm, ("train",))
+    pick = np.random.default_rng(seed).permutation(len(train))[: len(held_out)]
+    real = describe(held_out)
+    out: dict[str, Any] = {"real_pieces": len(held_out), "ceiling_pieces": len(pick),
+                           "ceiling": compare(describe([train[i] for i in pick]), real) if len(pick) else None}
+    for mode, tokens in generated.items():
+        out[mode] = compare(describe(tokens), real) if tokens is not None else None
+    return _finite(out)
+
+
+def _finite(obj: Any) -> Any:
+    """Nested dicts with every nan / inf float replaced by None (JSON numbers only)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    return _num(obj) if isinstance(obj, float) else obj
 
 
 def _generation_report(result, tokenizer) -> dict[str, Any]:
@@ -239,6 +291,8 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
         "adherence": scored["adherence"], "adherence_counts": scored["adherence_counts"],
         "generation": scored["generation"],
         "data_reference": structure_metrics([p["tokens"] for p in pieces], tokenizer),
+        "quality": sample_quality({m: results[m].tokens if m in results else None for m in MODES}, dm, tokenizer,
+                                  max_notes=max_notes, seed=seed),
         "nll": _nll(module, dm, split, nll_windows, nll_length, nll_samples, seed, log),
         "clap": scored["clap"],
         "seconds": round(time.perf_counter() - t0, 2),
@@ -277,6 +331,27 @@ def _cell(v: Any, width: int = 8, digits: int = 1) -> str:
     return ("-" if v is None else f"{v:.{digits}f}").rjust(width)
 
 
+def _quality_table(quality: dict[str, Any]) -> list[str]:
+    """Descriptor means and overlapped areas against the held-out pieces, ceiling beside them."""
+    if not quality:
+        return []
+    from amadeus.descriptors import DESCRIPTORS
+
+    columns = [("ceiling", "real vs real")] + [(m, m.replace("_", " ")) for m in MODES if quality.get(m)]
+    lines = ["", f"sample quality against {quality['real_pieces']} held-out pieces: descriptor mean, and the "
+                 "overlapped area (OA) of its distribution with the held-out one"]
+    lines.append("descriptor".ljust(20) + "held-out".rjust(9)
+                 + "".join(f"{label[:14]:>15}{'OA':>6}" for _, label in columns))
+    for d in DESCRIPTORS:
+        row = d.ljust(20) + _cell(quality["ceiling"]["real_mean"][d], 9, 3)
+        for key, _ in columns:
+            q = quality[key]
+            row += _cell(q["mean"][d], 15, 3) + _cell(q["oa"][d], 6, 2)
+        lines.append(row)
+    lines.append("mean OA".ljust(29) + "".join(" " * 15 + _cell(quality[k]["mean_oa"], 6, 2) for k, _ in columns))
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as plain-text tables."""
     lines = []
@@ -305,6 +380,7 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         lines.append(name.ljust(30) + _cell(r.get("notes_per_s"), 10) + _cell(r["syntax_error_rate"]["any"], 14, 2)
                      + _cell(r["pitch_class_entropy"], 12, 3) + _cell(r["groove_consistency"], 9, 3))
+    lines += _quality_table(report.get("quality") or {})
     nll = report["nll"]
     if nll:
         names = [k.split("/", 1)[1] for k in nll["without_text"] if k.startswith("nll/")]
