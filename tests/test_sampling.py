@@ -103,6 +103,32 @@ def test_revealed_slots_stay_frozen(trained_tiny, monkeypatch):
         assert torch.equal(row[~m_last[0]], t_last[0][~m_last[0]])  # returned as revealed
 
 
+def test_attribute_order_reveals_the_columns_in_order(trained_tiny, monkeypatch):
+    """order="attributes": each step reveals the next masked columns (metric, position, chord, ...),
+    whatever the confidences; a note row with S=4 reveals two columns per step."""
+    model = trained_tiny[0]
+    calls = []
+    real = model.head.logits
+
+    def spy(C, tokens, masked):
+        calls.append(masked.clone())
+        return real(C, tokens, masked)
+
+    monkeypatch.setattr(model.head, "logits", spy)
+    generate(model, 1, max_notes=30, steps=4, seed=0, order="attributes")
+    notes = [calls[i:i + 4] for i in range(0, len(calls) - 3, 4)]
+    assert notes
+    checked = 0
+    for note in notes:
+        for s, (m0, m1) in enumerate(zip(note, note[1:])):
+            newly = (m0 & ~m1)[0].nonzero().flatten().tolist()
+            assert newly == sorted(newly) and newly == list(range(2 * s, 2 * s + 2)), (s, newly)
+            checked += 1
+    assert checked > 0
+    with pytest.raises(ValueError, match="order must be one of"):
+        generate(model, 1, max_notes=4, order="random")
+
+
 @pytest.mark.parametrize("steps", range(1, 9))
 def test_every_step_count_decodes(trained_tiny, untrained, steps):
     tok = trained_tiny[0].tokenizer

@@ -60,6 +60,7 @@ from amadeus.tokenizer import (
     NoteTokenizer,
 )
 
+REVEAL_ORDERS = ("confidence", "attributes")
 REGENERABLE = ("chord", "tempo", "instrument", "pitch", "duration", "velocity")
 _M32 = 0xFFFFFFFF
 
@@ -128,6 +129,10 @@ class SamplingOptions:
     """KV cache; False recomputes the whole sequence at every step (the reference path of the tests)."""
     guards: bool = True
     """Grammar guards (logit masks that keep every row decodable); False: vocabularies and controls only."""
+    order: str = "confidence"
+    """Which masked slots a denoising step reveals: "confidence" (the most confident ones, the paper's
+    sampler) or "attributes" (the next ones in column order: metric, position, chord, tempo, instrument,
+    pitch, duration, velocity, so that e.g. the pitch is drawn knowing the chord)."""
 
     def __post_init__(self) -> None:
         K = len(ATTRIBUTES)
@@ -139,6 +144,8 @@ class SamplingOptions:
             raise ValueError(f"max_bars must be >= 1, got {self.max_bars}")
         if self.min_notes < 0:
             raise ValueError(f"min_notes must be >= 0, got {self.min_notes}")
+        if self.order not in REVEAL_ORDERS:
+            raise ValueError(f"order must be one of {', '.join(REVEAL_ORDERS)}, got {self.order!r}")
         if self.batch_size is not None and self.batch_size < 0:
             raise ValueError(f"batch_size must be >= 0 (0 or None: all pieces at once), got {self.batch_size}")
         _check_settings(*self.per_attribute(ATTRIBUTES))
@@ -297,9 +304,15 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 class _NoteSampler:
     """Samples the next row for a batch of pieces from the head's context C."""
 
-    def __init__(self, head, grammar: Grammar, steps: int, temps, top_p, top_k, guidance: float):
+    def __init__(self, head, grammar: Grammar, steps: int, temps, top_p, top_k, guidance: float,
+                 order: str = "confidence"):
         self.head, self.g, self.steps = head, grammar, steps
         dev = grammar.v.device
+        # added to the confidence (in [0, 2]) when choosing the slots to reveal: 0 = confidence order;
+        # a step of 4 per column = column order, whatever the confidences
+        K = grammar.K
+        rank = torch.arange(K, 0, -1, dtype=torch.float32, device=dev) * 4.0
+        self.priority = rank if order == "attributes" else torch.zeros(K, device=dev)
         self.temps = torch.tensor(temps, dtype=torch.float32, device=dev)
         V = grammar.V
         self.top_k = torch.tensor([int(k) if k > 0 else V for k in top_k], dtype=torch.long, device=dev)
@@ -395,6 +408,7 @@ class _NoteSampler:
                 q = q.clone()
                 q[:, COL_METRIC] = torch.where(masked[:, COL_METRIC], 2.0, q[:, COL_METRIC])
             count = torch.where(s < s_eff, base + (s < extra).long(), torch.zeros_like(base))
+            q = q + self.priority
             newly = confidence_reveal(q, masked, count)
             self._count(raw, allowed, ctrl, newly)
             tok = torch.where(newly, y, tok)
@@ -412,7 +426,7 @@ class _NoteSampler:
         g = self.g
         idx = bad.nonzero().squeeze(1)
         t, mk, nw = tok[idx].clone(), masked[idx], newly[idx]
-        order = q[idx].masked_fill(~nw, -1.0).sort(dim=-1, descending=True, stable=True).indices  # [b, K]
+        order = q[idx].masked_fill(~nw, -1e9).sort(dim=-1, descending=True, stable=True).indices  # [b, K]
         accepted = ~mk  # revealed before this step
         sub_tables = tables.take(idx)
         sub_ctrl = ctrl[idx] if ctrl.shape[0] == tok.shape[0] else ctrl
@@ -561,7 +575,7 @@ def generate(
             num=num, max_notes=max_notes, max_bars=opts.max_bars, min_notes=opts.min_notes,
             steps=opts.steps_for(tokenizer.K), temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
             seed=seed if isinstance(seed, int) else seeds, controls=list(ctl.specs), guidance=opts.guidance,
-            use_cache=opts.use_cache, guards=opts.guards,
+            use_cache=opts.use_cache, guards=opts.guards, order=opts.order,
             text=text if text is None or isinstance(text, str) else list(text)))
         run = _Run.start(backbone, head, tokenizer, ctl, opts, max_notes, tmpl, result)
         return run.sample(prompts, seeds, prefix, prefix_mask)
@@ -661,7 +675,7 @@ class _Run:
         grammar = Grammar(tokenizer, controls, dev, guards=options.guards)
         temps, tps, tks = options.per_attribute(tokenizer.attribute_names)
         sampler = _NoteSampler(head, grammar, options.steps_for(tokenizer.K), temps, tps, tks,
-                               float(options.guidance))
+                               float(options.guidance), options.order)
         if template is not None:
             template = (torch.as_tensor(template[0], device=dev), torch.as_tensor(template[1], device=dev))
         return cls(backbone, head, tokenizer, grammar, sampler, options, max_notes, template, result)
