@@ -360,8 +360,10 @@ class _NoteSampler:
                 self._count(raw, allowed, ctrl, newly)
                 tok[:, COL_METRIC] = torch.where(rev[:, COL_METRIC], tok[:, COL_METRIC], y)
                 rev[:, COL_METRIC] = True
-                # a NEW_BAR_TS row is a note or an empty bar: decided by the position's mass at 0
+                # a NEW_BAR_TS row is a note or an empty bar: decided by the position's mass at 0 given
+                # the metric just drawn (the logits recomputed with it revealed, not the all-masked ones)
                 allowed = g.allowed(tables, ctrl, tok, rev)
+                raw = self.raw_logits(C, tok, ~rev)
                 p0 = filter_probs(raw, allowed, self.temps, self.top_k, self.top_p, self.use_k,
                                   self.use_p)[:, COL_POSITION, 0]
                 zero_ts = ~rev[:, COL_POSITION] & (u[:, 0, COL_POSITION] < p0)
