@@ -48,6 +48,13 @@ def test_each_decoder_trains_samples_and_reloads(decoder, windows, one_thread, t
     with torch.no_grad():
         out = module.shared_step(batch, "val")
     assert out["nll_per_note"] > 0 and ("elbo_per_note" in out) == (decoder == "amadeus")
+    # amadeus evaluate's likelihood: the exact NLL per note equals validation's on the same rows
+    from amadeus.evaluate import diffusion_nll
+    items = [{"notes": n.numpy(), "mask": m.numpy(), "caption": "", "window": i, "worker": 0, "epoch": 0,
+              "split": "validation"} for i, (n, m) in enumerate(zip(notes[:4], mask[:4]))]
+    report = diffusion_nll(module, items, text=False, batch_size=4, num_samples=2)
+    assert report["nll_per_note"] == pytest.approx(float(out["nll_per_note"]), rel=1e-4)
+    assert report["nll/total"] == pytest.approx(report.get("elbo_per_note", report["nll_per_note"]), rel=1e-5)
     res = generate(module, 2, seed=1, max_notes=24, batch_size=1)
     for tok in res.tokens:
         assert_well_formed(module.tokenizer, tok)
