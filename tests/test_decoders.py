@@ -102,3 +102,20 @@ def test_exact_nll_sums_to_one(decoder, one_thread):
         else:
             nll = decoder_ce(backbone, head, notes)[0][:, -1].sum(1)
     assert torch.exp(-nll.double()).sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["amadeus", "nested"])
+def test_lightning_logs_likelihoods_in_nats_per_note(decoder, tiny_shards, tmp_path):
+    from test_module import datamodule, trainer
+
+    module = AmadeusModule(network=ModelConfig(**TINY), decoder=decoder)
+    tr = trainer(tmp_path, 3)
+    tr.fit(module, datamodule=datamodule(tiny_shards))
+    keys = set(tr.callback_metrics)
+    assert {"val/loss", "val/diffusion", "val/nll_per_note"} <= keys
+    assert ("val/elbo_per_note" in keys) == (decoder == "amadeus")
+    per_attr = "masked_ce" if decoder == "amadeus" else "nll"
+    assert f"val/{per_attr}/pitch" in keys and not any(k.startswith("val/nll/") for k in keys if per_attr != "nll")
+    if decoder != "amadeus":  # the chain-rule terms sum to the NLL per note
+        total = sum(float(tr.callback_metrics[f"val/nll/{a}"]) for a in module.tokenizer.attribute_names)
+        assert total == pytest.approx(float(tr.callback_metrics["val/nll_per_note"]), rel=0.05)
