@@ -363,7 +363,8 @@ class _NoteSampler:
                 # a NEW_BAR_TS row is a note or an empty bar: decided by the position's mass at 0 given
                 # the metric just drawn (the logits recomputed with it revealed, not the all-masked ones)
                 allowed = g.allowed(tables, ctrl, tok, rev)
-                raw = self.raw_logits(C, tok, ~rev)
+                if bool(is_ts_change(tok[:, COL_METRIC]).any()):  # the only rows where p0 is used
+                    raw = self.raw_logits(C, tok, ~rev)
                 p0 = filter_probs(raw, allowed, self.temps, self.top_k, self.top_p, self.use_k,
                                   self.use_p)[:, COL_POSITION, 0]
                 zero_ts = ~rev[:, COL_POSITION] & (u[:, 0, COL_POSITION] < p0)
