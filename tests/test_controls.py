@@ -151,12 +151,15 @@ def test_fixed_values_are_revealed_before_the_first_step(trained_tiny, monkeypat
     monkeypatch.setattr(model.head, "logits", spy)
     tempo = 1 + int(TOK.config.tempo_index(np.array([96.0]))[0])
     generate(model, 1, controls=["tempo=96"], max_notes=20, steps=8, seed=0)
-    pre, later = 0, 0
+    pre, later, empty_bar = 0, 0, 0
     for tokens, masked in calls:
         if masked[0, COL_METRIC]:  # the metric pass: everything masked
             assert masked.all()
             pre += 1
+        elif masked[0, 1:].all():  # a time-signature row: "empty bar or note" given the metric only
+            assert tokens[0, COL_METRIC] >= METRIC_TS_OFFSET
+            empty_bar += 1
         elif tokens[0, COL_PITCH] > 0 or masked[0, COL_PITCH]:  # a note row's denoising passes
             assert not masked[0, COL_TEMPO] and tokens[0, COL_TEMPO] == tempo
             later += 1
-    assert pre > 5 and later > 5 * 6
+    assert pre > 5 and later > 5 * 6 and empty_bar >= 1

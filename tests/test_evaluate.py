@@ -103,6 +103,8 @@ def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys)
         parts = [nll[f"nll/{a}"] for a in ATTRIBUTES]
         assert all(math.isfinite(v) and v >= 0 for v in parts)
         assert nll["nll/total"] == pytest.approx(sum(parts), rel=1e-5) and nll["nll/total"] > 0
+        # nats per note: the ELBO (an upper bound) and the exact NLL of the column-order chain rule
+        assert nll["elbo_per_note"] == nll["nll/total"] and nll["nll_per_note"] > 0
 
     # sample quality: descriptors of both modes and of real training pieces against the held-out ones
     quality = report["quality"]
@@ -117,6 +119,7 @@ def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys)
     assert report["clap"] == CLAP_NOT_COMPUTED
     printed = capsys.readouterr().out
     assert CLAP_NOT_COMPUTED in printed and "with text" in printed and "without text" in printed
+    assert "NLL (exact)" in printed and "nats per note" in printed
     assert all(c in printed for c in ADHERENCE_METRICS)
     assert "sample quality against" in printed and "consonance" in printed
 

@@ -27,6 +27,7 @@ from amadeus.sampling import (
 from amadeus.tokenizer import (
     COL_METRIC,
     COL_PITCH,
+    COL_POSITION,
     COL_VELOCITY,
     METRIC_EOS,
     METRIC_SOS,
@@ -356,3 +357,39 @@ def test_text_conditioning_end_to_end():
     np.testing.assert_array_equal(one.tokens[1], again.tokens[0])  # a caption per piece, batched == alone
     with pytest.raises(ValueError, match="2 captions for 3 pieces"):
         generate(module, 3, text=captions)
+
+
+class _PositionStub(torch.nn.Module):
+    """A head whose logits we control: the metric is a time-signature change; position 0 (an empty bar)
+    has probability 0.5 while the metric is masked and 0.05 once it is revealed; position 1 otherwise."""
+
+    def __init__(self, tokenizer: NoteTokenizer):
+        super().__init__()
+        self.sizes = tokenizer.vocab_sizes
+
+    def context(self, z, prefix_states=None, prefix_mask=None):
+        return z[:, None, :].expand(-1, len(self.sizes), -1)
+
+    def logits(self, C, tokens, masked):
+        B = tokens.shape[0]
+        out = [torch.zeros(B, v) for v in self.sizes]
+        out[COL_METRIC][:, METRIC_TS_OFFSET] = 50.0
+        pos = torch.full((B, self.sizes[1]), -1e4)
+        pos[:, 1] = 0.0
+        pos[:, 0] = torch.where(masked[:, COL_METRIC], 0.0, float(np.log(0.05 / 0.95)))
+        out[1] = pos
+        return out
+
+
+@pytest.mark.parametrize("controls", [None, ["instrument=piano"]])
+def test_empty_bar_decided_after_the_metric_is_revealed(untrained, controls):
+    """P(empty bar | NEW_BAR_TS) must be the head's conditional (0.05) with or without controls (one slot
+    per step, so without controls the position is drawn after the metric; with a control the sampler
+    decides the metric first and then "empty bar or note", which must use the logits given that metric)."""
+    model = SimpleNamespace(backbone=untrained.backbone, head=_PositionStub(untrained.tokenizer),
+                            tokenizer=untrained.tokenizer)
+    res = generate(model, 400, max_notes=1, steps=8, top_p=1.0, controls=controls, seed=0)
+    first = np.array([t[1] for t in res.tokens])
+    assert (first[:, COL_METRIC] >= METRIC_TS_OFFSET).all()
+    empty = float((first[:, COL_POSITION] == 0).mean())
+    assert 0.02 < empty < 0.09, empty

@@ -115,7 +115,7 @@ def module_arguments(path: str | Path, hp: dict[str, Any]) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: tokenizer hash {saved_hash} was saved, but this code gives {code_hash} for the same config "
             "(the tokenizer changed since the model was trained: its token ids would mean something else)")
-    return {k: hp[k] for k in ("network", "tokenizer", "text_encoder", "text_max_length") if k in hp}
+    return {k: hp[k] for k in ("network", "tokenizer", "text_encoder", "text_max_length", "decoder") if k in hp}
 
 
 def _names(names: list[str]) -> str:

@@ -46,6 +46,8 @@ from amadeus.metrics import (
     SyntaxErrorRate,
     TextAdherence,
 )
+from amadeus.model.baselines import decoder_ce
+from amadeus.model.diffusion import chain_rule_nll
 
 SPLITS = ("train", "validation", "test")
 HELD_OUT = ("validation", "test")  # the real pieces generated music is compared with
@@ -125,11 +127,16 @@ def structure_metrics(tokens: Sequence[np.ndarray], tokenizer) -> dict[str, Any]
 @torch.no_grad()
 def diffusion_nll(module, windows, *, text: bool, batch_size: int = 8, num_samples: int = 4,
                   method: str = "subsets", seed: int = 0) -> dict[str, Any]:
-    """Masked-diffusion ELBO per attribute (nats per note) over evaluation windows.
+    """Likelihood of the evaluation windows in nats per note: `nll_per_note` (exact) and, for the
+    Amadeus decoder, `elbo_per_note` (the masked-diffusion ELBO, an upper bound) with its terms per
+    attribute as `nll/<attribute>` and `nll/total` (= elbo_per_note).
 
     For each batch the backbone runs once (with the windows' captions as prefix when `text`), the
     head's context once, and `logits_fn(masked)` reruns only the head's denoiser on the real target
-    rows with the chosen slots hidden; amadeus.metrics.DiffusionNLL sums the ELBO terms.
+    rows with the chosen slots hidden; amadeus.metrics.DiffusionNLL sums the ELBO terms. The exact NLL
+    is the chain rule in column order (`amadeus.model.diffusion.chain_rule_nll`: for Amadeus the head
+    read as an autoregressive model revealing one slot at a time, metric first; for the flat, nested
+    and parallel decoders their own factorisation, whose terms are then `nll/<attribute>`).
     """
     from torch.utils.data import DataLoader
 
@@ -138,20 +145,34 @@ def diffusion_nll(module, windows, *, text: bool, batch_size: int = 8, num_sampl
     names = module.tokenizer.attribute_names
     metric = DiffusionNLL(names, num_samples=num_samples, method=method, seed=seed)
     dev = next(module.parameters()).device
+    diffusion = getattr(module, "decoder", "amadeus") == "amadeus"
+    exact = torch.zeros(len(names), dtype=torch.float64)
     module.eval()
     for batch in DataLoader(windows, batch_size=batch_size, shuffle=False, collate_fn=collate_windows):
         notes, mask = batch["notes"].to(dev), batch["mask"].to(dev)  # [B, T+1, K], [B, T+1]
         inputs, targets = notes[:, :-1], notes[:, 1:]  # [B, T, K]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T]: the same rows training scores
         prefix, prefix_mask = module.encode_text(list(batch["caption"])) if text else (None, None)
+        tv = targets[valid]  # [N, K]
+        if not diffusion:
+            exact += decoder_ce(module.backbone, module.head, notes, prefix, prefix_mask)[0][valid].sum(0).cpu().double()
+            metric.notes += len(tv)
+            continue
         z = module.backbone(inputs, prefix=prefix, prefix_mask=prefix_mask).z  # [B, T, d]
         C = module.head.context(z, prefix, prefix_mask)[valid]  # [N, K, w]
-        tv = targets[valid]  # [N, K]
         metric.update(lambda masked: module.head.logits(C, tv, masked), tv)
+        exact += chain_rule_nll(lambda masked: module.head.logits(C, tv, masked), tv).sum(0).cpu().double()
     if not len(windows):
         return {}
-    out = {k: _num(v) for k, v in metric.compute().items()}
-    out.update(windows=len(windows), notes=int(metric.notes), num_samples=num_samples, method=method)
+    notes_seen = max(1, int(metric.notes))
+    if diffusion:
+        out = {k: _num(v) for k, v in metric.compute().items()}
+        out.update(elbo_per_note=out["nll/total"], num_samples=num_samples, method=method)
+    else:
+        out = {f"nll/{name}": _num(exact[i] / notes_seen) for i, name in enumerate(names)}
+        out["nll/total"] = _num(exact.sum() / notes_seen)
+    out.update(nll_per_note=_num(exact.sum() / notes_seen), nll_order="column", windows=len(windows),
+               notes=int(metric.notes))
     return out
 
 
@@ -386,13 +407,20 @@ def format_report(report: dict[str, Any]) -> str:
         names = [k.split("/", 1)[1] for k in nll["without_text"] if k.startswith("nll/")]
         lines.append("")
         first = nll["without_text"]
-        lines.append(f"diffusion ELBO, nats per note ({first.get('windows', 0)} windows, "
+        kind = "diffusion ELBO" if "elbo_per_note" in first else "exact NLL (chain rule, column order)"
+        lines.append(f"{kind} per attribute, nats per note ({first.get('windows', 0)} windows, "
                      f"{first.get('notes', 0)} notes)")
         lines.append("".ljust(14) + "".join(c[:8].rjust(9) for c in names))
         for mode in ("without_text", "with_text"):
             r = nll.get(mode)
             if r:
                 lines.append(mode.replace("_", " ").ljust(14) + "".join(_cell(r[f"nll/{c}"], 9, 3) for c in names))
+        lines.append("likelihood, nats per note".ljust(30) + "NLL (exact)".rjust(12) + "ELBO".rjust(9))
+        for mode in ("without_text", "with_text"):
+            r = nll.get(mode)
+            if r:
+                lines.append(mode.replace("_", " ").ljust(30) + _cell(r.get("nll_per_note"), 12, 3)
+                             + _cell(r.get("elbo_per_note"), 9, 3))
     lines.append("")
     clap = report["clap"]
     if isinstance(clap, str):

@@ -373,8 +373,11 @@ class _NoteSampler:
                 self._count(raw, allowed, ctrl, newly)
                 tok[:, COL_METRIC] = torch.where(rev[:, COL_METRIC], tok[:, COL_METRIC], y)
                 rev[:, COL_METRIC] = True
-                # a NEW_BAR_TS row is a note or an empty bar: decided by the position's mass at 0
+                # a NEW_BAR_TS row is a note or an empty bar: decided by the position's mass at 0 given
+                # the metric just drawn (the logits recomputed with it revealed, not the all-masked ones)
                 allowed = g.allowed(tables, ctrl, tok, rev)
+                if bool(is_ts_change(tok[:, COL_METRIC]).any()):  # the only rows where p0 is used
+                    raw = self.raw_logits(C, tok, ~rev)
                 p0 = filter_probs(raw, allowed, self.temps, self.top_k, self.top_p, self.use_k,
                                   self.use_p)[:, COL_POSITION, 0]
                 zero_ts = ~rev[:, COL_POSITION] & (u[:, 0, COL_POSITION] < p0)
@@ -447,6 +450,44 @@ class _NoteSampler:
         out = tok.clone()
         out[idx] = t
         return out
+
+
+class _ARNoteSampler(_NoteSampler):
+    """The autoregressive decoders (flat, nested, parallel): the attributes of a row are drawn one at a
+    time in column order, each from its logits given the attributes already drawn (`head.attribute_logits`),
+    with the grammar guards and controls applied as an allowed-value mask before each draw (`Grammar.allowed`
+    given the decided slots; the controls of the row's bar once the metric is known). Attribute k uses the
+    uniform of lane (pass 1, slot k); temperature / top-k / top-p per attribute as for Amadeus."""
+
+    def sample(self, C: torch.Tensor, tables: NoteTables, ctrl_static: torch.Tensor, bar: torch.Tensor,
+               tok: torch.Tensor, rev: torch.Tensor, u: torch.Tensor, advance=None) -> torch.Tensor:
+        """One row per piece; `advance(tok[:, :k + 1]) -> C` feeds the drawn attributes to a flat backbone."""
+        g = self.g
+        B, K = tok.shape
+        tok, rev = tok.clone(), rev.clone()
+        ctrl = ctrl_static
+        for k in range(K):
+            lg = self.head.attribute_logits(C, torch.cat([tok, tok]) if C.shape[0] == 2 * B else tok, k).float()
+            if C.shape[0] == 2 * B:
+                lg = lg[B:] + self.guidance * (lg[:B] - lg[B:])
+            self.passes += 1
+            raw = lg.new_full((B, 1, g.V), float("-inf"))
+            raw[:, 0, : lg.shape[-1]] = lg
+            allowed = g.allowed(tables, ctrl, tok, rev)[:, k: k + 1]
+            probs = filter_probs(raw, allowed, self.temps[k: k + 1], self.top_k[k: k + 1], self.top_p[k: k + 1],
+                                 self.use_k, self.use_p)
+            y, _ = draw(probs[:, 0], u[:, 1, k])
+            am = lg.argmax(-1)
+            forbidden = ~allowed[:, 0].gather(1, am[:, None]).squeeze(1)
+            by_control = ~ctrl[:, k].gather(1, am[:, None]).squeeze(1) & (am > 0) & (k >= 2)
+            self.control_count += (forbidden & by_control).sum()
+            self.guard_count += (forbidden & ~by_control).sum()
+            tok[:, k], rev[:, k] = y, True
+            if k == COL_METRIC:  # the row's bar is known now: its controls apply
+                ctrl = g.row_controls(bar + g.starts_bar[y.clamp(0, g.Vm - 1)].long())
+            if advance is not None and k < K - 1:
+                C = advance(tok[:, : k + 1])
+        return tok
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,6 +602,11 @@ def generate(
         raise ValueError("guidance needs a text or a prefix to guide towards")
     prompts = _prompts(prompt, num, tokenizer)
     max_notes, tmpl = opts.max_notes, None
+    decoder = getattr(model, "decoder", "amadeus")
+    if template is not None and hasattr(head, "attribute_logits"):
+        raise ValueError(f"regenerate is not supported by the {decoder!r} decoder: it draws the attributes "
+                         "left to right and cannot condition on the kept attributes that come later; use a "
+                         "model trained with decoder='amadeus'")
     if template is not None:
         tmpl = _template(template, tokenizer, regenerate, regenerate_rows)
         prompts = [tokenizer.sos_row()[None]] * num
@@ -575,7 +621,7 @@ def generate(
             num=num, max_notes=max_notes, max_bars=opts.max_bars, min_notes=opts.min_notes,
             steps=opts.steps_for(tokenizer.K), temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
             seed=seed if isinstance(seed, int) else seeds, controls=list(ctl.specs), guidance=opts.guidance,
-            use_cache=opts.use_cache, guards=opts.guards, order=opts.order,
+            use_cache=opts.use_cache, guards=opts.guards, order=opts.order, decoder=decoder,
             text=text if text is None or isinstance(text, str) else list(text)))
         run = _Run.start(backbone, head, tokenizer, ctl, opts, max_notes, tmpl, result)
         return run.sample(prompts, seeds, prefix, prefix_mask)
@@ -674,8 +720,9 @@ class _Run:
         dev = next(backbone.parameters()).device
         grammar = Grammar(tokenizer, controls, dev, guards=options.guards)
         temps, tps, tks = options.per_attribute(tokenizer.attribute_names)
-        sampler = _NoteSampler(head, grammar, options.steps_for(tokenizer.K), temps, tps, tks,
-                               float(options.guidance), options.order)
+        kind = _ARNoteSampler if hasattr(head, "attribute_logits") else _NoteSampler
+        sampler = kind(head, grammar, options.steps_for(tokenizer.K), temps, tps, tks,
+                       float(options.guidance), options.order)
         if template is not None:
             template = (torch.as_tensor(template[0], device=dev), torch.as_tensor(template[1], device=dev))
         return cls(backbone, head, tokenizer, grammar, sampler, options, max_notes, template, result)
@@ -717,7 +764,8 @@ class _Batch:
         B, K = len(prompts), run.tokenizer.K
         lens = torch.tensor([len(p) for p in prompts], device=dev)
         self.P = P = int(lens.max())
-        self.cap_rows = run.backbone.cfg.max_notes
+        self.cap_rows = getattr(run.backbone, "max_rows", run.backbone.cfg.max_notes)
+        self.flat = hasattr(run.backbone, "step")  # one backbone step per attribute (the flat decoder)
         if P > self.cap_rows:
             raise ValueError(f"prompt of {P} rows exceeds the model's max_notes={self.cap_rows}")
         total = P + run.max_notes + 1
@@ -762,12 +810,24 @@ class _Batch:
         """z [A(x2), d] at the last filled column for the running pieces (the whole prompt if `first`)."""
         backbone, ids, col = self.run.backbone, self.ids, self.col
         if self.cache is not None and not first:
+            if self.flat:  # the row's other attributes went in while it was drawn (`_advance`)
+                return backbone.step(self._rows2(self.buf[ids, col - 1, -1]), self.buf.shape[-1] - 1, self.cache)
             return backbone(self._rows2(self.buf[ids, col - 1: col]), cache=self.cache).z[:, -1]
         notes, nm = self._rows2(self.buf[ids, :col]), self._rows2(self.valid[ids, :col])
         p, pm = self._conditioning()
         out = backbone(notes, prefix=p, prefix_mask=pm, cache=self.cache,
                        notes_mask=None if bool(nm.all()) else nm)
         return out.z[:, -1]
+
+    def _advance(self, partial: torch.Tensor) -> torch.Tensor:
+        """Flat decoder: z [A(x2), d] after the first j attributes `partial` [A, j] of the row being drawn."""
+        backbone, ids, col = self.run.backbone, self.ids, self.col
+        if self.cache is not None:
+            return backbone.step(self._rows2(partial[:, -1]), partial.shape[1] - 1, self.cache)
+        notes, nm = self._rows2(self.buf[ids, :col]), self._rows2(self.valid[ids, :col])
+        p, pm = self._conditioning()
+        return backbone(notes, prefix=p, prefix_mask=pm, notes_mask=None if bool(nm.all()) else nm,
+                        partial=self._rows2(partial)).z[:, -1]
 
     def _fixed_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots fixed before the first denoising step (tok, revealed) [A, K]: the template's kept slots."""
@@ -788,6 +848,8 @@ class _Batch:
         tables = run.grammar.note_tables(state, self.min_rows)
         tok, rev = self._fixed_slots()
         ctrl = run.grammar.ctrl_static.expand(len(self.ids), -1, -1)
+        if self.flat:
+            return run.sampler.sample(C, tables, ctrl, state.bar, tok, rev, u, advance=self._advance)
         return run.sampler.sample(C, tables, ctrl, state.bar, tok, rev, u)
 
     def _append(self, row: torch.Tensor) -> torch.Tensor:

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from amadeus.theory import GM_PROGRAM_NAMES
+from amadeus.theory import GM_PROGRAM_NAMES, MAJOR_TONICS, MINOR_TONICS
 
 DRUMS = "Drums"
 INSTRUMENT_CHOICES = (*GM_PROGRAM_NAMES, DRUMS)
-PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-KEY_CHOICES = ("any", *(f"{p} major" for p in PITCH_NAMES), *(f"{p} minor" for p in PITCH_NAMES))
+KEY_CHOICES = ("any", *(f"{p} major" for p in MAJOR_TONICS), *(f"{p} minor" for p in MINOR_TONICS))
 ANY = "any"
 LENGTH_UNITS = ("bars", "notes")
 UPLOAD_MODES = ("continue", "regenerate")

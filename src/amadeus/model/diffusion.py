@@ -9,7 +9,7 @@ confident masked ones (`confidence_reveal`); revealed slots stay frozen.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,3 +107,31 @@ def confidence_reveal(
     count = torch.as_tensor(count, device=key.device)
     count = count[..., None] if count.dim() == 1 else count
     return (rank < count) & still_masked.bool()
+
+
+def chain_rule_nll(
+    logits_fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    targets: torch.Tensor,
+    order: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Exact NLL terms of the head read as an autoregressive model over the K slots in a fixed order.
+
+    Step i reveals slot order[i]: its term is -log p(y_order[i] | slots order[:i] revealed, the others
+    masked), one head pass (`logits_fn(masked [N, K]) -> K logits [N, V_k]`) per step. The product of
+    the K conditionals is a proper distribution over the note (the one a sampler draws from at S=K with
+    this reveal order), so the sum of the terms is its exact NLL. order: None = column order
+    (metric, position, chord, tempo, instrument, pitch, duration, velocity: metric first, like the
+    sampler). targets [N, K] -> terms [N, K] (column k holds attribute k's term).
+    """
+    N, K = targets.shape
+    order = list(range(K)) if order is None else [int(k) for k in order]
+    if sorted(order) != list(range(K)):
+        raise ValueError(f"order must be a permutation of 0..{K - 1}, got {order}")
+    masked = torch.ones(N, K, dtype=torch.bool, device=targets.device)
+    terms = torch.zeros(N, K, dtype=torch.float32, device=targets.device)
+    for k in order:
+        logits = logits_fn(masked)[k]
+        terms[:, k] = F.cross_entropy(logits.float(), targets[:, k], reduction="none")
+        masked = masked.clone()
+        masked[:, k] = False
+    return terms
