@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from filelock import FileLock
@@ -466,11 +466,13 @@ def _load(name: str, data: bytes):
         raise SkipFile(f"unreadable MIDI ({e})") from None
 
 
-def encode_file(task: tuple[str, str | None, bytes | None, str | None]) -> dict[str, Any]:
-    """(name, path, bytes or None, caption or None) -> one shard row (tokens flattened as int16)."""
+def encode_file(task: tuple) -> dict[str, Any]:
+    """(name, path, bytes or None, caption or None[, split or None]) -> one shard row (tokens flattened
+    as int16); the split comes from the content hash unless the task names one."""
     from amadeus.features import extract_features
 
-    name, path, data, caption = task
+    name, path, data, caption = task[:4]
+    forced_split = task[4] if len(task) > 4 else None
     tokenizer: NoteTokenizer = _STATE["tokenizer"]
     if data is None:
         try:
@@ -503,7 +505,7 @@ def encode_file(task: tuple[str, str | None, bytes | None, str | None]) -> dict[
         "n_notes": n_notes,
         "caption": caption,
         "features": json.dumps(features, sort_keys=True, default=_json_default),
-        "split": split_of(piece_id, _STATE["val"], _STATE["test"]),
+        "split": forced_split or split_of(piece_id, _STATE["val"], _STATE["test"]),
         "tokenizer_hash": tokenizer.config_hash,
         "stats": stats.as_dict(),
     }
@@ -636,7 +638,7 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
                captions: str | os.PathLike | dict[str, str] | None = None, workers: int | None = None,
                tokenizer: NoteTokenizer | None = None, shard_size: int = 1000, val_fraction: float = 0.05,
                test_fraction: float = 0.05, auto_captions: bool = True, timeout: float | None = 120.0,
-               progress: bool = True) -> PreprocessReport:
+               progress: bool = True, splits: Mapping[str, str] | None = None) -> PreprocessReport:
     """Tokenize every MIDI file of SRC into OUT/shards/*.parquet and write OUT/manifest.json.
 
     captions: a MidiCaps JSON/JSONL file (or a {location: caption} dict); files it does not cover get
@@ -644,6 +646,9 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
     workers: worker processes (default: the usable CPU cores); 0 encodes in this process (no crash
         isolation; for profiling).
     timeout: seconds one file may take before its worker is killed and the file skipped.
+    splits: {location: "train" | "validation" | "test"} (matched like captions) overriding the content
+        hash, so that a corpus can keep related files (the same tune twice) in one split and give
+        every style its test share.
     """
     t0 = time.perf_counter()
     tokenizer = tokenizer or NoteTokenizer()
@@ -664,6 +669,11 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
     else:
         caption_map, caption_tag = {}, None
     index = CaptionIndex(caption_map)
+    bad = sorted({v for v in (splits or {}).values()} - set(SPLITS))
+    if bad:
+        raise ValueError(f"splits: unknown split name(s) {bad}; use {', '.join(SPLITS)}")
+    split_index = CaptionIndex(dict(splits)) if splits else None
+    split_tag = hashlib.sha1(json.dumps(splits, sort_keys=True).encode()).hexdigest() if splits else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(out / ".lock"):  # one writer per OUT: a concurrent run waits, then reuses the shards
@@ -671,6 +681,8 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
         shard_dir.mkdir(parents=True, exist_ok=True)
         options = {"format": SHARD_FORMAT, "tokenizer_hash": tokenizer.config_hash, "captions": caption_tag,
                    "auto_captions": auto_captions, "val": val_fraction, "test": test_fraction}
+        if split_tag is not None:  # only when given: shards of earlier runs keep their keys
+            options["splits"] = split_tag
 
         n_shards = (len(entries) + shard_size - 1) // shard_size
         shard_entries = [entries[s * shard_size:(s + 1) * shard_size] for s in range(n_shards)]
@@ -696,7 +708,9 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
 
         def payloads() -> Iterator[tuple[tuple[int, int, str], tuple]]:
             for e, data in _read_payloads([e for s in todo for e in shard_entries[s]]):
-                yield (*where[e], e.name), (e.name, e.path, data, index.lookup(e.name) if len(index) else None)
+                caption = index.lookup(e.name) if len(index) else None
+                yield (*where[e], e.name), (e.name, e.path, data, caption,
+                                            split_index.lookup(e.name) if split_index is not None else None)
 
         workers = default_workers() if workers is None else workers
         todo_files = len(where)
