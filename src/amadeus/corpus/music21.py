@@ -39,6 +39,7 @@ import random
 import re
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -47,6 +48,7 @@ from amadeus.corpus.common import CAPTIONS, STAMP, _read_stamp, _write_jsonl, _w
 
 MUSIC21_FORMAT = 1  # bump when the conversion changes: cached corpora are rebuilt
 MUSIC21_SHARD_SIZE = 500
+PIECES = "pieces.txt"
 TEST_MIN_SHARE = 0.03  # every style keeps at least this share of its pieces in the test split
 VOICE, VIOLIN, VIOLA, CELLO, PICCOLO = 53, 40, 41, 42, 72
 POLYPHONY_TEMPO = 120.0
@@ -126,8 +128,8 @@ def split_abc(text: str) -> list[str]:
     """The tunes of an ABC file, each starting at its `X:` line, with the file header's fields.
 
     Fields before the first `X:` (the file header: L:, M:, Q:, R:, O:, %%MIDI ...) apply to every
-    tune; they are inserted after each tune's `X:` line, where its own fields override them. A `K:`
-    in the file header would end the tune header early and is left out.
+    tune that does not set them itself; they are inserted after its `X:` line. A `K:` in the file
+    header would end the tune header early and is left out.
     """
     parts = re.split(r"(?m)^(?=X:)", text.replace("\r\n", "\n").replace("\r", "\n"))
     header = [ln for ln in parts[0].splitlines()
@@ -137,7 +139,9 @@ def split_abc(text: str) -> list[str]:
         if not part.strip():
             continue
         first, _, rest = part.partition("\n")
-        tunes.append("\n".join([first, *header, rest]) if header else part)
+        own = set(abc_fields(part))
+        inherited = [ln for ln in header if ln.startswith("%%") or ln[0] not in own]
+        tunes.append("\n".join([first, *inherited, rest]) if inherited else part)
     return tunes
 
 
@@ -536,6 +540,11 @@ class Music21Report:
         return self.out_dir / CAPTIONS
 
     @property
+    def pieces_list(self) -> Path:
+        """OUT/pieces.txt: the MIDI files of this build (OUT may hold other collections too)."""
+        return self.out_dir / PIECES
+
+    @property
     def fidelity(self) -> float:
         """Percent of all notes that survive the tokenizer's encode -> decode exactly."""
         exact = sum(s["exact"] for s in self.styles.values())
@@ -583,15 +592,17 @@ def _config(collections: Sequence[str], corpus_dir: Path | None) -> dict[str, An
 def _cached(out: Path, config: dict[str, Any], version: str, t0: float) -> Music21Report | None:
     stamp = _read_stamp(out / STAMP)
     if not stamp or stamp.get("music21") != version or stamp.get("config") != config \
-            or not (out / CAPTIONS).is_file() or not all((out / n).is_file() for n in stamp["locations"]):
+            or not (out / CAPTIONS).is_file() or not (out / PIECES).is_file() \
+            or not all((out / n).is_file() for n in stamp["locations"]):
         return None
     return Music21Report(out, config["collections"], stamp["pieces"], stamp["notes"], stamp["styles"],
                          stamp["skipped"], version, time.perf_counter() - t0, cached=True)
 
 
-def _convert_all(tasks: list[tuple[str, dict[str, Any]]], workers: int, timeout: float,
-                 progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Run convert_piece over the tasks in worker processes: (records, skipped)."""
+def _convert_all(tasks: list[tuple[str, dict[str, Any]]], workers: int, timeout: float, progress: bool,
+                 desc: str = "music21 corpus") -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Run convert_piece over the tasks in worker processes (workers=0: in this process, no timeout):
+    (records, skipped)."""
     from tqdm.auto import tqdm
 
     from amadeus.preprocess import WorkerPool
@@ -599,10 +610,10 @@ def _convert_all(tasks: list[tuple[str, dict[str, Any]]], workers: int, timeout:
     meta = {loc: task for loc, task in tasks}
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    with tqdm(total=len(tasks), unit="piece", desc="music21 corpus", disable=not progress, mininterval=0.5,
+    with tqdm(total=len(tasks), unit="piece", desc=desc, disable=not progress, mininterval=0.5,
               dynamic_ncols=True) as bar:
-        with WorkerPool(convert_piece, workers, timeout=timeout) as pool:
-            for key, ok, result in pool.imap_unordered(tasks):
+        with WorkerPool(convert_piece, workers, timeout=timeout) if workers else nullcontext() as pool:
+            for key, ok, result in (pool.imap_unordered(tasks) if workers else _inline(tasks)):
                 if ok:
                     records.append(result)
                 else:
@@ -614,13 +625,43 @@ def _convert_all(tasks: list[tuple[str, dict[str, Any]]], workers: int, timeout:
     return records, skipped
 
 
+def _collection(name: str, root: Path, out: Path, config: dict[str, Any], version: str, workers: int,
+                timeout: float, progress: bool) -> dict[str, Any]:
+    """Records and skipped pieces of one collection, from its stamp OUT/<name>/collection.json when
+    that matches, else converted (and stamped)."""
+    import json
+
+    stamp_path = out / name / "collection.json"
+    key = {"music21": version, "format": MUSIC21_FORMAT, "corpus_dir": config["corpus_dir"]}
+    cached = _read_stamp(stamp_path)
+    if cached and cached.get("key") == key and all((out / r["location"]).is_file() for r in cached["records"]):
+        return cached
+    tasks = list_tasks([name], root, out)
+    records, skipped = _convert_all(tasks, min(workers, max(1, len(tasks))), timeout, progress, name)
+    done = {"key": key, "records": records, "skipped": skipped}
+    stamp_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stamp_path.with_name(stamp_path.name + ".tmp")
+    tmp.write_text(json.dumps(done, default=str))
+    os.replace(tmp, stamp_path)
+    return done
+
+
+def _inline(tasks: Iterable[tuple[str, dict[str, Any]]]) -> Iterable[tuple[str, bool, Any]]:
+    for key, task in tasks:
+        try:
+            yield key, True, convert_piece(task)
+        except Exception as e:  # noqa: BLE001 - SkipFile and any other failure cost only this piece
+            yield key, False, str(e) or type(e).__name__
+
+
 def build_music21_corpus(out_dir: str | os.PathLike | None = None, collections: Sequence[str] | None = None,
                          workers: int | None = None, timeout: float = 120.0, progress: bool = True,
                          corpus_dir: str | os.PathLike | None = None) -> Music21Report:
     """Convert the music21 collections to OUT/<collection>/*.mid + captions.jsonl + corpus.json.
 
     out_dir: default default_music21_dir()/"midi"; collections: names of MUSIC21_COLLECTIONS (default
-    DEFAULT_COLLECTIONS); workers: processes (default: CPU cores); timeout: seconds per piece;
+    DEFAULT_COLLECTIONS); workers: processes (default: CPU cores; 0: convert in this process, for
+    tests and profiling); timeout: seconds per piece;
     corpus_dir: another folder laid out like music21's corpus (tests). Cached by the stamp: a second
     call with the same music21 version and options returns at once. Raises ValueError for an unknown
     collection name.
@@ -641,17 +682,21 @@ def build_music21_corpus(out_dir: str | os.PathLike | None = None, collections: 
         return hit
     out.mkdir(parents=True, exist_ok=True)
     root = Path(corpus_dir) if corpus_dir is not None else music21_corpus_dir()
-    tasks = list_tasks(names, root, out)
-    tasks.sort(key=lambda t: t[1]["kind"] == "abc")  # slow scores first, so that they do not trail at the end
-    n_workers = min(default_workers() if workers is None else max(1, workers), max(1, len(tasks)))
-    records, skipped = _convert_all(tasks, n_workers, timeout, progress)
+    records, skipped = [], []
+    n_workers = default_workers() if workers is None else max(0, workers)
+    for name in names:  # one collection at a time, each cached: an interrupted build keeps what it finished
+        done = _collection(name, root, out, config, music21.__version__, n_workers, timeout, progress)
+        records += done["records"]
+        skipped += done["skipped"]
+    records.sort(key=lambda r: r["location"])
     split = assign_splits(records)
     _write_jsonl(out / CAPTIONS, [{**{k: v for k, v in r.items() if not k.startswith("_")},
                                    "split": split[r["location"]]} for r in records])
     kept = {r["location"] for r in records}
-    for stale in out.rglob("*.mid"):  # from an earlier, larger build
+    for stale in (p for name in names for p in (out / name).rglob("*.mid")):  # from an earlier build
         if stale.relative_to(out).as_posix() not in kept:
             stale.unlink()
+    (out / PIECES).write_text("".join(f"{loc}\n" for loc in sorted(kept)))  # what preprocess reads
     styles = _style_stats(records, skipped, split)
     notes = sum(s["notes"] for s in styles.values())
     report = Music21Report(out, names, len(records), notes, styles, skipped, music21.__version__,
@@ -671,7 +716,7 @@ def build_music21_shards(root: str | os.PathLike | None = None, collections: Seq
 
     root = Path(root) if root is not None else default_music21_dir()
     report = build_music21_corpus(root / "midi", collections, workers, timeout, progress, corpus_dir)
-    pre = preprocess(report.out_dir, root / "shards", captions=report.captions, splits=report.splits(),
+    pre = preprocess(report.pieces_list, root / "shards", captions=report.captions, splits=report.splits(),
                      workers=workers, shard_size=MUSIC21_SHARD_SIZE, timeout=timeout, progress=progress)
     return report, pre
 
