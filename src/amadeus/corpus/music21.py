@@ -421,7 +421,7 @@ def _load_music21(path: str, meta: dict[str, Any]):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m21 = converter.parse(path)
-    marks = [m for m in m21.recurse().getElementsByClass(tempo.MetronomeMark) if m.number]
+    marks = [m for m in m21.recurse().getElementsByClass(tempo.MetronomeMark) if m.number or m.numberSounding]
     md = m21.metadata
     if md is not None:
         meta["title"] = md.title or md.movementName or meta["title"]
