@@ -10,13 +10,14 @@ from amadeus.corpus.bach import (BACH_SHARD_SIZE, CORPUS_FORMAT, CorpusReport, C
                                  corpus_statistics, default_bach_dir, ensure_bach_shards, midi_name,
                                  music21_to_score, run)
 from amadeus.corpus.common import CAPTIONS, STAMP, cache_root
-from amadeus.corpus.music21 import (MUSIC21_COLLECTIONS, Music21Report, build_music21_corpus,
-                                    default_music21_dir, ensure_music21_shards, format_music21_report)
+from amadeus.corpus.music21 import (DEFAULT_COLLECTIONS, MUSIC21_COLLECTIONS, Music21Report, build_music21_corpus,
+                                    build_music21_shards, default_music21_dir, ensure_music21_shards,
+                                    format_music21_report)
 
 __all__ = [
-    "BACH_SHARD_SIZE", "CAPTIONS", "CORPUS_FORMAT", "CorpusReport", "CorpusStats", "MUSIC21_COLLECTIONS",
-    "Music21Report", "STAMP", "add_arguments", "bach_chorale_paths", "build_bach_corpus",
-    "build_music21_corpus", "cache_root", "chorale_to_score", "convert_chorale", "corpus_statistics",
+    "BACH_SHARD_SIZE", "CAPTIONS", "CORPUS_FORMAT", "CorpusReport", "CorpusStats", "DEFAULT_COLLECTIONS",
+    "MUSIC21_COLLECTIONS", "Music21Report", "STAMP", "add_arguments", "bach_chorale_paths", "build_bach_corpus",
+    "build_music21_corpus", "build_music21_shards", "cache_root", "chorale_to_score", "convert_chorale", "corpus_statistics",
     "default_bach_dir", "default_music21_dir", "ensure_bach_shards", "ensure_music21_shards",
     "format_music21_report", "midi_name", "music21_to_score", "run",
 ]
