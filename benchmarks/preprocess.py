@@ -197,7 +197,7 @@ def per_core_rows(name: str, files: list[Path], baseline_files: list[Path]) -> l
         return tok.encode_with_stats(symusic.Score.from_midi(f.read_bytes()))
 
     def to_row(f: Path):
-        return pp.encode_file((f.name, str(f), None, None))
+        return pp.encode_file((f.name, str(f), None, None, None))
 
     for f in files[:3]:  # warm up imports and caches
         tokenize(f), to_row(f)

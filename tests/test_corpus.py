@@ -63,7 +63,7 @@ def _bar_lines(score) -> set[int]:
 def test_midi_bar_lines_match_the_score(name):
     from music21 import corpus as m21corpus
 
-    from amadeus.corpus import _pickup_quarters
+    from amadeus.corpus.bach import _pickup_quarters
 
     path = next(p for p in bach_chorale_paths() if midi_name(p) == f"{name}.mid")
     with warnings.catch_warnings():

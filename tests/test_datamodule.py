@@ -246,6 +246,24 @@ def test_default_data_is_the_embedded_corpus(shards, monkeypatch):
     assert calls == [1, 1] and dm.files("train")[0].startswith(str(shards))
 
 
+def test_corpus_music21_selects_the_music21_shards(shards, monkeypatch):
+    import amadeus.corpus
+
+    calls = []
+    monkeypatch.setenv("AMADEUS_CACHE", str(shards.parent / "empty-cache-m21"))
+    monkeypatch.setattr(amadeus.corpus, "ensure_music21_shards", lambda *a, **k: calls.append(1) or shards)
+    monkeypatch.setattr(amadeus.corpus, "ensure_bach_shards", lambda *a, **k: pytest.fail("not the Bach corpus"))
+    dm = MusicDataModule(max_notes=T, num_workers=0, corpus="music21")
+    assert dm.tokenizer.K == 8 and calls == [1]
+    dm.prepare_data()
+    assert calls == [1, 1] and dm.files("train")[0].startswith(str(shards))
+    with pytest.raises(ValueError, match="corpus"):
+        MusicDataModule(corpus="nope")
+    given = MusicDataModule(data_dir=str(shards), corpus="music21", max_notes=T, num_workers=0)  # data_dir wins
+    given.prepare_data()
+    assert calls == [1, 1] and given.files("train")[0].startswith(str(shards))
+
+
 def test_lightning_checkpoint_resumes_the_stream(shards, tmp_path):
     import lightning as L
 

@@ -165,7 +165,7 @@ def test_unsupported_time_signatures_are_replaced_and_counted():
     assert TOK.fidelity(score).percent == 100.0
 
 
-def test_off_grid_zero_and_long_notes_are_counted_not_dropped():
+def test_off_grid_and_long_notes_are_counted_zero_length_notes_dropped():
     q = 480
     notes = [(0, q, 60, 80), (7, q, 62, 80), (q, 13, 64, 80), (2 * q, 0, 65, 80), (3 * q, 40 * q, 67, 80),
              (4 * q, 4 * q + 30 * 4, 69, 80)]  # 4 quarters + 3 steps: between bins 48 and 54
@@ -173,10 +173,25 @@ def test_off_grid_zero_and_long_notes_are_counted_not_dropped():
     tokens, stats = TOK.encode_with_stats(score)
     assert stats.notes == 6 and stats.off_grid_onset == 1 and stats.off_grid_duration == 1
     assert stats.zero_duration == 1 and stats.duration_snapped == 2
-    assert TOK.decode(tokens).note_num() == 6
+    decoded = TOK.decode(tokens)
+    assert decoded.note_num() == 5  # the zero-length note is silent: dropped, not an audible grid step
+    assert 65 not in [n.pitch for t in decoded.tracks for n in t.notes]
     r = TOK.fidelity(score)
     assert r.exact == 1 and r.lost["off_grid_onset"] == 1 and r.lost["off_grid_duration"] == 1
     assert r.lost["zero_duration"] == 1 and r.lost["duration_snapped"] == 2 and r.lost["unexplained"] == 0
+    assert r.extra == 4  # the four changed notes come back changed; the silent one does not come back
+
+
+def test_zero_length_notes_only():
+    q = 480
+    score = make_score([part([(0, 0, 60, 80), (q, 0, 62, 80), (2 * q, q, 64, 80)])], tpq=q)
+    tokens, stats = TOK.encode_with_stats(score)
+    assert stats.notes == 3 and stats.zero_duration == 2
+    assert [n.pitch for t in TOK.decode(tokens).tracks for n in t.notes] == [64]
+    r = TOK.fidelity(score)
+    assert (r.notes, r.exact, r.lost["zero_duration"], r.extra) == (3, 1, 2, 0)
+    silent = make_score([part([(0, 0, 60, 80)])], tpq=q)
+    assert TOK.decode(TOK.encode(silent)).note_num() == 0
 
 
 def test_tempo_changes_between_onsets_are_counted():

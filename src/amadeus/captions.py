@@ -48,6 +48,13 @@ TEMPLATES = (
     "progression is {chords}.",
 )
 
+# captions of pieces with a known style (corpus metadata): facts only, no mood word
+STYLE_TEMPLATES = (
+    "{A_style}{by} in {key}, {ts}, {ensemble}, at {bpm} bpm{harmony}.",
+    "{A_style}{by} {ensemble} in {key}, in {ts} time at {bpm} bpm ({word}){harmony}.",
+    "This {style}{by} in {key} is played {ensemble_by}, in {ts} at {bpm} bpm{harmony}.",
+)
+
 MOODS = {  # (slow, moderate, fast) x mode
     ("slow", "major"): ("calm", "gentle", "serene"),
     ("slow", "minor"): ("solemn", "sombre", "mournful"),
@@ -91,7 +98,8 @@ def make_caption(features: dict[str, Any], rng: int | random.Random | None = Non
     """A one-or-two-sentence caption stating key, time signature, tempo, instruments and chords.
 
     `rng` is a seed or a random.Random that picks the template and mood word; None derives a seed
-    from the features, so captions are reproducible.
+    from the features, so captions are reproducible. When the features name a `style` (and perhaps a
+    `composer`), the caption opens with it ("An Irish jig in D major, 6/8, ...") and has no mood word.
     """
     r = _rng(features, rng)
     bpm = int(round(features.get("tempo") or 120))
@@ -111,7 +119,13 @@ def make_caption(features: dict[str, Any], rng: int | random.Random | None = Non
         bpm=bpm, word=word, a_word=("an " if word[0].lower() in "aeiou" else "a ") + word,
         chords=_join(chords) if chords else "no clear chords",
     )
-    text = r.choice(TEMPLATES).format(**fields)
+    style = features.get("style")
+    if style:
+        a_style = ("an " if style[0].lower() in "aeiou" else "a ") + style
+        fields.update(style=style, A_style=a_style[0].upper() + a_style[1:],
+                      by=f" by {features['composer']}" if features.get("composer") else "",
+                      harmony=f", built on {_join(chords)}" if chords else "")
+    text = r.choice(STYLE_TEMPLATES if style else TEMPLATES).format(**fields)
     return text[0].upper() + text[1:]
 
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -39,6 +40,7 @@ from amadeus.shards import load_manifest, read_shard
 from amadeus.tokenizer import NoteTokenizer, TokenizerConfig
 
 STAGES = ("pretrain", "finetune")
+CORPORA = ("bach", "music21")  # embedded corpora (amadeus.corpus)
 COLUMNS = ["id", "tokens", "n_rows", "caption"]
 
 
@@ -261,8 +263,8 @@ class MusicDataModule(L.LightningDataModule):
     """Batches of note windows from tokenized shards (amadeus.shards), streamed.
 
     Args:
-        data_dir: shard folder(s) with a manifest.json (local paths or fsspec URLs); None = the
-            embedded Bach corpus, built and cached on first use (amadeus.corpus).
+        data_dir: shard folder(s) with a manifest.json (local paths or fsspec URLs); None = an
+            embedded corpus (`corpus`), built and cached on first use (amadeus.corpus).
         stage: "pretrain" (every piece) or "finetune" (only pieces with a non-empty caption).
         max_notes: window length T; batches carry T+1 rows (model input rows[:-1], target rows[1:]).
         batch_size: windows per batch (per rank).
@@ -273,13 +275,18 @@ class MusicDataModule(L.LightningDataModule):
         seed: seed of shuffles, crops and transpositions.
         val_windows: number of (deterministic) windows used for validation and for test.
         tokenizer_hash: expected tokenizer hash; a manifest with another one is an error.
+        corpus: the embedded corpus read when data_dir is None (a data_dir wins, so that a config
+            naming a corpus still takes --data.data_dir): "bach" (the default: 409 chorales) or
+            "music21" (the collections of music21's corpus, about 14,000 pieces).
     """
 
     def __init__(self, data_dir: str | list[str] | None = None, stage: str = "pretrain", max_notes: int = 256,
                  batch_size: int = 16, num_workers: int = 2, shuffle_buffer: int = 256,
                  transpose: tuple[int, int] | None = (-5, 6), seed: int = 0, val_windows: int = 256,
-                 tokenizer_hash: str | None = None) -> None:
+                 tokenizer_hash: str | None = None, corpus: str | None = None) -> None:
         super().__init__()
+        if corpus is not None and corpus not in CORPORA:
+            raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if max_notes < 1 or batch_size < 1 or num_workers < 0 or val_windows < 0:
@@ -288,7 +295,7 @@ class MusicDataModule(L.LightningDataModule):
             transpose = (int(transpose[0]), int(transpose[1]))
             if transpose[0] > transpose[1]:
                 raise ValueError(f"transpose range {transpose} is empty (low > high)")
-        self.data_dir = data_dir
+        self.data_dir, self.corpus = data_dir, corpus
         self.stage, self.max_notes, self.batch_size, self.num_workers = stage, max_notes, batch_size, num_workers
         self.shuffle_buffer, self.transpose, self.seed = shuffle_buffer, transpose, seed
         self.val_windows, self.tokenizer_hash = val_windows, tokenizer_hash
@@ -304,11 +311,9 @@ class MusicDataModule(L.LightningDataModule):
 
     def _dirs(self) -> list[str]:
         if self.data_dir is None:
-            from amadeus.corpus import default_bach_dir, ensure_bach_shards
-
-            shards = default_bach_dir() / "shards"
+            shards, ensure = self._embedded()
             if not (shards / "manifest.json").is_file():  # first use outside Lightning's prepare_data
-                shards = ensure_bach_shards()
+                shards = ensure()
             return [str(shards)]
         dirs = [self.data_dir] if isinstance(self.data_dir, (str, os.PathLike)) else list(self.data_dir)
         if not dirs:
@@ -318,9 +323,15 @@ class MusicDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Build the embedded corpus once (Lightning calls this on one process per node)."""
         if self.data_dir is None:
-            from amadeus.corpus import ensure_bach_shards
+            self._embedded()[1]()
 
-            ensure_bach_shards()
+    def _embedded(self) -> tuple[Path, Callable[[], Path]]:
+        """(default shard folder, function that builds it when missing) of the embedded corpus."""
+        import amadeus.corpus as corpora
+
+        if self.corpus == "music21":
+            return corpora.default_music21_dir() / "shards", corpora.ensure_music21_shards
+        return corpora.default_bach_dir() / "shards", corpora.ensure_bach_shards
 
     @property
     def manifests(self) -> list[tuple[str, dict[str, Any]]]:

@@ -24,13 +24,13 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from filelock import FileLock
 
 from amadeus.captions import Captions, load_captions
-from amadeus.shards import SHARD_FORMAT, finish_shard, finished_shard, json_default, remove_stale, write_manifest
+from amadeus.shards import SHARD_FORMAT, SPLITS, finish_shard, finished_shard, json_default, remove_stale, write_manifest
 from amadeus.tokenizer import MIDI_SUFFIXES, NoteTokenizer
 from amadeus.workers import SkipFile, WorkerPool, default_workers
 
@@ -187,11 +187,12 @@ def _load(name: str, data: bytes):
         raise SkipFile(f"unreadable MIDI ({e})") from None
 
 
-def encode_file(task: tuple[str, str | None, bytes | None, str | None]) -> dict[str, Any]:
-    """(name, path, bytes or None, caption or None) -> one shard row (tokens flattened as int16)."""
+def encode_file(task: tuple[str, str | None, bytes | None, str | None, str | None]) -> dict[str, Any]:
+    """(name, path, bytes or None, caption or None, split or None) -> one shard row (tokens flattened
+    as int16); the split comes from the content hash unless the task names one."""
     from amadeus.features import extract_features
 
-    name, path, data, caption = task
+    name, path, data, caption, forced_split = task
     tokenizer: NoteTokenizer = _STATE["tokenizer"]
     if data is None:
         try:
@@ -224,7 +225,7 @@ def encode_file(task: tuple[str, str | None, bytes | None, str | None]) -> dict[
         "n_notes": n_notes,
         "caption": caption,
         "features": json.dumps(features, sort_keys=True, default=json_default),
-        "split": split_of(piece_id, _STATE["val"], _STATE["test"]),
+        "split": forced_split or split_of(piece_id, _STATE["val"], _STATE["test"]),
         "tokenizer_hash": tokenizer.config_hash,
         "stats": stats.as_dict(),
     }
@@ -268,7 +269,7 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
                captions: str | os.PathLike | dict[str, str] | None = None, workers: int | None = None,
                tokenizer: NoteTokenizer | None = None, shard_size: int = 1000, val_fraction: float = 0.05,
                test_fraction: float = 0.05, auto_captions: bool = True, timeout: float | None = 120.0,
-               progress: bool = True) -> PreprocessReport:
+               progress: bool = True, splits: Mapping[str, str] | None = None) -> PreprocessReport:
     """Tokenize every MIDI file of SRC into OUT/shards/*.parquet and write OUT/manifest.json.
 
     captions: a MidiCaps JSON/JSONL file (or a {location: caption} dict); files it does not cover get
@@ -276,6 +277,9 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
     workers: worker processes (default: the usable CPU cores); 0 encodes in this process (no crash
         isolation; for profiling).
     timeout: seconds one file may take before its worker is killed and the file skipped.
+    splits: {location: "train" | "validation" | "test"} (matched like captions) overriding the content
+        hash, so that a corpus can keep related files (the same tune twice) in one split and give
+        every style its test share.
     """
     t0 = time.perf_counter()
     tokenizer = tokenizer or NoteTokenizer()
@@ -287,6 +291,7 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
     if not entries:
         raise FileNotFoundError(f"{src}: no MIDI files found")
     caption_index, caption_tag = _caption_source(captions)
+    split_index, split_tag = _split_source(splits)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(out / ".lock"):  # one writer per OUT: a concurrent run waits, then reuses the shards
@@ -294,6 +299,8 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
         shard_dir.mkdir(parents=True, exist_ok=True)
         options = {"format": SHARD_FORMAT, "tokenizer_hash": tokenizer.config_hash, "captions": caption_tag,
                    "auto_captions": auto_captions, "val": val_fraction, "test": test_fraction}
+        if split_tag is not None:  # only when given: shards of earlier runs keep their keys
+            options["splits"] = split_tag
         n_shards = (len(entries) + shard_size - 1) // shard_size
         shard_entries = [entries[s * shard_size:(s + 1) * shard_size] for s in range(n_shards)]
         keys = [_shard_key(es, options) for es in shard_entries]
@@ -304,7 +311,8 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
         todo = {s: shard_entries[s] for s in range(n_shards) if s not in metas}
         init_args = (tokenizer, auto_captions, val_fraction, test_fraction)
         workers = default_workers() if workers is None else workers
-        for s, rows, skips in _encode_shards(todo, caption_index, init_args, workers, timeout, progress, report):
+        lookups = (caption_index, split_index)
+        for s, rows, skips in _encode_shards(todo, lookups, init_args, workers, timeout, progress, report):
             metas[s] = finish_shard(shard_dir, s, keys[s], len(shard_entries[s]), rows, skips)
 
         manifest = write_manifest(out, tokenizer, [metas[s] for s in range(n_shards)], src=str(src),
@@ -330,6 +338,16 @@ def _caption_source(captions: str | os.PathLike | dict[str, str] | None) -> tupl
     return load_captions(cpath), hashlib.sha1(cpath.read_bytes()).hexdigest()
 
 
+def _split_source(splits: Mapping[str, str] | None) -> tuple[Captions | None, str | None]:
+    """The {location: split} lookup (matched like captions; None without) and a hash of it."""
+    if not splits:
+        return None, None
+    bad = sorted(set(splits.values()) - set(SPLITS))
+    if bad:
+        raise ValueError(f"splits: unknown split name(s) {bad}; use {', '.join(SPLITS)}")
+    return Captions(dict(splits)), hashlib.sha1(json.dumps(dict(splits), sort_keys=True).encode()).hexdigest()
+
+
 def _shard_key(entries: list[Entry], options: dict[str, Any]) -> str:
     """What a finished shard must match to be reused: its files (names, in order) and the options."""
     h = hashlib.sha1(json.dumps(options, sort_keys=True).encode())
@@ -338,11 +356,14 @@ def _shard_key(entries: list[Entry], options: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _encode_shards(todo: dict[int, list[Entry]], captions: Captions | None, init_args: tuple, workers: int,
+def _encode_shards(todo: dict[int, list[Entry]], lookups: tuple[Captions | None, Captions | None], init_args: tuple,
+                   workers: int,
                    timeout: float | None, progress: bool, report: PreprocessReport,
                    ) -> Iterator[tuple[int, list[dict[str, Any]], list[dict[str, str]]]]:
     """Encode the files of the shards in `todo`; yield (shard, rows, skipped) as soon as a shard's last
-    file is done (so it is written, and counts as finished, before the run ends)."""
+    file is done (so it is written, and counts as finished, before the run ends). `lookups`: the
+    caption and the split of a file by its location (None: no captions given / split by content)."""
+    captions, splits = lookups
     rows: dict[int, list[dict[str, Any]]] = {s: [] for s in todo}
     skips: dict[int, list[dict[str, str]]] = {s: [] for s in todo}
     remaining = {s: len(es) for s, es in todo.items()}
@@ -350,7 +371,8 @@ def _encode_shards(todo: dict[int, list[Entry]], captions: Captions | None, init
 
     def payloads() -> Iterator[tuple[tuple[int, int, str], tuple]]:
         for e, data in _read_payloads([e for es in todo.values() for e in es]):
-            yield (*where[e], e.name), (e.name, e.path, data, captions.find(e.name) if captions else None)
+            yield (*where[e], e.name), (e.name, e.path, data, captions.find(e.name) if captions else None,
+                                        splits.find(e.name) if splits else None)
 
     todo_files = len(where)
     with _progress(todo_files, progress) as bar:

@@ -3,7 +3,7 @@
 Every note becomes one row of K = 8 attribute indices (metric, position, chord, tempo, instrument,
 pitch, duration, velocity); SOS / EOS / empty-bar rows frame them. The layout is the contract in
 docs/interfaces.md ("Token matrix"). What the grid or the bins cannot hold is counted, never dropped
-silently: `encode_with_stats` returns EncodeStats, `decode_with_stats` DecodeStats, and `fidelity`
+silently (notes of zero length, silent in the source, are dropped and counted): `encode_with_stats` returns EncodeStats, `decode_with_stats` DecodeStats, and `fidelity`
 compares the notes of a file with the notes of its encode -> decode round trip.
 
 Encoding and decoding are vectorised numpy over whole note arrays; the only Python loops run over
@@ -209,7 +209,7 @@ class _Counts:
 
 @dataclass
 class EncodeStats(_Counts):
-    """What encoding saw and what the grid/bins changed (all counts; nothing is dropped)."""
+    """What encoding saw and what the grid/bins changed (all counts; only zero-length notes are dropped)."""
 
     notes: int = 0
     drum_notes: int = 0
@@ -218,7 +218,7 @@ class EncodeStats(_Counts):
     empty_bars: int = 0
     off_grid_onset: int = 0  # onset not on the grid (rounded to the nearest step)
     off_grid_duration: int = 0  # duration not a whole number of grid steps (rounded)
-    zero_duration: int = 0  # duration 0 ticks (kept as one grid step)
+    zero_duration: int = 0  # duration 0 ticks (silent: dropped, the only notes encoding drops)
     duration_snapped: int = 0  # grid duration not a bin (too long or between bins): nearest bin
     time_signature_changes: int = 0  # NEW_BAR_TS rows written after bar 0
     time_signature_moved: int = 0  # change not on a bar line (or off the grid): moved to the next one
@@ -553,6 +553,10 @@ class NoteTokenizer:
         stats.notes = n
         stats.drum_notes = int((t["instrument"] == DRUM_INSTRUMENT).sum())
         onset, steps, dur_idx, reason = self._quantise(t, tpq, stats)
+        zero = t["duration"] <= 0
+        if zero.any():  # a zero-length note is silent in the source: dropped, counted as zero_duration
+            t = {k: v[~zero] for k, v in t.items()}
+            onset, steps, dur_idx, n = onset[~zero], steps[~zero], dur_idx[~zero], n - int(zero.sum())
         bar_start, bar_ts, bar_ts_row = self._bar_grid(score, int(onset.max()) + 1 if n else 1, stats, label)
         n_bars = len(bar_start)
 

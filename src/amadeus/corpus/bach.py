@@ -28,17 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amadeus.corpus.common import CAPTIONS, STAMP, _read_stamp, _write_jsonl, cache_root
+
 CORPUS_FORMAT = 1  # bump when the conversion changes: cached corpora are rebuilt
-STAMP = "corpus.json"
-CAPTIONS = "captions.jsonl"
 BACH_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn")
 NOT_CHORALES = {"bwv846"}  # the C major prelude (keyboard) lives in the same corpus folder
 BACH_SHARD_SIZE = 100  # files per shard for the embedded corpus: several shards, so workers share them
-
-
-def cache_root() -> Path:
-    """Root of amadeus' caches: $AMADEUS_CACHE, else ~/.cache/amadeus."""
-    return Path(os.environ.get("AMADEUS_CACHE") or Path.home() / ".cache" / "amadeus").expanduser()
 
 
 def default_bach_dir() -> Path:
@@ -171,12 +166,21 @@ def _name_programs(score) -> None:
 
 def chorale_to_score(path: str | Path):
     """A music21 corpus score -> symusic Score with bar-aligned pickup and named programs."""
-    import symusic
-    from music21 import converter, midi
+    from music21 import converter
 
     with warnings.catch_warnings():  # music21 warns about MIDI channel juggling; not our concern
         warnings.simplefilter("ignore")
         m21 = converter.parse(str(path))
+    return music21_to_score(m21)
+
+
+def music21_to_score(m21):
+    """A parsed music21 score -> symusic Score (the fixes of the module docstring; parts renamed in place)."""
+    import symusic
+    from music21 import midi
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         _name_programs(m21)
         pickup = _pickup_quarters(m21)
         data = midi.translate.music21ObjectToMidiFile(m21).writestr()
@@ -300,23 +304,6 @@ def build_bach_corpus(out_dir: str | os.PathLike | None = None, workers: int | N
 def _corpus_relative(path: str) -> str:
     parts = Path(path).parts
     return "/".join(parts[parts.index("corpus") + 1:]) if "corpus" in parts else Path(path).name
-
-
-def _read_stamp(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    from amadeus.shards import json_default
-
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r, sort_keys=True, default=json_default) + "\n")
-    os.replace(tmp, path)
 
 
 def ensure_bach_shards(root: str | os.PathLike | None = None, workers: int | None = None,

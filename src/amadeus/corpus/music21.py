@@ -1,0 +1,766 @@
+"""The music21 corpus: every readable piece of the collections that music21 ships, as MIDI, with style,
+metadata and captions. Nothing is downloaded.
+
+Collections (MUSIC21_COLLECTIONS) and their rules:
+
+| collection | read by | style | instrument (GM program) | tempo when the source has none |
+|---|---|---|---|---|
+| essenFolksong | symusic (ABC) | "<region> folk song" from `O:` (German, Chinese, Lorraine, ...) | Voice Oohs (53) | beat 76 bpm |
+| oneills1850 | symusic (ABC) | "Irish <dance>" (`R:`, else the title), else "Irish dance tune" | Violin (40) | per dance, else beat 96 |
+| ryansMammoth | symusic (ABC) | "American <dance>", else "American dance tune" | Violin (40) | per dance, else beat 96 |
+| airdsAirs | symusic (ABC) | "Scottish <dance>", else "Scottish air" | Violin (40) | per dance, else beat 76 |
+| miscFolk | symusic (ABC) | "American fife tune" / "Northumbrian tune" | Piccolo (72) / Violin (40) | per dance, else beat 96 |
+| palestrina | music21 (Humdrum) | "Renaissance mass" | Voice Oohs (53) on every part | 120 (tactus half = 60) |
+| monteverdi | music21 (MusicXML) | "Italian madrigal" | Voice Oohs (53) on every part | 120 |
+| trecento | music21 (MusicXML) | "Trecento song" | Voice Oohs (53) on every part | 120 |
+| bach | music21 (MusicXML) | "Bach chorale" | Voice Oohs (53) on every part | 120 |
+| quartets (opt-in) | music21 (MusicXML) | "Classical quartet" | Violin, Violin, Viola, Cello (40, 40, 41, 42) | 120 |
+
+"Beat" defaults are in beats per minute of the metre's beat (a dotted quarter in 6/8, 9/8, 12/8; a
+half in 2/2, 3/2; else the denominator's note); dance defaults (DANCE_TEMPO) in quarter notes. An ABC
+`Q:` (1/4=120, 3/8=112, C=120 with C the unit length, a bare number meaning quarters) or a music21
+metronome mark wins; `tempo_source` says which ("source" or "default") for each piece.
+
+Each piece is converted in a worker process (bounded by a timeout; the symusic ABC parser's C-level
+warnings are sent to /dev/null), written as OUT/<collection>/<name>.mid and described by one row of
+OUT/captions.jsonl: `location`, `caption`, `style`, `split`, the metadata (collection, region,
+composer, title, dance, tempo_source) and the features of amadeus.features. OUT/corpus.json is the
+cache stamp and holds the statistics per style (pieces, notes, tokenizer fidelity, skipped with
+reasons, metres, tempo sources). Pieces with the same note content after transposition (the same tune
+in two collections or files) share a split; every style has at least 3 % of its pieces in the test
+split.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import re
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from amadeus.corpus.common import CAPTIONS, STAMP, _read_stamp, _write_jsonl, _write_stamp, cache_root
+
+MUSIC21_FORMAT = 1  # bump when the conversion changes: cached corpora are rebuilt
+MUSIC21_SHARD_SIZE = 500
+PIECES = "pieces.txt"
+TEST_MIN_SHARE = 0.03  # every style keeps at least this share of its pieces in the test split
+VOICE, VIOLIN, VIOLA, CELLO, PICCOLO = 53, 40, 41, 42, 72
+POLYPHONY_TEMPO = 120.0
+
+
+@dataclass(frozen=True)
+class Collection:
+    """One collection of music21's corpus and the rules that turn its files into captioned pieces."""
+
+    name: str
+    kind: str  # "abc" (symusic, many tunes per file) or "score" (music21, one piece per file)
+    folders: tuple[str, ...]  # under the music21 corpus folder
+    suffixes: tuple[str, ...]
+    style: str  # the style label (ABC collections refine it per tune)
+    program: int | None  # GM program of every part; None: QUARTET_PROGRAMS by part order
+    composer: str | None = None
+    region: str | None = None
+
+
+MUSIC21_COLLECTIONS: dict[str, Collection] = {c.name: c for c in (
+    Collection("essenFolksong", "abc", ("essenFolksong",), (".abc",), "German folk song", VOICE),
+    Collection("oneills1850", "abc", ("oneills1850",), (".abc",), "Irish dance tune", VIOLIN, region="Ireland"),
+    Collection("ryansMammoth", "abc", ("ryansMammoth",), (".abc",), "American dance tune", VIOLIN,
+               region="North America"),
+    Collection("airdsAirs", "abc", ("airdsAirs",), (".abc",), "Scottish air", VIOLIN, region="Scotland"),
+    Collection("miscFolk", "abc", ("miscFolk",), (".abc",), "Northumbrian tune", VIOLIN),
+    Collection("palestrina", "score", ("palestrina",), (".krn",), "Renaissance mass", VOICE,
+               "Giovanni Pierluigi da Palestrina", "Italy"),
+    Collection("monteverdi", "score", ("monteverdi",), (".mxl",), "Italian madrigal", VOICE,
+               "Claudio Monteverdi", "Italy"),
+    Collection("trecento", "score", ("trecento",), (".xml", ".mxl"), "Trecento song", VOICE, region="Italy"),
+    Collection("bach", "score", ("bach",), (".mxl", ".xml", ".krn"), "Bach chorale", VOICE,
+               "Johann Sebastian Bach", "Germany"),
+    Collection("quartets", "score", ("beethoven", "mozart", "haydn"), (".mxl",), "Classical quartet", None),
+)}
+DEFAULT_COLLECTIONS = tuple(n for n in MUSIC21_COLLECTIONS if n != "quartets")  # quartets: slow, opt-in
+QUARTET_PROGRAMS = (VIOLIN, VIOLIN, VIOLA, CELLO)
+QUARTET_WORKS = {"beethoven": "Ludwig van Beethoven", "mozart": "Wolfgang Amadeus Mozart", "haydn": "Joseph Haydn"}
+NOT_QUARTETS = ("k545", "opus133")  # a piano sonata and the Grosse Fuge file of the same folders
+
+# dances named by ABC R: fields or titles -> default tempo in quarter notes per minute
+DANCE_TEMPO = {"reel": 200, "jig": 168, "slip jig": 168, "slide": 180, "hornpipe": 144, "clog": 144,
+               "strathspey": 128, "highland fling": 128, "polka": 152, "waltz": 144, "march": 120,
+               "walkaround": 120, "gavotte": 120, "set dance": 144, "schottische": 128, "quickstep": 152,
+               "minuet": 120, "country dance": 160, "air": None}
+DANCE_ALIASES = {"double jig": "jig", "single jig": "jig", "slipjig": "slip jig", "fling": "highland fling",
+                 "slow air": "air", "jigg": "jig", "hornpipes": "hornpipe", "reels": "reel", "jigs": "jig"}
+SONG_BEAT, TUNE_BEAT = 76.0, 96.0  # default beats per minute of songs and airs / of dance tunes
+
+# Essen `O:` words -> style of the song (first match in this order wins; else "European folk song")
+ESSEN_REGIONS = (("china", "Chinese"), ("asien", "Chinese"), ("yunnan", "Chinese"), ("irland", "Irish"),
+                 ("lothringen", "Lorraine"), ("luxemburg", "Luxembourg"), ("deutschland", "German"),
+                 ("oesterreich", "Austrian"), ("schweiz", "Swiss"), ("tirol", "Austrian"),
+                 ("steiermark", "Austrian"), ("niederlande", "Dutch"), ("frankreich", "French"),
+                 ("ungarn", "Hungarian"), ("polen", "Polish"), ("schweden", "Swedish"),
+                 ("jugoslawien", "Yugoslav"), ("rumaenien", "Romanian"), ("udssr", "Russian"),
+                 ("mexiko", "Mexican"), ("amerika", "American"), ("mitteleuropa", "German"))
+
+
+def default_music21_dir() -> Path:
+    """Where the music21 corpus lives by default: cache_root()/music21 (midi/ and shards/ inside)."""
+    return cache_root() / "music21"
+
+
+def music21_corpus_dir() -> Path:
+    """The corpus folder of the installed music21 package."""
+    import music21
+
+    return Path(music21.__file__).parent / "corpus"
+
+
+# ----------------------------------------------------------------------------------------------
+# ABC: tunes, fields, styles, tempo
+
+
+def split_abc(text: str) -> list[str]:
+    """The tunes of an ABC file, each starting at its `X:` line, with the file header's fields.
+
+    Fields before the first `X:` (the file header: L:, M:, Q:, R:, O:, %%MIDI ...) apply to every
+    tune that does not set them itself; they are inserted after its `X:` line. A `K:` in the file
+    header would end the tune header early and is left out.
+    """
+    parts = re.split(r"(?m)^(?=X:)", text.replace("\r\n", "\n").replace("\r", "\n"))
+    header = [ln for ln in parts[0].splitlines()
+              if re.match(r"[A-JL-WYZa-jl-wyz]:|%%", ln) and not ln.startswith("K:")]
+    tunes = []
+    for part in parts[1:]:
+        if not part.strip():
+            continue
+        first, _, rest = part.partition("\n")
+        own = set(abc_fields(part))
+        inherited = [ln for ln in header if ln.startswith("%%") or ln[0] not in own]
+        tunes.append("\n".join([first, *inherited, rest]) if inherited else part)
+    return tunes
+
+
+_ORNAMENT = re.compile(r"\{[^}]*\}|![^!\n]*!|[~TMPRHJLSOuv]+(?=[\^_=]*[A-Ga-gz\[(\.])|\.(?=[\^_=]*[A-Ga-g])")
+
+
+def strip_ornaments(tune: str) -> str:
+    """A tune without grace notes ({...}), decorations (!trill!, ~ rolls, T trills, mordents, bowings)
+    and staccato dots, in the music lines only (not in fields, chord symbols or annotations).
+
+    abc2midi plays ornaments as runs of very short notes and staccato as shortened ones, off every
+    rhythmic grid; the corpus keeps the written notes and leaves the ornaments to the player.
+    """
+    out, body = [], False
+    for line in tune.split("\n"):
+        if not body or re.match(r"[A-Za-z]:|%", line):
+            body = body or line.startswith("K:")
+            out.append(line)
+            continue
+        parts = re.split(r'("[^"]*"|\[[A-Za-z]:[^\]]*\])', line)  # chord symbols, inline fields: kept
+        out.append("".join(p if i % 2 else _ORNAMENT.sub("", p) for i, p in enumerate(parts)))
+    return "\n".join(out)
+
+
+def abc_fields(tune: str) -> dict[str, list[str]]:
+    """Header fields of one tune (lines up to the first K:), e.g. {"T": ["Title", "Subtitle"], "M": ["6/8"]}."""
+    fields: dict[str, list[str]] = {}
+    for line in tune.splitlines():
+        m = re.match(r"([A-Za-z]):\s*(.*?)\s*$", line)
+        if not m:
+            continue
+        fields.setdefault(m.group(1).upper() if m.group(1) in "tT" else m.group(1), []).append(m.group(2))
+        if m.group(1) == "K":
+            break
+    return fields
+
+
+def _fraction(text: str) -> float | None:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    return int(m.group(1)) / int(m.group(2)) if m and int(m.group(2)) else None
+
+
+def parse_abc_tempo(q: str | None, unit: float = 1 / 8) -> float | None:
+    """Quarter notes per minute of an ABC `Q:` field; None when it states no number.
+
+    Forms: "1/4=120", "3/8=112" (dotted quarter: 168 quarters), "1/8 3/8=60" (beat lengths add up),
+    "C=120" / "C2=60" (C is the unit note length L, as abc2midi reads it), "120" (quarters), with an
+    optional quoted text ("Allegro" 1/4=140).
+    """
+    if not q:
+        return None
+    q = re.sub(r'"[^"]*"', " ", q).strip()
+    m = re.fullmatch(r"(.*?)=\s*(\d+(?:\.\d+)?)", q)
+    if m is None:
+        bare = re.fullmatch(r"(\d+(?:\.\d+)?)", q)
+        return float(bare.group(1)) if bare and float(bare.group(1)) > 0 else None
+    beat, bpm = m.group(1).strip(), float(m.group(2))
+    c = re.fullmatch(r"C(\d*)", beat)
+    if c:
+        length = unit * (int(c.group(1)) if c.group(1) else 1)
+    else:
+        lengths = [_fraction(x) for x in beat.split()]
+        if not lengths or any(x is None for x in lengths):
+            return None
+        length = sum(lengths)
+    return bpm * length * 4 if bpm > 0 and length > 0 else None
+
+
+def _metre(fields: Mapping[str, list[str]]) -> tuple[int, int]:
+    m = (fields.get("M") or ["4/4"])[0].strip()
+    if m in ("C", ""):
+        return 4, 4
+    if m == "C|":
+        return 2, 2
+    f = re.fullmatch(r"\(?(\d+)(?:\+\d+)*\)?\s*/\s*(\d+)", m)
+    return (int(f.group(1)), int(f.group(2))) if f else (4, 4)
+
+
+def beat_quarters(numerator: int, denominator: int) -> float:
+    """Quarter notes per beat of a metre: a dotted beat in compound metres (6/8, 9/8, 12/8), else the
+    denominator's note."""
+    if denominator >= 8 and numerator % 3 == 0 and numerator > 3:
+        return 1.5 * 8 / denominator
+    return 4 / denominator
+
+
+def dance_kind(fields: Mapping[str, list[str]]) -> str | None:
+    """The dance of a tune from its `R:` field, else from the words of its first title; None if none."""
+    for text in [*(fields.get("R") or [])[:1], *(fields.get("T") or [])[:1]]:
+        words = re.sub(r"[^a-z ]", " ", re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()).split()
+        for n in (2, 1):  # two-word names first ("slip jig", "highland fling")
+            for j in range(len(words) - n + 1):
+                w = " ".join(words[j:j + n])
+                w = DANCE_ALIASES.get(w, w)
+                if w in DANCE_TEMPO:
+                    return w
+    return None
+
+
+def essen_style(origin: str | None) -> tuple[str, str | None]:
+    """(style, region) of an Essen folk song from its `O:` field ("Europa, Mitteleuropa, Deutschland")."""
+    text = (origin or "").lower()
+    for word, adjective in ESSEN_REGIONS:
+        if word in text:
+            parts = [p.strip() for p in (origin or "").split(",") if p.strip()]
+            return f"{adjective} folk song", parts[-1] if parts else None
+    return "European folk song", (origin or "").strip() or None
+
+
+def abc_metadata(collection: str, file_stem: str, tune: str) -> dict[str, Any]:
+    """Style, region, title, dance and tempo (with its source) of one ABC tune of a collection."""
+    coll = MUSIC21_COLLECTIONS[collection]
+    fields = abc_fields(tune)
+    title = (fields.get("T") or [""])[0] or None
+    num, den = _metre(fields)
+    unit = _fraction((fields.get("L") or [""])[0]) or (1 / 16 if num / den < 0.75 else 1 / 8)
+    meta: dict[str, Any] = {"collection": collection, "title": title, "region": coll.region,
+                            "composer": ((fields.get("C") or [None])[0]) or coll.composer, "dance": None}
+    program = coll.program
+    if collection == "essenFolksong":
+        meta["style"], meta["region"] = essen_style((fields.get("O") or [None])[0])
+    else:
+        kind = dance_kind(fields)
+        meta["dance"] = kind
+        if collection == "miscFolk" and "fife" in file_stem.lower():
+            base, program, meta["region"] = "American fife tune", PICCOLO, "North America"
+        else:
+            base = coll.style
+        prefix = {"oneills1850": "Irish", "ryansMammoth": "American", "airdsAirs": "Scottish"}.get(collection)
+        if collection == "miscFolk" and "fife" not in file_stem.lower():
+            prefix, meta["region"] = "Northumbrian", "Northumbria"
+        meta["style"] = f"{prefix} {kind}" if prefix and kind else base
+    bpm = parse_abc_tempo((fields.get("Q") or [None])[0], unit)
+    meta["tempo_source"] = "source" if bpm else "default"
+    if bpm is None:
+        quarter = DANCE_TEMPO.get(meta["dance"] or "")
+        beat = SONG_BEAT if collection == "essenFolksong" or meta["dance"] == "air" \
+            or (collection == "airdsAirs" and not meta["dance"]) else TUNE_BEAT
+        bpm = float(quarter) if quarter else beat * beat_quarters(num, den)
+    meta["tempo"] = round(bpm, 2)
+    meta["program"] = program
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# the pieces of a collection (in the parent) and their conversion (in the workers)
+
+
+def _score_paths(coll: Collection, root: Path) -> list[Path]:
+    """Score files of a score collection; one encoding per piece (MusicXML before Humdrum)."""
+    best: dict[str, Path] = {}
+    for folder in coll.folders:
+        for p in sorted((root / folder).rglob("*")):
+            suffix = p.suffix.lower()
+            if not p.is_file() or suffix not in coll.suffixes:
+                continue
+            rel = p.relative_to(root / folder).with_suffix("").as_posix()
+            if coll.name == "bach" and p.stem.lower() == "bwv846":
+                continue  # the keyboard prelude, not a chorale
+            if coll.name == "quartets" and any(x in rel for x in NOT_QUARTETS):
+                continue
+            key = f"{folder}/{rel}"
+            if key not in best or coll.suffixes.index(suffix) < coll.suffixes.index(best[key].suffix.lower()):
+                best[key] = p
+    return [best[k] for k in sorted(best)]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "piece"
+
+
+def list_tasks(collections: Sequence[str], root: Path, out_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(location, task) of every piece of the collections: ABC files split into tunes, scores as files."""
+    tasks: list[tuple[str, dict[str, Any]]] = []
+    for name in collections:
+        coll = MUSIC21_COLLECTIONS[name]
+        if coll.kind == "abc":
+            for folder in coll.folders:
+                for path in sorted((root / folder).glob("*.abc")):
+                    text = path.read_text(encoding="latin-1")
+                    for i, tune in enumerate(split_abc(text), 1):
+                        loc = f"{name}/{_safe(path.stem)}_{i:04d}.mid"
+                        meta = abc_metadata(name, path.stem, tune)
+                        tasks.append((loc, {"kind": "abc", "text": tune, "meta": meta, "out": str(out_dir),
+                                            "location": loc, "source": f"{folder}/{path.name}#{i}"}))
+        else:
+            for path in _score_paths(coll, root):
+                rel = path.relative_to(root).as_posix()
+                loc = f"{name}/{_safe(str(Path(rel).with_suffix('')).replace('/', '_'))}.mid"
+                meta = {"collection": name, "style": coll.style, "region": coll.region, "dance": None,
+                        "composer": coll.composer or QUARTET_WORKS.get(rel.split("/")[0]),
+                        "title": None, "program": coll.program, "tempo": POLYPHONY_TEMPO}
+                tasks.append((loc, {"kind": "score", "path": str(path), "meta": meta, "out": str(out_dir),
+                                    "location": loc, "source": rel}))
+    return tasks
+
+
+_TOKENIZER: list[Any] = []
+_TMPDIR: list[str] = []
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return re.sub(r"/\S+/", "", text.splitlines()[0])[:80] if text else type(e).__name__
+
+
+class _Quiet:
+    """Send this process's stdout and stderr file descriptors to /dev/null (C code writes there)."""
+
+    def __enter__(self) -> _Quiet:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = (os.dup(1), os.dup(2))
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _load_abc(text: str, meta: dict[str, Any]):
+    import symusic
+
+    from amadeus.workers import SkipFile
+
+    if not _TMPDIR:  # symusic runs abc2midi on temporary files: a private folder per worker, no clashes
+        import tempfile
+
+        _TMPDIR.append(tempfile.mkdtemp(prefix="amadeus-abc-"))
+        os.environ["TMPDIR"] = _TMPDIR[0]
+    text = strip_ornaments(text)
+    for attempt in (1, 2):  # a failed temporary file is retried once
+        try:
+            with _Quiet():
+                score = symusic.Score.from_abc(text)
+            break
+        except Exception as e:  # noqa: BLE001 - symusic raises RuntimeError with the parser's message
+            if attempt == 2:
+                raise SkipFile(f"unreadable ABC ({_first_line(e)})") from None
+    score.tempos = [symusic.Tempo(0, qpm=float(meta["tempo"]))]
+    _snap(score)
+    return score
+
+
+def _snap(score, per_quarter: int = 48) -> None:
+    """Onsets and ends to a grid of 1/48 quarter: abc2midi starts each note one tick late and ends it
+    one tick early (a gap between notes), which would put every note off the tokenizer's grid."""
+    import numpy as np
+    import symusic
+
+    g = score.ticks_per_quarter // per_quarter
+    if g <= 1 or score.ticks_per_quarter % per_quarter:
+        return
+    for track in score.tracks:
+        a = track.notes.numpy()
+        start = (a["time"].astype(np.int64) + g // 2) // g * g
+        end = (a["time"].astype(np.int64) + a["duration"] + g // 2) // g * g
+        track.notes = symusic.Note.from_numpy(start.astype(np.int32), np.maximum(end - start, g).astype(np.int32),
+                                              a["pitch"], a["velocity"])
+
+
+def _load_music21(path: str, meta: dict[str, Any]):
+    import warnings
+
+    import symusic
+    from music21 import converter, tempo
+
+    from amadeus.corpus.bach import music21_to_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m21 = converter.parse(path)
+    marks = [m for m in m21.recurse().getElementsByClass(tempo.MetronomeMark) if m.number or m.numberSounding]
+    md = m21.metadata
+    if md is not None:
+        meta["title"] = md.title or md.movementName or meta["title"]
+        meta["composer"] = meta["composer"] or md.composer
+    score = music21_to_score(m21)
+    meta["tempo_source"] = "source" if marks else "default"
+    if not marks:
+        score.tempos = [symusic.Tempo(0, qpm=float(meta["tempo"]))]
+    return score
+
+
+def content_key(score) -> str:
+    """Hash of the note content (onsets and durations in quarters, pitches relative to the lowest),
+    the same for a tune in any key, tempo, instrument or tick resolution."""
+    import numpy as np
+
+    from amadeus.tokenizer import note_table
+
+    t = note_table(score)
+    if not len(t["time"]):
+        return ""
+    tpq = score.ticks_per_quarter
+    start = int(t["time"].min())
+    rows = np.stack([(t["time"] - start) * 96 // tpq, t["duration"] * 96 // tpq, t["pitch"] - t["pitch"].min()], 1)
+    rows = rows[np.lexsort((rows[:, 2], rows[:, 0]))]
+    return hashlib.sha1(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def convert_piece(task: dict[str, Any]) -> dict[str, Any]:
+    """One piece -> OUT/<location> (MIDI, written atomically) and its captions.jsonl record with the
+    statistics of the build (notes, fidelity, content key)."""
+    from amadeus.captions import make_caption
+    from amadeus.features import extract_features
+    from amadeus.workers import SkipFile
+    from amadeus.tokenizer import NoteTokenizer
+
+    meta = dict(task["meta"])
+    score = _load_abc(task["text"], meta) if task["kind"] == "abc" else _load_music21(task["path"], meta)
+    if score.note_num() == 0:
+        raise SkipFile("no notes")
+    for i, track in enumerate(score.tracks):
+        track.is_drum = False
+        track.program = meta["program"] if meta["program"] is not None else QUARTET_PROGRAMS[min(i, 3)]
+    target = Path(task["out"]) / task["location"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    score.dump_midi(str(tmp))
+    os.replace(tmp, target)
+    if not _TOKENIZER:
+        _TOKENIZER.append(NoteTokenizer())
+    fid = _TOKENIZER[0].fidelity(score)
+    features = extract_features(score)
+    features.update(style=meta["style"], composer=meta["composer"])
+    caption = make_caption(features, rng=random.Random(task["location"]))
+    info = {k: meta[k] for k in ("collection", "region", "title", "dance", "tempo_source")}
+    return {"location": task["location"], "caption": caption, **features, **info, "source": task["source"],
+            "content_key": content_key(score), "_notes": fid.notes, "_exact": fid.exact, "_lost": fid.lost}
+
+
+# ----------------------------------------------------------------------------------------------
+# splits: duplicates together, every style in the test split
+
+
+def _unit(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:15], 16) / 16 ** 15
+
+
+def assign_splits(records: Sequence[Mapping[str, Any]], val_fraction: float = 0.05, test_fraction: float = 0.05,
+                  test_min_share: float = TEST_MIN_SHARE) -> dict[str, str]:
+    """{location: split}: pieces with the same content key form one group with one split (by a hash of
+    the key); then, style by style, whole training groups move to the test split (in hash order) until
+    the style has at least ceil(test_min_share * its pieces) test pieces."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r.get("content_key") or r["location"], []).append(r)
+    split: dict[str, str] = {}
+    for key, members in groups.items():
+        u = _unit(key)
+        split[key] = "validation" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"
+    by_style: dict[str, list[str]] = {}
+    for key, members in groups.items():
+        for r in members:
+            by_style.setdefault(r["style"], []).append(key)
+    for style in sorted(by_style):
+        keys = by_style[style]
+        need = math.ceil(test_min_share * len(keys))
+        have = sum(split[k] == "test" for k in keys)
+        for key in sorted({k for k in keys if split[k] == "train"}, key=_unit):
+            if have >= need:
+                break
+            split[key] = "test"
+            have += sum(r["style"] == style for r in groups[key])
+    return {r["location"]: split[key] for key, members in groups.items() for r in members}
+
+
+# ----------------------------------------------------------------------------------------------
+# the build
+
+
+@dataclass
+class Music21Report:
+    """A music21 corpus build: where, what per style, what failed, and whether it came from the cache."""
+
+    out_dir: Path
+    collections: list[str]
+    pieces: int = 0
+    notes: int = 0
+    styles: dict[str, dict[str, Any]] = field(default_factory=dict)  # style -> statistics (STYLE_STATS)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "style", "reason"}
+    music21: str = ""
+    seconds: float = 0.0
+    cached: bool = False
+
+    @property
+    def captions(self) -> Path:
+        return self.out_dir / CAPTIONS
+
+    @property
+    def pieces_list(self) -> Path:
+        """OUT/pieces.txt: the MIDI files of this build (OUT may hold other collections too)."""
+        return self.out_dir / PIECES
+
+    @property
+    def fidelity(self) -> float:
+        """Percent of all notes that survive the tokenizer's encode -> decode exactly."""
+        exact = sum(s["exact"] for s in self.styles.values())
+        return 100.0 * exact / self.notes if self.notes else 100.0
+
+    def splits(self) -> dict[str, str]:
+        """{location: split} from captions.jsonl."""
+        import json
+
+        with open(self.captions) as f:
+            return {r["location"]: r["split"] for r in map(json.loads, f) if r.get("split")}
+
+
+def _new_style() -> dict[str, Any]:
+    return {"pieces": 0, "notes": 0, "exact": 0, "lost": {}, "skipped": 0, "skip_reasons": {},
+            "time_signatures": {}, "tempo_sources": {}, "splits": {"train": 0, "validation": 0, "test": 0}}
+
+
+def _style_stats(records: Iterable[Mapping[str, Any]], skipped: Iterable[Mapping[str, str]],
+                 split: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    styles: dict[str, dict[str, Any]] = {}
+    for r in records:
+        s = styles.setdefault(r["style"], _new_style())
+        s["pieces"] += 1
+        s["notes"] += r["_notes"]
+        s["exact"] += r["_exact"]
+        for k, v in r["_lost"].items():
+            s["lost"][k] = s["lost"].get(k, 0) + int(v)
+        for key, value in (("time_signatures", r["time_signature"]), ("tempo_sources", r["tempo_source"])):
+            s[key][value] = s[key].get(value, 0) + 1
+        s["splits"][split[r["location"]]] += 1
+    for x in skipped:
+        s = styles.setdefault(x["style"], _new_style())
+        s["skipped"] += 1
+        reason = re.sub(r"\d+(\.\d+)?", "N", x["reason"])[:60]
+        s["skip_reasons"][reason] = s["skip_reasons"].get(reason, 0) + 1
+    return dict(sorted(styles.items(), key=lambda kv: -kv[1]["pieces"]))
+
+
+def _config(collections: Sequence[str], corpus_dir: Path | None) -> dict[str, Any]:
+    return {"corpus": "music21", "format": MUSIC21_FORMAT, "collections": list(collections),
+            "corpus_dir": str(corpus_dir) if corpus_dir is not None else None}
+
+
+def _cached(out: Path, config: dict[str, Any], version: str, t0: float) -> Music21Report | None:
+    stamp = _read_stamp(out / STAMP)
+    if not stamp or stamp.get("music21") != version or stamp.get("config") != config \
+            or not (out / CAPTIONS).is_file() or not (out / PIECES).is_file() \
+            or not all((out / n).is_file() for n in stamp["locations"]):
+        return None
+    return Music21Report(out, config["collections"], stamp["pieces"], stamp["notes"], stamp["styles"],
+                         stamp["skipped"], version, time.perf_counter() - t0, cached=True)
+
+
+def _convert_all(tasks: list[tuple[str, dict[str, Any]]], workers: int, timeout: float, progress: bool,
+                 desc: str = "music21 corpus") -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Run convert_piece over the tasks in worker processes (workers=0: in this process, no timeout):
+    (records, skipped)."""
+    from tqdm.auto import tqdm
+
+    from amadeus.workers import WorkerPool
+
+    meta = {loc: task for loc, task in tasks}
+    records: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    with tqdm(total=len(tasks), unit="piece", desc=desc, disable=not progress, mininterval=0.5,
+              dynamic_ncols=True) as bar:
+        with WorkerPool(convert_piece, workers, timeout=timeout) if workers else nullcontext() as pool:
+            for key, ok, result in (pool.imap_unordered(tasks) if workers else _inline(tasks)):
+                if ok:
+                    records.append(result)
+                else:
+                    skipped.append({"path": meta[key]["source"], "style": meta[key]["meta"]["style"],
+                                    "reason": str(result).splitlines()[0] if str(result) else "failed"})
+                bar.update(1)
+    records.sort(key=lambda r: r["location"])
+    skipped.sort(key=lambda x: x["path"])
+    return records, skipped
+
+
+def _collection(name: str, root: Path, out: Path, config: dict[str, Any], version: str, workers: int,
+                timeout: float, progress: bool) -> dict[str, Any]:
+    """Records and skipped pieces of one collection, from its stamp OUT/<name>/collection.json when
+    that matches, else converted (and stamped)."""
+    import json
+
+    stamp_path = out / name / "collection.json"
+    key = {"music21": version, "format": MUSIC21_FORMAT, "corpus_dir": config["corpus_dir"]}
+    cached = _read_stamp(stamp_path)
+    if cached and cached.get("key") == key and all((out / r["location"]).is_file() for r in cached["records"]):
+        return cached
+    tasks = list_tasks([name], root, out)
+    records, skipped = _convert_all(tasks, min(workers, max(1, len(tasks))), timeout, progress, name)
+    done = {"key": key, "records": records, "skipped": skipped}
+    stamp_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stamp_path.with_name(stamp_path.name + ".tmp")
+    tmp.write_text(json.dumps(done, default=str))
+    os.replace(tmp, stamp_path)
+    return done
+
+
+def _inline(tasks: Iterable[tuple[str, dict[str, Any]]]) -> Iterable[tuple[str, bool, Any]]:
+    for key, task in tasks:
+        try:
+            yield key, True, convert_piece(task)
+        except Exception as e:  # noqa: BLE001 - SkipFile and any other failure cost only this piece
+            yield key, False, str(e) or type(e).__name__
+
+
+def build_music21_corpus(out_dir: str | os.PathLike | None = None, collections: Sequence[str] | None = None,
+                         workers: int | None = None, timeout: float = 120.0, progress: bool = True,
+                         corpus_dir: str | os.PathLike | None = None) -> Music21Report:
+    """Convert the music21 collections to OUT/<collection>/*.mid + captions.jsonl + corpus.json.
+
+    out_dir: default default_music21_dir()/"midi"; collections: names of MUSIC21_COLLECTIONS (default
+    DEFAULT_COLLECTIONS); workers: processes (default: CPU cores; 0: convert in this process, for
+    tests and profiling); timeout: seconds per piece;
+    corpus_dir: another folder laid out like music21's corpus (tests). Cached by the stamp: a second
+    call with the same music21 version and options returns at once. Raises ValueError for an unknown
+    collection name.
+    """
+    import music21
+
+    from amadeus.workers import default_workers
+
+    t0 = time.perf_counter()
+    names = list(DEFAULT_COLLECTIONS if collections is None else dict.fromkeys(collections))
+    unknown = [n for n in names if n not in MUSIC21_COLLECTIONS]
+    if unknown or not names:
+        raise ValueError(f"unknown music21 collection(s) {unknown or names}; choose from {', '.join(MUSIC21_COLLECTIONS)}")
+    out = Path(out_dir) if out_dir is not None else default_music21_dir() / "midi"
+    config = _config(names, Path(corpus_dir) if corpus_dir is not None else None)
+    hit = _cached(out, config, music21.__version__, t0)
+    if hit is not None:
+        return hit
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(corpus_dir) if corpus_dir is not None else music21_corpus_dir()
+    records, skipped = [], []
+    n_workers = default_workers() if workers is None else max(0, workers)
+    for name in names:  # one collection at a time, each cached: an interrupted build keeps what it finished
+        done = _collection(name, root, out, config, music21.__version__, n_workers, timeout, progress)
+        records += done["records"]
+        skipped += done["skipped"]
+    records.sort(key=lambda r: r["location"])
+    split = assign_splits(records)
+    _write_jsonl(out / CAPTIONS, [{**{k: v for k, v in r.items() if not k.startswith("_")},
+                                   "split": split[r["location"]]} for r in records])
+    kept = {r["location"] for r in records}
+    for stale in (p for name in names for p in (out / name).rglob("*.mid")):  # from an earlier build
+        if stale.relative_to(out).as_posix() not in kept:
+            stale.unlink()
+    (out / PIECES).write_text("".join(f"{loc}\n" for loc in sorted(kept)))  # what preprocess reads
+    styles = _style_stats(records, skipped, split)
+    notes = sum(s["notes"] for s in styles.values())
+    report = Music21Report(out, names, len(records), notes, styles, skipped, music21.__version__,
+                           time.perf_counter() - t0)
+    _write_stamp(out / STAMP, {"music21": music21.__version__, "config": config, "pieces": len(records),
+                               "notes": notes, "styles": styles, "skipped": skipped, "seconds": report.seconds,
+                               "locations": sorted(kept)})
+    return report
+
+
+def build_music21_shards(root: str | os.PathLike | None = None, collections: Sequence[str] | None = None,
+                         workers: int | None = None, timeout: float = 120.0, progress: bool = True,
+                         corpus_dir: str | os.PathLike | None = None):
+    """The corpus (root/midi) and its shards (root/shards, by amadeus.preprocess with the corpus'
+    captions and splits): (Music21Report, PreprocessReport). Both steps are cached."""
+    from amadeus.preprocess import preprocess
+
+    root = Path(root) if root is not None else default_music21_dir()
+    report = build_music21_corpus(root / "midi", collections, workers, timeout, progress, corpus_dir)
+    pre = preprocess(report.pieces_list, root / "shards", captions=report.captions, splits=report.splits(),
+                     workers=workers, shard_size=MUSIC21_SHARD_SIZE, timeout=timeout, progress=progress)
+    return report, pre
+
+
+def ensure_music21_shards(root: str | os.PathLike | None = None, workers: int | None = None,
+                          progress: bool = True) -> Path:
+    """The music21 corpus as shards (root/shards), built when missing; concurrent callers (several
+    jobs, one process per node) take turns on a lock file in root, and the later ones find it cached."""
+    from filelock import FileLock
+
+    root = Path(root) if root is not None else default_music21_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / ".lock"):
+        build_music21_shards(root, workers=workers, progress=progress)
+    return root / "shards"
+
+
+# ----------------------------------------------------------------------------------------------
+# the statistics table
+
+
+def _share(counter: Mapping[str, int], key: str, total: int) -> str:
+    return f"{100.0 * counter.get(key, 0) / total:.0f}%" if total else "-"
+
+
+def format_music21_report(report: Music21Report) -> str:
+    """The per-style statistics as a Markdown table (style, pieces, notes, fidelity, 3/4, 6/8, real
+    tempo, test pieces, skipped with reasons), then the totals."""
+    lines = ["| style | pieces | notes | fidelity | 3/4 | 6/8 | tempo from source | test | skipped |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for style, s in report.styles.items():
+        fid = f"{100.0 * s['exact'] / s['notes']:.2f}%" if s["notes"] else "-"
+        reasons = "; ".join(f"{v} {k}" for k, v in sorted(s["skip_reasons"].items(), key=lambda kv: -kv[1])[:2])
+        lines.append(f"| {style} | {s['pieces']} | {s['notes']} | {fid} | "
+                     f"{_share(s['time_signatures'], '3/4', s['pieces'])} | "
+                     f"{_share(s['time_signatures'], '6/8', s['pieces'])} | "
+                     f"{_share(s['tempo_sources'], 'source', s['pieces'])} | {s['splits']['test']} | "
+                     f"{s['skipped']}{' (' + reasons + ')' if reasons else ''} |")
+    lost: Counter[str] = Counter()
+    for s in report.styles.values():
+        lost.update(s["lost"])
+    lost_text = ", ".join(f"{k} {v}" for k, v in sorted(lost.items()) if v) or "none"
+    how = "cached" if report.cached else f"built in {report.seconds:.0f} s"
+    lines.append(f"\n{report.pieces} pieces in {len(report.styles)} styles, {report.notes} notes, fidelity "
+                 f"{report.fidelity:.2f}% (lost: {lost_text}), {len(report.skipped)} skipped; {how} -> "
+                 f"{report.out_dir} (music21 {report.music21}; collections: {', '.join(report.collections)})")
+    return "\n".join(lines)
