@@ -174,3 +174,18 @@ def test_second_build_is_cached_and_unknown_collections_fail(built):
     assert again.cached and again.pieces == 5 and again.styles == json.loads(json.dumps(report.styles))
     with pytest.raises(ValueError, match="unknown music21 collection"):
         build_music21_corpus(root / "x", ["nope"], progress=False)
+
+
+def test_corpus_command_builds_a_subset_and_rejects_bad_names(built, tmp_path, capsys):
+    from amadeus.cli import main as cli_main
+
+    src, *_ = built
+    out = tmp_path / "cli"
+    assert cli_main(["corpus", "music21", str(out), "--collections", "oneills1850", "--source", str(src),
+                     "--workers", "0", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Irish jig | 2 |" in printed and "shards:" in printed
+    assert (out / "shards" / "manifest.json").is_file()
+    assert cli_main(["corpus", "music21", str(out), "--collections", "nope", "--quiet"]) == 2
+    assert "unknown music21 collection" in capsys.readouterr().err
+    assert cli_main(["corpus", "bach", "--collections", "oneills1850"]) == 2

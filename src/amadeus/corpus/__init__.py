@@ -5,10 +5,10 @@
   (folk songs, Irish / Scottish / American dance tunes, Renaissance masses, madrigals, chorales,
   ...), each with a style label and a caption.
 """
-from amadeus.corpus.bach import (BACH_SHARD_SIZE, CORPUS_FORMAT, CorpusReport, CorpusStats, add_arguments,
+from amadeus.corpus.bach import (BACH_SHARD_SIZE, CORPUS_FORMAT, CorpusReport, CorpusStats,
                                  bach_chorale_paths, build_bach_corpus, chorale_to_score, convert_chorale,
                                  corpus_statistics, default_bach_dir, ensure_bach_shards, midi_name,
-                                 music21_to_score, run)
+                                 music21_to_score)
 from amadeus.corpus.common import CAPTIONS, STAMP, cache_root
 from amadeus.corpus.music21 import (DEFAULT_COLLECTIONS, MUSIC21_COLLECTIONS, Music21Report, build_music21_corpus,
                                     build_music21_shards, default_music21_dir, ensure_music21_shards,
@@ -16,8 +16,8 @@ from amadeus.corpus.music21 import (DEFAULT_COLLECTIONS, MUSIC21_COLLECTIONS, Mu
 
 __all__ = [
     "BACH_SHARD_SIZE", "CAPTIONS", "CORPUS_FORMAT", "CorpusReport", "CorpusStats", "DEFAULT_COLLECTIONS",
-    "MUSIC21_COLLECTIONS", "Music21Report", "STAMP", "add_arguments", "bach_chorale_paths", "build_bach_corpus",
+    "MUSIC21_COLLECTIONS", "Music21Report", "STAMP", "bach_chorale_paths", "build_bach_corpus",
     "build_music21_corpus", "build_music21_shards", "cache_root", "chorale_to_score", "convert_chorale", "corpus_statistics",
     "default_bach_dir", "default_music21_dir", "ensure_bach_shards", "ensure_music21_shards",
-    "format_music21_report", "midi_name", "music21_to_score", "run",
+    "format_music21_report", "midi_name", "music21_to_score",
 ]
