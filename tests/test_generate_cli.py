@@ -24,7 +24,7 @@ def generate(*args: str) -> int:
 def test_generate_writes_midi_png_wav_and_report(trained_tiny, tmp_path):
     out = tmp_path / "out"
     rc = generate("--ckpt", str(trained_tiny[1]), "--num", "2", "--max-notes", "40", "--steps", "2",
-                  "--temperature", "0.9", "--temperature", "velocity=0.5", "--top-p", "0.9", "--seed", "5",
+                  "--order", "harmony", "--temperature", "0.9", "--temperature", "velocity=0.5", "--top-p", "0.9", "--seed", "5",
                   "--control", "instrument=piano,violin", "--control", "tempo=96", "--control", "time_signature=3/4",
                   "--png", "--wav", "--out", str(out))
     assert rc == 0
@@ -38,6 +38,7 @@ def test_generate_writes_midi_png_wav_and_report(trained_tiny, tmp_path):
     assert report["seeds"] == [5, 6] and report["settings"]["control"][1] == "tempo=96"
     assert report["notes"] > 0 and report["notes_per_s"] > 0 and report["seconds_sampling"] > 0
     assert "guard_interventions" in report and report["settings"]["temperature"] == ["0.9", "velocity=0.5"]
+    assert report["settings"]["order"] == "harmony"
 
 
 def test_same_seed_same_files(trained_tiny, tmp_path):
@@ -88,6 +89,7 @@ def _tampered_ckpt(trained_tiny, tmp_path):
     (["--prompt-midi", "missing.mid"], "missing.mid: no such file"),
     (["--text", "a calm piece"], "no text encoder"),
     (["--threads", "-1"], "--threads must be >= 0"),
+    (["--order", "random"], "order must be 'confidence'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(trained_tiny, tmp_path, capsys, extra, message):
     rc = generate("--ckpt", str(trained_tiny[1]), "--num", "1", "--max-notes", "5", "--out", str(tmp_path / "x"), *extra)

@@ -104,9 +104,14 @@ def test_revealed_slots_stay_frozen(trained_tiny, monkeypatch):
         assert torch.equal(row[~m_last[0]], t_last[0][~m_last[0]])  # returned as revealed
 
 
-def test_attribute_order_reveals_the_columns_in_order(trained_tiny, monkeypatch):
-    """order="attributes": each step reveals the next masked columns (metric, position, chord, ...),
-    whatever the confidences; a note row with S=4 reveals two columns per step."""
+@pytest.mark.parametrize("order, groups", [
+    ("columns", [[0, 1], [2, 3], [4, 5], [6, 7]]),
+    ("harmony", [[0, 1], [2, 4], [3, 7], [5, 6]]),  # metric, position | instrument, chord | tempo, velocity | ...
+    ("metric,pitch,position,chord,tempo,instrument,duration,velocity", [[0, 5], [1, 2], [3, 4], [6, 7]]),
+])
+def test_fixed_order_reveals_the_next_slots_of_the_order(trained_tiny, monkeypatch, order, groups):
+    """A fixed order: each step reveals the next masked slots of the order, whatever the confidences;
+    with S=4 a note row reveals two slots per step."""
     model = trained_tiny[0]
     calls = []
     real = model.head.logits
@@ -116,18 +121,16 @@ def test_attribute_order_reveals_the_columns_in_order(trained_tiny, monkeypatch)
         return real(C, tokens, masked)
 
     monkeypatch.setattr(model.head, "logits", spy)
-    generate(model, 1, max_notes=30, steps=4, seed=0, order="attributes")
-    notes = [calls[i:i + 4] for i in range(0, len(calls) - 3, 4)]
+    result = generate(model, 1, max_notes=30, steps=4, seed=0, order=order)
+    assert result.settings["order"] == order
+    notes = [calls[i:i + 4] + [torch.zeros_like(calls[0])] for i in range(0, len(calls) - 3, 4)]
     assert notes
-    checked = 0
     for note in notes:
-        for s, (m0, m1) in enumerate(zip(note, note[1:])):
-            newly = (m0 & ~m1)[0].nonzero().flatten().tolist()
-            assert newly == sorted(newly) and newly == list(range(2 * s, 2 * s + 2)), (s, newly)
-            checked += 1
-    assert checked > 0
-    with pytest.raises(ValueError, match="order must be one of"):
-        generate(model, 1, max_notes=4, order="random")
+        revealed = [(m0 & ~m1)[0].nonzero().flatten().tolist() for m0, m1 in zip(note, note[1:])]
+        assert revealed == groups
+    for bad in ("random", "metric,pitch"):
+        with pytest.raises(ValueError, match="order must be"):
+            generate(model, 1, max_notes=4, order=bad)
 
 
 @pytest.mark.parametrize("steps", range(1, 9))

@@ -60,7 +60,14 @@ from amadeus.tokenizer import (
     NoteTokenizer,
 )
 
-REVEAL_ORDERS = ("confidence", "attributes")
+# Fixed reveal orders (SamplingOptions.order): the slots a denoising step reveals are the next masked
+# ones of the order, whatever the confidences. "columns": the token columns' order. "harmony": what a
+# note is (metric, position), who plays it and over which chord, before its pitch, so that the pitch
+# is drawn knowing the chord and the voice.
+REVEAL_ORDERS = {
+    "columns": ATTRIBUTES,
+    "harmony": ("metric", "position", "instrument", "chord", "tempo", "velocity", "pitch", "duration"),
+}
 REGENERABLE = ("chord", "tempo", "instrument", "pitch", "duration", "velocity")
 _M32 = 0xFFFFFFFF
 
@@ -131,8 +138,8 @@ class SamplingOptions:
     """Grammar guards (logit masks that keep every row decodable); False: vocabularies and controls only."""
     order: str = "confidence"
     """Which masked slots a denoising step reveals: "confidence" (the most confident ones, the paper's
-    sampler) or "attributes" (the next ones in column order: metric, position, chord, tempo, instrument,
-    pitch, duration, velocity, so that e.g. the pitch is drawn knowing the chord)."""
+    sampler), a fixed order from REVEAL_ORDERS ("columns", "harmony"), or a comma-separated list naming
+    every attribute once ("metric,position,chord,..."): the next masked ones of that order."""
 
     def __post_init__(self) -> None:
         K = len(ATTRIBUTES)
@@ -144,11 +151,20 @@ class SamplingOptions:
             raise ValueError(f"max_bars must be >= 1, got {self.max_bars}")
         if self.min_notes < 0:
             raise ValueError(f"min_notes must be >= 0, got {self.min_notes}")
-        if self.order not in REVEAL_ORDERS:
-            raise ValueError(f"order must be one of {', '.join(REVEAL_ORDERS)}, got {self.order!r}")
+        self.reveal_order(ATTRIBUTES)  # raises for an unknown order
         if self.batch_size is not None and self.batch_size < 0:
             raise ValueError(f"batch_size must be >= 0 (0 or None: all pieces at once), got {self.batch_size}")
         _check_settings(*self.per_attribute(ATTRIBUTES))
+
+    def reveal_order(self, names: Sequence[str]) -> tuple[int, ...] | None:
+        """Column indices in reveal order for attributes `names`; None for confidence order."""
+        if self.order == "confidence":
+            return None
+        order = REVEAL_ORDERS.get(self.order) or tuple(a.strip() for a in self.order.split(","))
+        if sorted(order) != sorted(names):
+            raise ValueError(f"order must be 'confidence', one of {', '.join(REVEAL_ORDERS)} or a comma-separated "
+                             f"list of every attribute ({', '.join(names)}) once, got {self.order!r}")
+        return tuple(list(names).index(a) for a in order)
 
     def steps_for(self, K: int) -> int:
         """Denoising steps per note for K attributes (the default K // 2 resolved)."""
@@ -305,14 +321,16 @@ class _NoteSampler:
     """Samples the next row for a batch of pieces from the head's context C."""
 
     def __init__(self, head, grammar: Grammar, steps: int, temps, top_p, top_k, guidance: float,
-                 order: str = "confidence"):
+                 order: Sequence[int] | None = None):
         self.head, self.g, self.steps = head, grammar, steps
         dev = grammar.v.device
         # added to the confidence (in [0, 2]) when choosing the slots to reveal: 0 = confidence order;
-        # a step of 4 per column = column order, whatever the confidences
+        # 4 per rank of a fixed order (column indices, first revealed first) = that order, whatever the
+        # confidences
         K = grammar.K
-        rank = torch.arange(K, 0, -1, dtype=torch.float32, device=dev) * 4.0
-        self.priority = rank if order == "attributes" else torch.zeros(K, device=dev)
+        self.priority = torch.zeros(K, device=dev)
+        if order is not None:
+            self.priority[torch.tensor(order, device=dev)] = torch.arange(K, 0, -1, dtype=torch.float32, device=dev) * 4.0
         self.temps = torch.tensor(temps, dtype=torch.float32, device=dev)
         V = grammar.V
         self.top_k = torch.tensor([int(k) if k > 0 else V for k in top_k], dtype=torch.long, device=dev)
@@ -722,7 +740,7 @@ class _Run:
         temps, tps, tks = options.per_attribute(tokenizer.attribute_names)
         kind = _ARNoteSampler if hasattr(head, "attribute_logits") else _NoteSampler
         sampler = kind(head, grammar, options.steps_for(tokenizer.K), temps, tps, tks,
-                       float(options.guidance), options.order)
+                       float(options.guidance), options.reveal_order(tokenizer.attribute_names))
         if template is not None:
             template = (torch.as_tensor(template[0], device=dev), torch.as_tensor(template[1], device=dev))
         return cls(backbone, head, tokenizer, grammar, sampler, options, max_notes, template, result)
