@@ -1,33 +1,145 @@
-"""Sample quality against real music: descriptor distributions of generated vs held-out pieces.
+"""Sample quality against real music: decoders compared on one backbone, and sampler settings.
 
-    python benchmarks/quality.py --ckpt outputs/demo/model.ckpt [--steps 1,2,4,8] [--top-p 0.95,0.9]
-                                 [--temperature 1.0] [--num 32] [--max-notes 256] [--quick]
+    python benchmarks/quality.py [--quick] [--train-steps 800] [--size tiny]     # decoders, trained here
+    python benchmarks/quality.py --ckpt outputs/demo/model.ckpt [--steps 1,2,4,8] [--order confidence,harmony]
+                                 [--top-p 0.95,0.9] [--temperature 1.0] [--num 32] [--max-notes 256]
 
-For each sampler setting the checkpoint generates `num` pieces of at most `max_notes` rows (piece i
+Decoders (the default mode): Amadeus (full, no_ciem, no_mlsdes) and the flat (REMI-like), nested
+(NMT-like) and parallel decoders are trained on the embedded corpus with the same backbone, data,
+optimiser and number of training notes, at parameter counts within 10 % of Amadeus' (the per-decoder
+size overrides are in DECODER_SIZES); each is then scored on the held-out split: exact NLL per note
+(chain rule; Amadeus in column order) and, for Amadeus, the diffusion ELBO per note; and its samples
+at batch 1 (Amadeus at every S in --steps) against the held-out pieces as below.
+
+Sampler settings (--ckpt): for each setting the checkpoint generates `num` pieces of at most `max_notes` rows (piece i
 uses seed i), and `amadeus.evaluate.sample_quality` compares their per-piece descriptors with the
 held-out pieces (validation + test splits, cut to the same length): overlapped area (OA, 1 = same
 distribution) and KL per descriptor, and their mean. The "real" row is the ceiling: as many training
 pieces, compared with the same held-out pieces.
 
-Rows: {"decoder", "variant", "steps", "temperature", "top_p", "num", "max_notes", "mean_oa", "oa",
-"kl", "mean", "consonance_oa", "syntax_error_rate", "notes_per_s"}; the "real" row has decoder
-"real". Written to benchmarks/results/quality.json ({"rows": [...]}) and printed as a table.
+Rows: {"decoder", "variant", "steps", "order", "temperature", "top_p", "num", "max_notes", "mean_oa",
+"oa", "kl", "mean", "consonance_oa", "syntax_error_rate", "notes_per_s"} (+ "params", "train_notes",
+"train_notes_per_s", "nll_per_note", "elbo_per_note" for trained decoders); the "real" row has
+decoder "real". Written to benchmarks/results/quality.json ({"rows": [...]}) and printed as a table.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import logging
 import time
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "quality.json"
+# (decoder, variant) -> model overrides that bring every decoder within 10 % of Amadeus' parameters at
+# the tiny size (flat and parallel have no head to speak of: a wider FFN; nested: a second head layer)
+VARIANTS = {("amadeus", "full"): {}, ("amadeus", "no_ciem"): {"use_ciem": False},
+            ("amadeus", "no_mlsdes"): {"use_mlsdes": False}, ("flat", "full"): {}, ("nested", "full"): {},
+            ("parallel", "full"): {}}
+DECODER_SIZES = {"tiny": {"flat": {"ffn_mult": 6}, "parallel": {"ffn_mult": 6}, "nested": {"head_layers": 2}}}
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
+
+
+def _network(size: str, decoder: str, variant: str) -> dict:
+    from _sizes import SIZE_KEYS
+    from _sizes import network as size_network
+
+    net = {k: v for k, v in size_network(size).items() if k in SIZE_KEYS or k in ("dropout", "use_ciem", "use_mlsdes")}
+    net.update(DECODER_SIZES.get(size, {}).get(decoder, {}))
+    net.update(VARIANTS[(decoder, variant)])
+    return net
+
+
+def train_decoder(decoder: str, variant: str, size: str, data: str, steps: int, batch: int, max_notes: int,
+                  seed: int = 0):
+    """Train one decoder on `data` for `steps` optimizer steps; returns (module, seconds, notes seen)."""
+    import lightning as L
+
+    from amadeus.datamodule import MusicDataModule
+    from amadeus.model.config import ModelConfig
+    from amadeus.module import AmadeusModule
+
+    L.seed_everything(seed, verbose=False)
+    module = AmadeusModule(network=ModelConfig(**_network(size, decoder, variant)), decoder=decoder, lr=2e-3,
+                           warmup_steps=min(50, steps // 4), weight_decay=0.1)
+    dm = MusicDataModule(data_dir=data, max_notes=max_notes, batch_size=batch, num_workers=0, seed=seed)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        gradient_clip_val=1.0)
+    t0 = time.perf_counter()
+    trainer.fit(module, dm)
+    return module, time.perf_counter() - t0, steps * batch * max_notes
+
+
+def held_out_likelihood(module, data: str, max_notes: int) -> dict:
+    """Exact NLL (and Amadeus' ELBO) per note on the validation windows, as the module logs them."""
+    import lightning as L
+
+    from amadeus.datamodule import MusicDataModule
+
+    dm = MusicDataModule(data_dir=data, max_notes=max_notes, batch_size=16, num_workers=0)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    out = trainer.validate(module, dm, verbose=False)[0]
+    return {"nll_per_note": out.get("val/nll_per_note"), "elbo_per_note": out.get("val/elbo_per_note")}
+
+
+def compare_decoders(size: str, data: str | None, train_steps: int, batch: int, window: int, steps: list[int],
+                     num: int, max_notes: int, seed: int = 0) -> list[dict]:
+    """Train every (decoder, variant), score likelihood and samples; one row per sampler setting."""
+    from amadeus.api import Amadeus
+    from amadeus.corpus import ensure_bach_shards
+
+    data = data or str(ensure_bach_shards(progress=False))
+    rows, real, base_params = [], None, None
+    for decoder, variant in VARIANTS:
+        module, seconds, notes = train_decoder(decoder, variant, size, data, train_steps, batch, window, seed)
+        params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        base_params = base_params or params
+        info = {"params": params, "params_vs_amadeus": params / base_params, "train_notes": notes,
+                "train_notes_per_s": notes / seconds, **held_out_likelihood(module, data, window)}
+        model = Amadeus(module.eval())
+        for s in (steps if decoder == "amadeus" and variant == "full" else [2] if decoder == "amadeus" else [None]):
+            row, real = _sample_row(model, data, s, "confidence", 1.0, 0.95, num, max_notes, seed)
+            rows.append({**row, "variant": variant, **info})
+            print(_line(rows[-1]), flush=True)
+    rows.append(_real_row(real, num, max_notes))
+    return rows
+
+
+def _sample_row(model, data: str, s: int | None, order: str, t: float, p: float, num: int, max_notes: int,
+                seed: int) -> tuple[dict, dict]:
+    """Sample `num` pieces one at a time (batch 1) and score them against the held-out pieces."""
+    from amadeus.datamodule import MusicDataModule
+    from amadeus.evaluate import sample_quality, structure_metrics
+
+    dm = MusicDataModule(data_dir=data, num_workers=0, tokenizer_hash=model.tokenizer.config_hash)
+    t0 = time.perf_counter()
+    result = model.sample(num, max_notes=max_notes, steps=s, temperature=t, top_p=p, order=order, seed=seed,
+                          batch_size=1)
+    seconds = time.perf_counter() - t0
+    q = sample_quality({"generated": result.tokens}, dm, model.tokenizer, max_notes=max_notes, seed=seed)
+    g = q["generated"]
+    errors = structure_metrics(result.tokens, model.tokenizer)["syntax_error_rate"]["any"]
+    row = {"decoder": model.module.decoder, "variant": "full", "steps": s, "order": order, "temperature": t,
+           "top_p": p, "num": num, "max_notes": max_notes, "mean_oa": g["mean_oa"], "oa": g["oa"], "kl": g["kl"],
+           "mean": g["mean"], "consonance_oa": g["oa"]["consonance"], "syntax_error_rate": errors,
+           "notes_per_s": result.notes / seconds, "real_pieces": q["real_pieces"]}
+    return row, {**q["ceiling"], "pieces": q["ceiling_pieces"], "real_pieces": q["real_pieces"]}
+
+
+def _real_row(real: dict, num: int, max_notes: int) -> dict:
+    return {"decoder": "real", "variant": "train vs held-out", "steps": None, "order": None, "temperature": None,
+            "top_p": None, "num": real["pieces"], "max_notes": max_notes, "mean_oa": real["mean_oa"],
+            "oa": real["oa"], "kl": real["kl"], "mean": real["mean"], "real_mean": real["real_mean"],
+            "consonance_oa": real["oa"]["consonance"], "syntax_error_rate": None, "notes_per_s": None,
+            "real_pieces": real["real_pieces"]}
 
 
 def sweep(ckpt: str, data: str | None, steps: list[int], temperatures: list[float], top_ps: list[float],
@@ -35,71 +147,69 @@ def sweep(ckpt: str, data: str | None, steps: list[int], temperatures: list[floa
     """One row per (steps, order, temperature, top_p) of one checkpoint, plus the real-vs-real row."""
     from amadeus.api import Amadeus
     from amadeus.corpus import ensure_bach_shards
-    from amadeus.datamodule import MusicDataModule
-    from amadeus.evaluate import sample_quality, structure_metrics
 
     model = Amadeus.load(ckpt)
     data = data or str(ensure_bach_shards(progress=False))
-    dm = MusicDataModule(data_dir=data, num_workers=0, tokenizer_hash=model.tokenizer.config_hash)
-    decoder = getattr(model.module.hparams, "decoder", "amadeus")
-    rows, q = [], {}
+    rows, real = [], None
     for s, order, t, p in itertools.product(steps, orders, temperatures, top_ps):
-        t0 = time.perf_counter()
-        result = model.sample(num, max_notes=max_notes, steps=s, temperature=t, top_p=p, order=order, seed=seed)
-        seconds = time.perf_counter() - t0
-        q = sample_quality({"generated": result.tokens}, dm, model.tokenizer, max_notes=max_notes, seed=seed)
-        g = q["generated"]
-        errors = structure_metrics(result.tokens, model.tokenizer)["syntax_error_rate"]["any"]
-        rows.append({"decoder": decoder, "variant": "full", "steps": s, "order": order, "temperature": t,
-                     "top_p": p, "num": num, "max_notes": max_notes, "mean_oa": g["mean_oa"], "oa": g["oa"],
-                     "kl": g["kl"], "mean": g["mean"], "consonance_oa": g["oa"]["consonance"],
-                     "syntax_error_rate": errors, "notes_per_s": result.notes / seconds,
-                     "real_pieces": q["real_pieces"]})
-        print(_line(rows[-1]), flush=True)
-    real = q["ceiling"]
-    rows.append({"decoder": "real", "variant": "train vs held-out", "steps": None, "order": None, "temperature": None,
-                 "top_p": None, "num": q["ceiling_pieces"], "max_notes": max_notes, "mean_oa": real["mean_oa"],
-                 "oa": real["oa"], "kl": real["kl"], "mean": real["mean"], "real_mean": real["real_mean"],
-                 "consonance_oa": real["oa"]["consonance"], "syntax_error_rate": None, "notes_per_s": None,
-                 "real_pieces": q["real_pieces"]})
-    return rows
+        row, real = _sample_row(model, data, s, order, t, p, num, max_notes, seed)
+        rows.append(row)
+        print(_line(row), flush=True)
+    return rows + [_real_row(real, num, max_notes)]
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _line(r: dict) -> str:
-    cons = r["mean"]["consonance"]
-    return (f"{r['decoder']:>8} {str(r['steps'] or '-'):>5} {str(r['order'] or '-'):>10} {str(r['temperature'] or '-'):>5} "
-            f"{str(r['top_p'] or '-'):>5} {r['mean_oa']:>8.3f} {r['consonance_oa']:>9.3f} "
-            f"{cons:>10.3f} {r['mean']['scale_consistency']:>8.3f}")
+    return (f"{r['decoder']:>8} {r['variant'][:9]:>9} {_fmt(r['steps'], 'd'):>3} {_fmt(r['order'], 's'):>10} "
+            f"{_fmt(r['temperature'], '.2f'):>5} {_fmt(r['top_p'], '.2f'):>5} {r['mean_oa']:>8.3f} "
+            f"{r['consonance_oa']:>9.3f} {r['mean']['consonance']:>10.3f} {r['mean']['scale_consistency']:>6.3f} "
+            f"{_fmt(r.get('nll_per_note'), '.3f'):>8} {_fmt(r['notes_per_s'], '.1f'):>8}")
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'decoder':>8} {'S':>5} {'order':>10} {'temp':>5} {'top_p':>5} {'mean OA':>8} {'cons. OA':>9} {'consonance':>10} {'scale':>8}"
+    head = (f"{'decoder':>8} {'variant':>9} {'S':>3} {'order':>10} {'temp':>5} {'top_p':>5} {'mean OA':>8} "
+            f"{'cons. OA':>9} {'consonance':>10} {'scale':>6} {'NLL/note':>8} {'notes/s':>8}")
     real = rows[-1]
     lines = [head] + [_line(r) for r in rows]
-    lines.append(f"{'held-out':>8} {'':>5} {'':>10} {'':>5} {'':>5} {'':>8} {'':>9} {real['real_mean']['consonance']:>10.3f} "
-                 f"{real['real_mean']['scale_consistency']:>8.3f}")
+    lines.append(f"{'held-out pieces':>52} {real['real_mean']['consonance']:>18.3f} "
+                 f"{real['real_mean']['scale_consistency']:>6.3f}")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ckpt", required=True, help="checkpoint or exported folder to sample from")
+    ap.add_argument("--ckpt", default=None, help="sweep the sampler settings of this checkpoint instead of "
+                                                 "training and comparing the decoders")
     ap.add_argument("--data", default=None, help="shard folder (default: the embedded Bach corpus)")
-    ap.add_argument("--steps", default="1,2,4,8")
+    ap.add_argument("--size", default="tiny", help="network size of the decoder comparison (configs/size)")
+    ap.add_argument("--train-steps", type=int, default=800, help="optimizer steps per decoder")
+    ap.add_argument("--batch", type=int, default=16, help="training windows per step")
+    ap.add_argument("--window", type=int, default=128, help="rows per training window")
+    ap.add_argument("--steps", default="1,2,4,8", help="Amadeus denoising steps to sample with")
     ap.add_argument("--temperature", default="1.0")
     ap.add_argument("--top-p", default="0.95")
-    ap.add_argument("--order", default="confidence", help="reveal orders: confidence,attributes")
-    ap.add_argument("--num", type=int, default=32)
-    ap.add_argument("--max-notes", type=int, default=256)
+    ap.add_argument("--order", default="confidence", help="reveal orders (--ckpt): confidence,harmony,columns")
+    ap.add_argument("--num", type=int, default=32, help="pieces sampled per setting")
+    ap.add_argument("--max-notes", type=int, default=256, help="rows per sampled piece")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="8 pieces of 128 notes at S=2")
+    ap.add_argument("--quick", action="store_true",
+                    help="about a minute: 30 training steps, 4 pieces of 64 rows, S=2 only")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # no banners per trained decoder
     if args.quick:
-        args.steps, args.num, args.max_notes = "2", 8, 128
-    rows = sweep(args.ckpt, args.data, [int(s) for s in args.steps.split(",")], _floats(args.temperature),
-                 _floats(args.top_p), args.order.split(","), args.num, args.max_notes)
+        args.train_steps, args.steps, args.num, args.max_notes = 30, "2", 4, 64
+    steps = [int(s) for s in args.steps.split(",")]
+    if args.ckpt:
+        rows = sweep(args.ckpt, args.data, steps, _floats(args.temperature), _floats(args.top_p),
+                     args.order.split(","), args.num, args.max_notes)
+    else:
+        rows = compare_decoders(args.size, args.data, args.train_steps, args.batch, args.window, steps, args.num,
+                                args.max_notes)
     print(table(rows))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"rows": rows}, indent=1) + "\n")
