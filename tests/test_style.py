@@ -1,7 +1,6 @@
 """The style classifier (amadeus.style) and style adherence CS: synthetic jigs vs chorales."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -9,48 +8,7 @@ import pytest
 
 from amadeus.metrics import TextAdherence, adherence_scores
 from amadeus.style import FEATURE_NAMES, STYLE_FILE, StyleClassifier, corpus_style_classifier, piece_vector
-from midi_factory import make_score, part, write
-
-MAJOR = (0, 2, 4, 5, 7, 9, 11)
-
-
-def jig(rng: np.random.Generator, tonic: int) -> "object":
-    """A 6/8 fiddle tune: running eighth notes on the major scale, a dotted-quarter at each bar's end."""
-    notes, t, degree = [], 0, 7
-    for bar in range(8):
-        for i in range(6 if bar % 2 == 0 else 3):
-            degree = int(np.clip(degree + rng.choice([-2, -1, 1, 2]), 0, 13))
-            notes.append((t, 240, tonic + 12 * (degree // 7) + MAJOR[degree % 7], 90))
-            t += 240
-        if bar % 2:
-            notes.append((t, 720, tonic + MAJOR[int(rng.integers(0, 3)) * 2], 90))
-            t += 720
-    return make_score([part(notes, program=40)], tempos=[(0, 116)], time_signatures=[(0, 6, 8)])
-
-
-def chorale(rng: np.random.Generator, tonic: int) -> "object":
-    """A 4/4 four-voice chorale: block triads in half and quarter notes."""
-    tracks = []
-    chords = [(0, 4, 7), (5, 9, 12), (7, 11, 14), (9, 12, 16)]
-    plan = [chords[int(rng.integers(0, 4))] for _ in range(12)]
-    lengths = [960 if i % 3 == 0 else 480 for i in range(12)]
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    for voice, octave in enumerate((12, 0, -12, -24)):
-        notes = [(int(s), int(d), tonic + octave + (c[voice % 3] if voice < 3 else c[0]), 70)
-                 for s, d, c in zip(starts, lengths, plan)]
-        tracks.append(part(notes, program=52, name=f"voice {voice}"))
-    return make_score(tracks, tempos=[(0, 80)], time_signatures=[(0, 4, 4)])
-
-
-def two_styles(seed: int, n: int) -> tuple[list, list[str]]:
-    rng = np.random.default_rng(seed)
-    scores, styles = [], []
-    for i in range(n):
-        tonic = 55 + int(rng.integers(0, 12))
-        scores += [jig(rng, tonic), chorale(rng, tonic)]
-        styles += ["Irish jig", "Bach chorale"]
-    return scores, styles
-
+from midi_factory import chorale, jig, make_score, two_styles
 
 def test_piece_vector_shape_and_shares():
     score = jig(np.random.default_rng(0), 62)
@@ -94,29 +52,6 @@ def test_cs_on_hand_made_pieces():
     assert math.isnan(float(metric.compute()["CK"]))
     assert adherence_scores({"style": "Irish jig"}, {"key": "C major"}).get("CS") is None  # no style stated
     assert adherence_scores({"style": "Irish jig", "n_notes": 0}, {"style": "Irish jig"})["CS"] == 0.0
-
-
-@pytest.fixture(scope="module")
-def styled_corpus(tmp_path_factory):
-    """ROOT/midi (24 jigs and 24 chorales, captions.jsonl with `style`, as amadeus.corpus.music21 writes
-    it) and ROOT/shards, whose features JSON has no style: the styles come from captions.jsonl."""
-    from amadeus.preprocess import preprocess
-
-    root = tmp_path_factory.mktemp("styled")
-    scores, styles = two_styles(3, 24)
-    records, splits = [], {}
-    for i, (score, style) in enumerate(zip(scores, styles)):
-        name = f"{style.split()[-1]}/{i:03d}.mid"
-        (root / "midi" / name).parent.mkdir(parents=True, exist_ok=True)
-        write(score, root / "midi" / name)
-        caption = (f"An Irish jig in some key, 6/8, for violin, at 116 bpm." if style == "Irish jig"
-                   else f"A Bach chorale in some key, 4/4, for four voices, at 80 bpm.")
-        records.append({"location": name, "caption": caption, "style": style})
-        splits[name] = "test" if i % 8 < 2 else "validation" if i % 8 == 2 else "train"
-    (root / "midi" / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    preprocess(root / "midi", root / "shards", captions=root / "midi" / "captions.jsonl", splits=splits, workers=0,
-               shard_size=16, progress=False)
-    return root
 
 
 def test_corpus_classifier_fits_caches_and_scores_held_out(styled_corpus, tmp_path):
