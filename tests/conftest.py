@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from midi_factory import make_score, part, write
+from midi_factory import make_score, part, two_styles, write
 
 @pytest.fixture
 def one_thread():
@@ -137,3 +137,26 @@ def trained_tiny(tmp_path_factory):
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 100}, ckpt)
     return module, ckpt
+
+
+@pytest.fixture(scope="session")
+def styled_corpus(tmp_path_factory):
+    """ROOT/midi (24 jigs and 24 chorales, captions.jsonl with `style`, as amadeus.corpus.music21 writes
+    it) and ROOT/shards, whose features JSON has no style: the styles come from captions.jsonl."""
+    from amadeus.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("styled")
+    scores, styles = two_styles(3, 24)
+    records, splits = [], {}
+    for i, (score, style) in enumerate(zip(scores, styles)):
+        name = f"{style.split()[-1]}/{i:03d}.mid"
+        (root / "midi" / name).parent.mkdir(parents=True, exist_ok=True)
+        write(score, root / "midi" / name)
+        caption = ("An Irish jig in some key, 6/8, for violin, at 116 bpm." if style == "Irish jig"
+                   else "A Bach chorale in some key, 4/4, for four voices, at 80 bpm.")
+        records.append({"location": name, "caption": caption, "style": style})
+        splits[name] = "test" if i % 8 < 2 else "validation" if i % 8 == 2 else "train"
+    (root / "midi" / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    preprocess(root / "midi", root / "shards", captions=root / "midi" / "captions.jsonl", splits=splits, workers=0,
+               shard_size=16, progress=False)
+    return root

@@ -80,3 +80,47 @@ def write(score: Score, path: str | Path) -> Path:
     path = Path(path)
     score.dump_midi(str(path))
     return path
+
+
+# two styles for the style classifier (amadeus.style) and CS
+
+MAJOR = (0, 2, 4, 5, 7, 9, 11)
+
+
+def jig(rng: np.random.Generator, tonic: int) -> Score:
+    """A 6/8 fiddle tune: running eighth notes on the major scale, a dotted-quarter at each bar's end."""
+    notes, t, degree = [], 0, 7
+    for bar in range(8):
+        for i in range(6 if bar % 2 == 0 else 3):
+            degree = int(np.clip(degree + rng.choice([-2, -1, 1, 2]), 0, 13))
+            notes.append((t, 240, tonic + 12 * (degree // 7) + MAJOR[degree % 7], 90))
+            t += 240
+        if bar % 2:
+            notes.append((t, 720, tonic + MAJOR[int(rng.integers(0, 3)) * 2], 90))
+            t += 720
+    return make_score([part(notes, program=40)], tempos=[(0, 116)], time_signatures=[(0, 6, 8)])
+
+
+def chorale(rng: np.random.Generator, tonic: int) -> Score:
+    """A 4/4 four-voice chorale: block triads in half and quarter notes."""
+    tracks = []
+    chords = [(0, 4, 7), (5, 9, 12), (7, 11, 14), (9, 12, 16)]
+    plan = [chords[int(rng.integers(0, 4))] for _ in range(12)]
+    lengths = [960 if i % 3 == 0 else 480 for i in range(12)]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for voice, octave in enumerate((12, 0, -12, -24)):
+        notes = [(int(s), int(d), tonic + octave + (c[voice % 3] if voice < 3 else c[0]), 70)
+                 for s, d, c in zip(starts, lengths, plan)]
+        tracks.append(part(notes, program=52, name=f"voice {voice}"))
+    return make_score(tracks, tempos=[(0, 80)], time_signatures=[(0, 4, 4)])
+
+
+def two_styles(seed: int, n: int) -> tuple[list[Score], list[str]]:
+    """n jigs and n chorales in random keys, alternating, with their style labels."""
+    rng = np.random.default_rng(seed)
+    scores, styles = [], []
+    for i in range(n):
+        tonic = 55 + int(rng.integers(0, 12))
+        scores += [jig(rng, tonic), chorale(rng, tonic)]
+        styles += ["Irish jig", "Bach chorale"]
+    return scores, styles

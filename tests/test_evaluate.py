@@ -223,3 +223,38 @@ def test_caption_contrast_and_the_demo_table(text_ckpt, tmp_path, capsys):
     assert out.count("caption ") == 2 and "text adherence, % of 2 samples per row (guidance 3.0)" in out
     assert sorted(p.name for p in tmp_path.glob("text*.mid")) == ["text0_0.mid", "text0_1.mid", "text1_0.mid",
                                                                    "text1_1.mid"]
+
+
+def test_evaluate_scores_style_and_the_midicaps_convention(text_ckpt, styled_corpus, tmp_path, capsys):
+    """On data with styles (captions.jsonl beside the shards) the report has CS beside the MidiCaps
+    metrics and the classifier's ceilings; --adherence midicaps is recorded and changes only the
+    tempo / meter / key reading."""
+    out = tmp_path / "eval.json"
+    rc = cli_main(["evaluate", "--ckpt", str(text_ckpt), "--data", str(styled_corpus / "shards"), "--split", "test",
+                   "--num", "4", "--max-notes", "32", "--steps", "2", "--nll-windows", "0", "--adherence", "midicaps",
+                   "--style-model", str(tmp_path / "style.json"), "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["adherence"] == "midicaps" and (tmp_path / "style.json").is_file()
+    style = report["style"]
+    assert style["classes"] == ["Bach chorale", "Irish jig"]
+    assert style["held_out"]["accuracy"] == 100.0 and style["prompt_pieces"]["pieces"] == 4
+    for target in ("features", "caption"):
+        for mode in ("with_text", "without_text"):
+            assert report["adherence_counts"][target][mode]["CS"] == 4
+            assert 0.0 <= report["adherence"][target][mode]["CS"] <= 100.0
+    printed = capsys.readouterr().out
+    assert "CS ceiling" in printed and "midicaps features" in printed
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses an unknown convention
+        cli_main(["evaluate", "--ckpt", str(text_ckpt), "--adherence", "muspy"])
+    assert exit_info.value.code == 2
+
+
+def test_evaluate_without_styles_reports_no_cs(text_ckpt, tiny_shards, tmp_path):
+    out = tmp_path / "eval.json"
+    assert cli_main(["evaluate", "--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--split", "test", "--num", "1",
+                     "--max-notes", "16", "--steps", "2", "--nll-windows", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["style"] is None and report["settings"]["adherence"] == "amadeus"
+    assert report["adherence"]["features"]["without_text"]["CS"] is None
+    assert report["adherence_counts"]["features"]["without_text"]["CS"] == 0

@@ -57,7 +57,9 @@ def adherence(piece, target) -> dict[str, float]:
 
 def test_adherence_all_correct_and_wrong_key():
     full = {"key": "C major", "tempo": 90, "time_signature": "3/4", "instruments": ["piano"], "chords": ["C"]}
-    assert adherence(c_major_waltz(), full) == {k: 100.0 for k in ("TB", "TBT", "CK", "CKD", "CTS", "CI", "CM_top3")}
+    r = adherence(c_major_waltz(), full)
+    assert math.isnan(r.pop("CS"))  # no style stated
+    assert r == {k: 100.0 for k in ("TB", "TBT", "CK", "CKD", "CTS", "CI", "CM_top3")}
     r = adherence(c_major_waltz(), {"key": "F# major"})
     assert r["CK"] == 0.0 and r["CKD"] == 0.0 and math.isnan(r["TB"]) and math.isnan(r["CI"])
 
@@ -86,6 +88,44 @@ def test_tempo_bins_time_signature_instruments_chords():
     assert adherence(other, {"chords": ["G", "Em", "D7", "C"]})["CM_top3"] == 100.0  # first 3 of the target
     assert adherence(other, {"chords": ["Em", "G", "Am"]})["CM_top3"] == pytest.approx(200 / 3)
     assert adherence(other, {"chords": ["Cmaj7"]})["CM_top3"] == 0.0  # quality matters
+
+
+def test_tempo_word_spanning_bins_is_not_lenient_twice():
+    """'moderate tempo' (80-120 bpm) overlaps bins 3-5 (70-140 bpm): that range is the tolerance, so TBT
+    does not add bins 2 and 6 as well; a one-bin word keeps its one-bin tolerance."""
+    target = parse_caption("A piece at a moderate tempo.")
+    assert target["tempo_bins"] == [3, 4, 5]
+    at = {bpm: make_score([part(block_chords([[60, 64, 67]] * 4, Q), program=0)], tempos=[(0, bpm)])
+          for bpm in (65, 100, 150)}
+    assert (adherence(at[100], target)["TB"], adherence(at[100], target)["TBT"]) == (100.0, 100.0)
+    for bpm in (65, 150):  # bins 2 and 6, next to the range
+        assert (adherence(at[bpm], target)["TB"], adherence(at[bpm], target)["TBT"]) == (0.0, 0.0)
+    vivace = parse_caption("A Vivace piece.")  # one bin (140, 160]: its neighbours count for TBT
+    assert vivace["tempo_bins"] == [6]
+    assert (adherence(at[150], vivace)["TB"], adherence(at[100], vivace)["TBT"]) == (100.0, 0.0)
+    assert adherence(make_score([part(block_chords([[60, 64, 67]] * 4, Q))], tempos=[(0, 120)]), vivace)["TBT"] == 100.0
+
+
+def test_midicaps_convention_first_tempo_first_meter_music21_key():
+    """MidiCaps' fields: the first tempo and time signature (ours: the longest held), music21's key."""
+    from amadeus.features import adherence_features, music21_key
+
+    # 8 bars at 60 bpm in 2/4 after one bar of 3/4 at 150 bpm; G major scale and triads
+    notes = block_chords([[55, 59, 62], [60, 64, 67], [62, 66, 69], [55, 59, 62]] * 5, Q, beats=2)
+    score = make_score([part(notes, program=0)], tempos=[(0, 150), (3 * Q, 60)],
+                       time_signatures=[(0, 3, 4), (3 * Q, 2, 4)])
+    ours, theirs = adherence_features(score), adherence_features(score, "midicaps")
+    assert (ours["tempo"], ours["time_signature"]) == (60, "2/4")
+    assert (theirs["tempo"], theirs["tempo_bin"], theirs["time_signature"]) == (150, 6, "3/4")
+    assert theirs["key"] == "G major" == ours["key"] and music21_key(score) == (7, "major")
+    assert theirs["instruments"] == ours["instruments"]  # only tempo, meter and key change
+    assert adherence(score, {"tempo": 150, "time_signature": "3/4"})["CTS"] == 0.0
+    m = TextAdherence()
+    m.update([theirs], [{"tempo": 150, "time_signature": "3/4"}])
+    assert float(m.compute()["TB"]) == 100.0 and float(m.compute()["CTS"]) == 100.0
+    assert music21_key(make_score([])) is None
+    with pytest.raises(ValueError, match="unknown feature convention"):
+        adherence_features(score, "muspy")
 
 
 def test_accumulates_and_counts_per_metric():
@@ -156,6 +196,7 @@ def test_parse_caption_recovers_generated_captions():
         target = parse_caption(caption)
         r = adherence(feats, caption)  # a caption string is parsed by TextAdherence itself
         assert target["chords"] == feats["chords"][:4] and target["tempo"] == feats["tempo"]
+        assert math.isnan(r.pop("CS"))  # a caption without a corpus style: CS not scored
         assert all(v == 100.0 for v in r.values()), (make_caption(feats, seed), r)
 
 

@@ -287,3 +287,24 @@ def test_cli_exit_codes(mixed_dir, tmp_path, capsys):
     code = pp.run(parser.parse_args([str(mixed_dir), str(tmp_path / "o"), "--workers", "1", "--quiet"]))
     out = capsys.readouterr().out
     assert code == 0 and "4 skipped" in out and "5 pieces" in out and "truncated.mid" in out
+
+
+def test_preprocess_counts_captions_over_the_text_limit(synthetic_midi_dir, tmp_path, capsys):
+    """--text-max-length N: captions longer than N MiniLM tokens are counted (after the shards exist)."""
+    from amadeus.cli import main as cli_main
+    from amadeus.model.text import caption_token_counts
+
+    lengths = caption_token_counts(["A slow piece in C major, 3/4, at 60 bpm, for choir and bass.", ""])
+    assert lengths[0] > 10 and lengths[1] == 2  # [CLS] [SEP]
+    report = preprocess(synthetic_midi_dir, tmp_path / "a", captions=synthetic_midi_dir / "captions.jsonl", workers=0,
+                        progress=False, text_max_length=lengths[0] - 1)
+    c = report.caption_tokens
+    assert c["captions"] == 24 and c["limit"] == lengths[0] - 1 and 0 < c["over"] <= 24 and c["max"] >= lengths[0]
+    assert "exceed" in report.summary()
+    assert preprocess(synthetic_midi_dir, tmp_path / "a", workers=0, progress=False,
+                      captions=synthetic_midi_dir / "captions.jsonl").caption_tokens is None  # only when asked
+    assert cli_main(["preprocess", str(synthetic_midi_dir), str(tmp_path / "b"), "--captions",
+                     str(synthetic_midi_dir / "captions.jsonl"), "--workers", "0", "--quiet",
+                     "--text-max-length", "128"]) == 0
+    assert "captions: 0 of 24 exceed 128 all-MiniLM-L6-v2 tokens" in capsys.readouterr().out
+    assert cli_main(["preprocess", str(synthetic_midi_dir), str(tmp_path / "c"), "--text-max-length", "0"]) == 2

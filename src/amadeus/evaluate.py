@@ -6,10 +6,22 @@ as a report (JSON) and a table.
 Text adherence (the MidiCaps / Text2Midi metrics): the first N pieces of the split that have a caption are
 the prompts. From each caption the model generates a piece (with classifier-free guidance G) and, as
 a baseline in the same run, a piece without text from the same seed (piece i uses seed + i in both).
-Every generated piece is scored (amadeus.metrics.TextAdherence: TB TBT CK CKD CTS CI CM_top3) twice:
+Every generated piece is scored (amadeus.metrics.TextAdherence: TB TBT CK CKD CTS CI CM_top3 CS) twice:
 against the features stored with the prompt's source piece (key, tempo, time signature,
 instruments, chords: the shard's features JSON) and against the fields the caption states
 (amadeus.captions.parse_caption). A model without a text encoder gets the baseline rows only.
+
+Two conventions for the generated pieces' tempo, time signature and key (`adherence`, the command's
+--adherence): "amadeus" (default: the longest-held tempo and time signature, Krumhansl-Kessler key
+profiles, as the stored features) and "midicaps" (MidiCaps' pipeline: the first tempo event, the first
+time signature, music21's key analysis; the stored-feature targets then take these three fields from
+the prompt piece's tokens by the same rules), for comparisons with published MidiCaps tables.
+
+Style adherence CS, when the data has styles (the music21 corpus: the shard's features `style` or the
+corpus' captions.jsonl beside the shards): the share of generated pieces whose style, as predicted by
+amadeus.style's classifier (fitted on the training split, cached in the shard folder), is the prompt
+piece's style. Its ceiling is reported beside it (report["style"]): the classifier's accuracy on the
+held-out pieces, and on the prompt pieces themselves cut to the generated length.
 
 Sample quality (amadeus.descriptors): per-piece descriptors (consonance, scale consistency, polyphony,
 rhythm, range ...) of the generated pieces against the held-out pieces (validation and test splits,
@@ -68,7 +80,7 @@ def is_local(path: str | Path) -> bool:
 def read_pieces(data: str | Path, split: str, num: int, tokenizer_hash: str | None = None) -> tuple[list[dict], Any]:
     """The first `num` captioned pieces of `split` in shard order, and the MusicDataModule of `data`.
 
-    Each piece: {"id", "caption", "features" (dict), "tokens" (int64 [N, K])}. The shards' tokenizer
+    Each piece: {"id", "source", "caption", "features" (dict), "tokens" (int64 [N, K])}. The shards' tokenizer
     must be the model's (tokenizer_hash); a mismatch or a missing manifest is a clear error.
     """
     from amadeus.datamodule import MusicDataModule
@@ -78,13 +90,13 @@ def read_pieces(data: str | Path, split: str, num: int, tokenizer_hash: str | No
     K = dm.tokenizer.K
     pieces: list[dict] = []
     for file in dm.files(split, required=False):
-        table = read_shard(file, ["id", "tokens", "caption", "features"], split=split, captioned=True)
+        table = read_shard(file, ["id", "source", "tokens", "caption", "features"], split=split, captioned=True)
         for row in table.slice(0, num - len(pieces)).to_pylist():
             try:
                 features = json.loads(row["features"] or "{}")
             except json.JSONDecodeError as e:
                 raise ValueError(f"{file}: piece {row['id']}: features are not JSON ({e})") from None
-            pieces.append({"id": row["id"], "caption": row["caption"], "features": features,
+            pieces.append({"id": row["id"], "source": row["source"], "caption": row["caption"], "features": features,
                            "tokens": np.asarray(row["tokens"], dtype=np.int64).reshape(-1, K)})
         if len(pieces) >= num:
             break
@@ -217,10 +229,50 @@ def _generation_report(result, tokenizer) -> dict[str, Any]:
             **structure_metrics(result.tokens, tokenizer)}
 
 
-def _adherence(model, pieces: list[dict], results: dict[str, Any], clap_metric) -> dict[str, Any]:
-    """Adherence of each mode's pieces to the stored features and to the caption fields, their
-    generation statistics and (when asked) CLAP: the report's adherence, counts, generation, clap."""
-    from amadeus.features import extract_features
+def style_targets(data: str | Path, pieces: list[dict], tokenizer, *, max_notes: int, style_model: str | Path | None,
+                  log=print) -> tuple[Any, list[str | None], dict[str, Any] | None]:
+    """(classifier or None, each prompt piece's style or None, the style report) for CS: None when the
+    data has no styles. A style the classifier does not know (too few training pieces) is not scored.
+    The report: classes, the classifier's held-out accuracy and its accuracy on the prompt pieces cut
+    to `max_notes` rows (CS's ceilings)."""
+    from amadeus.style import captions_styles, corpus_style_classifier, piece_style, piece_vector
+
+    if not is_local(data):
+        return None, [None] * len(pieces), None
+    lookup = captions_styles(data)
+    styles = [piece_style(p["features"], p["source"], lookup) for p in pieces]
+    model = corpus_style_classifier(data, style_model, log=log) if any(styles) else None
+    if model is None:
+        return None, [None] * len(pieces), None
+    styles = [s if s in model.classes else None for s in styles]
+    vectors = np.array([piece_vector(tokenizer.decode(p["tokens"][: max_notes + 1])) for p in pieces])
+    report = {"classes": model.classes, "held_out": model.info.get("held_out"),
+              "prompt_pieces": model.accuracy(vectors, styles), "train_pieces": model.info.get("train_pieces")}
+    return model, styles, _finite(report)
+
+
+def _targets(pieces: list[dict], styles: Sequence[str | None], convention: str, tokenizer) -> dict[str, list[dict]]:
+    """The two targets of every prompt piece: its stored features and its caption's fields, each with
+    the piece's style; under the "midicaps" convention the stored features' tempo, time signature and
+    key are re-taken from the piece's tokens by MidiCaps' rules."""
+    from amadeus.features import midicaps_fields
+
+    features = []
+    for p, style in zip(pieces, styles):
+        f = dict(p["features"], style=style)
+        if convention == "midicaps":
+            f.update(midicaps_fields(tokenizer.decode(p["tokens"]), p["features"].get("tempo_first", f.get("tempo"))))
+        features.append(f)
+    return {"features": features,
+            "caption": [dict(parse_caption(p["caption"]), style=s) for p, s in zip(pieces, styles)]}
+
+
+def _adherence(model, pieces: list[dict], results: dict[str, Any], clap_metric, *, convention: str = "amadeus",
+               styles: tuple[Any, list[str | None]] = (None, [])) -> dict[str, Any]:
+    """Adherence of each mode's pieces to the stored features and to the caption fields (tempo, time
+    signature and key by `convention`; CS with a style classifier), their generation statistics and
+    (when asked) CLAP: the report's adherence, counts, generation, clap."""
+    from amadeus.features import adherence_features
 
     tokenizer = model.tokenizer
     captions = [p["caption"] for p in pieces]
@@ -228,10 +280,14 @@ def _adherence(model, pieces: list[dict], results: dict[str, Any], clap_metric) 
     counts: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
     generation: dict[str, Any] = {m: None for m in MODES}
     clap_report: dict[str, Any] | str = CLAP_NOT_COMPUTED if clap_metric is None else {m: None for m in MODES}
-    targets = {"features": [p["features"] for p in pieces], "caption": [parse_caption(c) for c in captions]}
+    classifier, piece_styles = styles
+    targets = _targets(pieces, piece_styles or [None] * len(pieces), convention, tokenizer)
     for mode, result in results.items():
         scores = [tokenizer.decode(t) for t in result.tokens]
-        feats = [extract_features(s) for s in scores]
+        feats = [adherence_features(s, convention) for s in scores]
+        if classifier is not None:
+            for f, style in zip(feats, classifier.predict(scores)):
+                f["style"] = style
         for target in TARGETS:
             metric = TextAdherence()
             metric.update(feats, targets[target])
@@ -263,13 +319,20 @@ def _nll(module, dm, split: str, nll_windows: int, nll_length: int, nll_samples:
 def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = None, split: str = "test",
              num: int = 16, max_notes: int = 256, steps: int | None = None, seed: int = 0,
              clap: str | Path | None = None, nll_windows: int = 16, nll_length: int = 128, nll_samples: int = 4,
-             device: str = "cpu", log=print) -> dict[str, Any]:
+             device: str = "cpu", adherence: str = "amadeus", style_model: str | Path | None = None,
+             log=print) -> dict[str, Any]:
     """Run every metric; returns the report (what `amadeus evaluate` writes as JSON).
 
     `guidance` is the classifier-free guidance scale of the text rows (the command's default is
-    amadeus.commands._common.TEXT_GUIDANCE). Raises ValueError / OSError (checkpoint, data) or
-    MetricUnavailable (clap) with a clear message.
+    amadeus.commands._common.TEXT_GUIDANCE). `adherence`: the feature convention of the adherence
+    metrics, one of amadeus.features.FEATURE_CONVENTIONS (see the module docstring). `style_model`:
+    where the style classifier is cached (default DATA/style-classifier.json). Raises ValueError /
+    OSError (checkpoint, data) or MetricUnavailable (clap) with a clear message.
     """
+    from amadeus.features import FEATURE_CONVENTIONS
+
+    if adherence not in FEATURE_CONVENTIONS:
+        raise ValueError(f"adherence convention {adherence!r} unknown; choose from {', '.join(FEATURE_CONVENTIONS)}")
     from amadeus.api import Amadeus
 
     t0 = time.perf_counter()
@@ -300,16 +363,19 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
         results["with_text"] = model.sample(n, text=[p["caption"] for p in pieces], guidance=guidance, **options)
     log(f"generating {n} pieces without text ...")
     results["without_text"] = model.sample(n, **options)
-    scored = _adherence(model, pieces, results, clap_metric)
+    classifier, styles, style_report = style_targets(data, pieces, tokenizer, max_notes=max_notes,
+                                                     style_model=style_model, log=log)
+    scored = _adherence(model, pieces, results, clap_metric, convention=adherence, styles=(classifier, styles))
 
     return {
         "checkpoint": str(ckpt), "data": str(data), "split": split, "device": str(model.device),
         "threads": torch.get_num_threads(),
         "tokenizer_hash": tokenizer.config_hash, "text_conditioned": text_model,
         "settings": {"num": n, "max_notes": max_notes, "steps": steps, "guidance": guidance if text_model else None,
-                     "seed": seed, "nll_windows": nll_windows, "nll_length": nll_length, "nll_samples": nll_samples},
+                     "seed": seed, "nll_windows": nll_windows, "nll_length": nll_length, "nll_samples": nll_samples,
+                     "adherence": adherence},
         "pieces": [{"id": p["id"], "caption": p["caption"], "seed": seed + i} for i, p in enumerate(pieces)],
-        "adherence": scored["adherence"], "adherence_counts": scored["adherence_counts"],
+        "adherence": scored["adherence"], "adherence_counts": scored["adherence_counts"], "style": style_report,
         "generation": scored["generation"],
         "data_reference": structure_metrics([p["tokens"] for p in pieces], tokenizer),
         "quality": sample_quality({m: results[m].tokens if m in results else None for m in MODES}, dm, tokenizer,
@@ -379,7 +445,8 @@ def format_report(report: dict[str, Any]) -> str:
     n = report["settings"]["num"]
     g = report["settings"]["guidance"]
     lines.append(f"text adherence, % of {n} pieces of the {report['split']!r} split"
-                 + (f" (guidance {g})" if report["text_conditioned"] else " (model has no text encoder)"))
+                 + (f" (guidance {g})" if report["text_conditioned"] else " (model has no text encoder)")
+                 + f", {report['settings'].get('adherence', 'amadeus')} features")
     lines.append("target / mode".ljust(30) + "".join(c.rjust(8) for c in ADHERENCE_METRICS) + "   scored")
     for target in TARGETS:
         for mode in MODES:
@@ -391,6 +458,13 @@ def format_report(report: dict[str, Any]) -> str:
             scored = report["adherence_counts"][target][mode]
             lines.append(name.ljust(30) + "".join(_cell(row[c]) for c in ADHERENCE_METRICS)
                          + "   " + " ".join(str(scored[c]) for c in ADHERENCE_METRICS))
+    style = report.get("style")
+    if style:
+        held, prompts = style.get("held_out") or {}, style["prompt_pieces"]
+        lines.append(f"CS ceiling: the style classifier ({len(style['classes'])} styles) is right on "
+                     f"{_cell(prompts['accuracy'], 0).strip()}% of these {prompts['pieces']} prompt pieces and "
+                     f"{_cell(held.get('accuracy'), 0).strip()}% of {held.get('pieces', 0)} held-out pieces "
+                     f"(balanced over styles {_cell(held.get('balanced_accuracy'), 0).strip()}%)")
     lines.append("")
     lines.append("generated pieces".ljust(30) + "notes/s".rjust(10) + "syntax err %".rjust(14)
                  + "PC entropy".rjust(12) + "groove".rjust(9))

@@ -14,6 +14,11 @@ CI, chords for CM). The output of `extract_features` is a JSON-serialisable dict
 | instruments, instrument_programs, instrument_notes | GM names by note count ("Drums" = program 128) |
 | chords, chord_progression | most frequent chord names (by time); most repeated chord sequence |
 
+Two conventions for the fields the adherence metrics compare (`adherence_features(score, convention)`):
+"amadeus" (the table above: the longest-held tempo and time signature, Krumhansl-Kessler key profiles)
+and "midicaps" (MidiCaps' pipeline: the first tempo event, the first time signature and music21's key
+analysis, `score.analyze('key')`, on the piece written as MIDI; about 0.25 s per piece).
+
 Tempo words use MidiCaps' bins: TEMPO_WORDS[i] covers TEMPO_BIN_EDGES[i-1] < bpm <= TEMPO_BIN_EDGES[i]
 (Grave <= 40 < Largo <= 60 < Adagio <= 70 < Andante <= 90 < Moderato <= 110 < Allegro <= 140 <
 Vivace <= 160 < Presto <= 210 < Prestissimo); the simpler words (Slow <= 80 < Moderate tempo <= 120 <
@@ -38,6 +43,7 @@ TEMPO_WORDS = ("Grave", "Largo", "Adagio", "Andante", "Moderato", "Allegro", "Vi
 SIMPLE_TEMPO_EDGES = (80, 120, 160)
 SIMPLE_TEMPO_WORDS = ("Slow", "Moderate tempo", "Fast", "Very fast")
 DURATION_EDGES = (30, 120, 300)
+FEATURE_CONVENTIONS = ("amadeus", "midicaps")
 DURATION_WORDS = ("Short fragment", "Short song", "Song", "Long piece")
 
 # Krumhansl-Kessler key profiles (tonic first): the weights of estimate_key, not vocabulary, so they
@@ -185,3 +191,49 @@ def extract_features(score_or_path: Score | str | Path) -> dict[str, Any]:
     feats["chords"] = chords
     feats["chord_progression"] = _chord_progression(names)
     return feats
+
+
+def music21_key(score_or_path: Score | str | Path) -> tuple[int, str] | None:
+    """(tonic pitch class, "major"/"minor") by music21's key analysis (`analyze('key')`, MidiCaps'
+    choice) of the piece read back from MIDI; None without pitched notes."""
+    import tempfile
+
+    from music21 import converter
+
+    score, _ = load_score(score_or_path)
+    if not any(len(tr.notes) and not tr.is_drum for tr in score.tracks):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "piece.mid"
+        score.dump_midi(str(path))
+        key = converter.parse(str(path), format="midi").analyze("key")
+    return int(key.tonic.pitchClass), ("minor" if key.mode == "minor" else "major")
+
+
+def first_time_signature(score: Score) -> str:
+    """The time signature in force at the start ("n/d"; 4/4 when none is given there)."""
+    sigs = sorted((ts.time, i, ts.numerator, ts.denominator) for i, ts in enumerate(score.time_signatures))
+    return f"{sigs[0][2]}/{sigs[0][3]}" if sigs and sigs[0][0] == 0 else "4/4"
+
+
+def adherence_features(score_or_path: Score | str | Path, convention: str = "amadeus") -> dict[str, Any]:
+    """`extract_features`, with tempo, time signature and key taken by one of FEATURE_CONVENTIONS:
+    "amadeus" (longest-held tempo and time signature, Krumhansl-Kessler key) or "midicaps" (first
+    tempo event, first time signature, music21's key analysis), so adherence figures can be compared
+    with MidiCaps' published tables."""
+    if convention not in FEATURE_CONVENTIONS:
+        raise ValueError(f"unknown feature convention {convention!r}; choose from {', '.join(FEATURE_CONVENTIONS)}")
+    score, _ = load_score(score_or_path)
+    feats = extract_features(score)
+    if convention == "midicaps":
+        feats.update(midicaps_fields(score, feats["tempo_first"]))
+    return feats
+
+
+def midicaps_fields(score: Score, tempo_first: int) -> dict[str, Any]:
+    """The tempo, time signature and key fields under MidiCaps' conventions (see adherence_features)."""
+    key = music21_key(score)
+    return {"tempo": int(tempo_first), "tempo_word": tempo_word(tempo_first), "tempo_bin": tempo_bin(tempo_first),
+            "time_signature": first_time_signature(score),
+            "key": key_name(*key) if key else None, "key_tonic": key_name(*key).split()[0] if key else None,
+            "key_mode": key[1] if key else None, "key_confidence": None}

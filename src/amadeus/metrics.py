@@ -46,7 +46,7 @@ from amadeus.tokenizer import (
 # ================================================================================================
 # text adherence
 
-ADHERENCE_METRICS = ("TB", "TBT", "CK", "CKD", "CTS", "CI", "CM_top3")
+ADHERENCE_METRICS = ("TB", "TBT", "CK", "CKD", "CTS", "CI", "CM_top3", "CS")
 
 
 def _target_tempo_bins(target: dict[str, Any]) -> set[int] | None:
@@ -81,7 +81,8 @@ def adherence_scores(piece: dict[str, Any], target: dict[str, Any]) -> dict[str,
     if bins:
         pb = tempo_bin(float(piece["tempo"])) if piece.get("tempo") is not None else None
         out["TB"] = float(pb in bins)
-        out["TBT"] = float(pb is not None and min(abs(pb - b) for b in bins) <= 1)
+        near = bins if len(bins) > 1 else {b + d for b in bins for d in (-1, 0, 1)}  # a range is tolerance enough
+        out["TBT"] = float(pb in near)
     tk = parse_key(target.get("key"))
     if tk:
         pk = parse_key(piece.get("key"))
@@ -98,18 +99,22 @@ def adherence_scores(piece: dict[str, Any], target: dict[str, Any]) -> dict[str,
     if tch:
         top3 = {c for c in map(parse_chord, (piece.get("chords") or [])[:3]) if c}
         out["CM_top3"] = sum(c in top3 for c in tch) / len(tch)
+    if target.get("style"):
+        out["CS"] = float(piece.get("style") == target["style"])
     if piece.get("n_notes", 1) == 0:  # nothing generated: every scored field is a miss
         out = {name: 0.0 for name in out}
     return out
 
 
 class TextAdherence(Metric):
-    """Text-adherence percentages: TB, TBT, CK, CKD, CTS, CI, CM_top3.
+    """Text-adherence percentages: TB, TBT, CK, CKD, CTS, CI, CM_top3, CS.
 
     Each generated piece's features (amadeus.features.extract_features) are compared with its
     target (a dict, e.g. the features stored with the test piece, or `parse_caption(caption)`):
     - TB: tempo bin (MidiCaps bins, TEMPO_WORDS) equal to the target's; TBT: within one bin. A
-      target bpm gives one bin; a tempo word may give several (a hit on any counts).
+      target bpm gives one bin; a tempo word may give several (a hit on any counts). A word that
+      spans several bins ("moderate tempo": 80-120 bpm overlaps 3 bins) is a tolerance already, so
+      its TBT is its TB: the neighbours of a range are not added a second time.
     - CK: same key (tonic pitch class and mode, so enharmonic spellings match).
       CKD: also counts the relative (C major ~ A minor) and parallel (C major ~ C minor) keys.
     - CTS: same time signature ('n/d', the piece's most used one).
@@ -117,6 +122,8 @@ class TextAdherence(Metric):
     - CM_top3: the target's first 3 distinct chords (its top chords, as listed by the caption or
       features) - share of them among the piece's 3 most used chords (by time, features 'chords');
       chords compare by root pitch class and quality.
+    - CS: style adherence: the piece's `style` (predicted by amadeus.style's classifier, set by the
+      caller) equals the target's `style` (the prompt piece's corpus style).
     Per-piece scores in [0, 1] are averaged over the pieces whose target states the field (a missing
     field is not scored; `counts()` says how many were); a piece without notes scores 0.
     compute() -> {metric: percent} (nan where nothing was scored).

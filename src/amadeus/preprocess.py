@@ -251,6 +251,7 @@ class PreprocessReport:
     worker_restarts: int = 0
     processed: int = 0  # files encoded in this run (not counting reused shards)
     seconds: float = 0.0
+    caption_tokens: dict[str, Any] | None = None  # when asked: captions over a text encoder's limit
 
     @property
     def files_per_s(self) -> float:
@@ -262,14 +263,22 @@ class PreprocessReport:
         return (f"{self.pieces} pieces ({sp}), {self.notes} notes from {self.files} files; "
                 f"{len(self.skipped)} skipped; {self.shards} shards ({self.shards_reused} reused); "
                 f"grid changes: {lost}; {self.processed} files in {self.seconds:.1f} s "
-                f"({self.files_per_s:.0f} files/s) -> {self.out}")
+                f"({self.files_per_s:.0f} files/s) -> {self.out}" + self._caption_summary())
+
+    def _caption_summary(self) -> str:
+        c = self.caption_tokens
+        if not c:
+            return ""
+        return (f"\ncaptions: {c['over']} of {c['captions']} exceed {c['limit']} {c['encoder']} tokens (median "
+                f"{c['median']:g}, max {c['max']}); they are cut at training unless text_max_length is raised")
 
 
 def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
                captions: str | os.PathLike | dict[str, str] | None = None, workers: int | None = None,
                tokenizer: NoteTokenizer | None = None, shard_size: int = 1000, val_fraction: float = 0.05,
                test_fraction: float = 0.05, auto_captions: bool = True, timeout: float | None = 120.0,
-               progress: bool = True, splits: Mapping[str, str] | None = None) -> PreprocessReport:
+               progress: bool = True, splits: Mapping[str, str] | None = None, text_max_length: int | None = None,
+               text_encoder: str = "all-MiniLM-L6-v2") -> PreprocessReport:
     """Tokenize every MIDI file of SRC into OUT/shards/*.parquet and write OUT/manifest.json.
 
     captions: a MidiCaps JSON/JSONL file (or a {location: caption} dict); files it does not cover get
@@ -280,6 +289,8 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
     splits: {location: "train" | "validation" | "test"} (matched like captions) overriding the content
         hash, so that a corpus can keep related files (the same tune twice) in one split and give
         every style its test share.
+    text_max_length: when given, count (after the shards are written, in this process) the captions
+        longer than this many tokens of `text_encoder`'s tokenizer: report.caption_tokens.
     """
     t0 = time.perf_counter()
     tokenizer = tokenizer or NoteTokenizer()
@@ -322,8 +333,25 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
         report.splits = manifest["counts"]["splits"]
         report.skipped = manifest["skipped"]
         report.lost = manifest["lost"]
+        if text_max_length is not None:
+            report.caption_tokens = caption_token_report(out, text_max_length, text_encoder)
         report.seconds = time.perf_counter() - t0
         return report
+
+
+def caption_token_report(out: str | os.PathLike, limit: int, text_encoder: str = "all-MiniLM-L6-v2") -> dict[str, Any]:
+    """How many non-empty captions of the shards in OUT exceed `limit` tokens of the text encoder's
+    tokenizer: {"encoder", "limit", "captions", "over", "median", "max"}."""
+    from amadeus.model.text import caption_token_counts
+    from amadeus.shards import load_manifest, read_shard
+
+    manifest = load_manifest(out)
+    captions = [c for s in manifest["shards"]
+                for c in read_shard(f"{out}/{s['file']}", ["caption"], captioned=True).column("caption").to_pylist()]
+    counts = np.asarray(caption_token_counts(captions, text_encoder), dtype=np.int64)
+    return {"encoder": str(text_encoder), "limit": int(limit), "captions": len(counts),
+            "over": int((counts > limit).sum()), "median": float(np.median(counts)) if len(counts) else 0.0,
+            "max": int(counts.max()) if len(counts) else 0}
 
 
 def _caption_source(captions: str | os.PathLike | dict[str, str] | None) -> tuple[Captions | None, str | None]:

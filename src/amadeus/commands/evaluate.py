@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"classifier-free guidance scale for the text rows (default {TEXT_GUIDANCE:g}; "
                              "1 = plain conditional)")
     parser.add_argument("--seed", type=int, default=d["seed"], help="piece i uses seed + i, with and without text")
+    parser.add_argument("--adherence", default=d["adherence"], choices=("amadeus", "midicaps"),
+                        help="how tempo, time signature and key of a piece are read for TB/TBT/CTS/CK: amadeus "
+                             "(default: longest-held tempo and time signature, Krumhansl-Kessler key) or midicaps "
+                             "(MidiCaps' pipeline: first tempo event, first time signature, music21's key analysis)")
+    parser.add_argument("--style-model", default=None, metavar="PATH",
+                        help="style classifier JSON for CS, fitted on the data's training split when missing or "
+                             "stale (default: DATA/style-classifier.json)")
     parser.add_argument("--clap", default=None, metavar="PATH",
                         help="local CLAP checkpoint (Hugging Face folder) to compute CLAP; never downloaded")
     parser.add_argument("--nll-windows", type=int, default=d["nll_windows"],
@@ -107,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             report = evaluate(args.ckpt, data=args.data, split=args.split, num=args.num, max_notes=args.max_notes,
                               steps=args.steps, guidance=args.guidance, seed=args.seed, clap=args.clap,
                               nll_windows=args.nll_windows, nll_length=args.nll_length,
-                              nll_samples=args.nll_samples, device=device,
+                              nll_samples=args.nll_samples, device=device, adherence=args.adherence,
+                              style_model=args.style_model,
                               log=lambda msg: print(msg, file=sys.stderr))
     except (ValueError, OSError, MetricUnavailable) as e:  # checkpoint, data, tokenizer and CLAP errors
         return fail("evaluate", e)

@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.05)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per file before it is skipped")
     parser.add_argument("--tokenizer", help="tokenizer JSON (NoteTokenizer.save); default config otherwise")
+    parser.add_argument("--text-max-length", type=int, default=None, metavar="N",
+                        help="report how many captions exceed N tokens of the text encoder (e.g. the run's "
+                             "model.text_max_length; counted after the shards are written)")
+    parser.add_argument("--text-encoder", default="all-MiniLM-L6-v2",
+                        help="text encoder whose tokenizer counts caption tokens (local only; default all-MiniLM-L6-v2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -28,13 +33,16 @@ def run(args: argparse.Namespace) -> int:
     from amadeus.preprocess import preprocess
     from amadeus.tokenizer import NoteTokenizer
 
+    if args.text_max_length is not None and args.text_max_length < 1:
+        return fail("preprocess", f"--text-max-length must be >= 1, got {args.text_max_length}", prefix="")
     try:
         tokenizer = NoteTokenizer.load(args.tokenizer) if args.tokenizer else None
         report = preprocess(args.src, args.out, captions=args.captions, workers=args.workers,
                             tokenizer=tokenizer, shard_size=args.shard_size, val_fraction=args.val_fraction,
                             test_fraction=args.test_fraction, auto_captions=args.auto_captions,
-                            timeout=args.timeout, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as e:
+                            timeout=args.timeout, progress=not args.quiet, text_max_length=args.text_max_length,
+                            text_encoder=args.text_encoder)
+    except (FileNotFoundError, ValueError) as e:  # TextEncoderError is a ValueError
         return fail("preprocess", e, prefix="")
     print(report.summary())
     for item in report.skipped[:20]:

@@ -105,6 +105,20 @@ def _load_encoder(path: Path, dtype: torch.dtype) -> tuple[nn.Module, Callable]:
     return model, tokenizer
 
 
+def caption_token_counts(captions: list[str], name_or_path: str | Path = "all-MiniLM-L6-v2") -> list[int]:
+    """Tokens per caption (special tokens included, no truncation) under the encoder's own tokenizer,
+    loaded from local files only: what a `max_length` must hold for a caption to reach the model whole."""
+    import transformers
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    path = resolve_encoder_path(name_or_path)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise TextEncoderError(f"text encoder {str(path)!r}: cannot load its tokenizer: {e}") from e
+    return [len(ids) for ids in tokenizer(list(captions), truncation=False)["input_ids"]] if captions else []
+
+
 class TextEncoder(nn.Module):
     """Frozen text encoder: captions -> (states [B,P,D] float32, mask [B,P] bool, True = real token)."""
 
