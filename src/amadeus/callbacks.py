@@ -1,4 +1,5 @@
-"""Training callbacks: MLSDES latent-space metrics and sample MIDI at every validation epoch."""
+"""Training callbacks: MLSDES latent-space metrics and sample MIDI at every validation epoch, and the
+checkpoint a pre-empted run saves on SIGTERM."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from amadeus.losses import (
     dispersive_loss,
@@ -146,3 +149,30 @@ class SampleMidi(L.Callback):
 
                 wandb.experiment.log({"samples/audio": [wb.Audio(a) for a in audios]},
                                      step=trainer.global_step)
+
+
+class PreemptionCheckpoint(OnExceptionCheckpoint):
+    """Saves `<dirpath>/preempted.ckpt` at the current step when the run is told to stop (SIGTERM).
+
+    Lightning does the rest: its signal connector turns SIGTERM into `trainer.received_sigterm` on
+    every rank and the loops raise `SIGTERMException` after the step in progress, which ends the
+    process cleanly (exit status 0) after this hook. `ckpt_path="last"` picks the newest of this file
+    and the ModelCheckpoint's `last.ckpt`; a run that ends normally deletes this file again. Other
+    exceptions (a non-finite loss, an error) save nothing: resuming from them would repeat them.
+
+    `dirpath` None: `<trainer.default_root_dir>/checkpoints`, where `amadeus fit` also puts the
+    ModelCheckpoint's files, so a later `--ckpt_path last` finds both.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "preempted") -> None:
+        super().__init__(dirpath or "", filename)
+        self._resolve = dirpath is None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._resolve:
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            log.info("SIGTERM: saving %s at step %d", self.ckpt_path, trainer.global_step)
+            trainer.save_checkpoint(self.ckpt_path)
