@@ -9,13 +9,11 @@ What this file adds to LightningCLI, so that a long run survives interruption:
   (otherwise Lightning would use the logger's new version folder, where `--ckpt_path last` finds nothing);
 - `--ckpt_path last` with no checkpoint in that folder is an error naming the folder (Lightning only
   warns and trains from step 0);
-- SIGUSR1 (the usual cluster warning signal) is handled like SIGTERM outside SLURM; under SLURM
-  Lightning's own SIGUSR1 handler (save, requeue) stays in charge.
+Pre-emption (SIGTERM, SIGUSR1) is `amadeus.callbacks.PreemptionCheckpoint`, a callback of the configs.
 """
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Any, Sequence
 
@@ -23,7 +21,7 @@ COMMANDS = ("fit", "validate", "test")
 SAVE_CONFIG = {"overwrite": True}
 CHECKPOINT_DIR = "checkpoints"  # under trainer.default_root_dir
 CHECKPOINT_CLASSES = ("lightning.pytorch.callbacks.ModelCheckpoint", "amadeus.callbacks.PreemptionCheckpoint")
-LAST_NAMES = "last*.ckpt, preempted.ckpt"
+LAST_NAMES = "last*.ckpt"
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
@@ -32,23 +30,15 @@ def checkpoint_dir(default_root_dir: str | None) -> str:
 
 
 def last_checkpoints(folder: str) -> list[str]:
-    """Checkpoints `--ckpt_path last` can resume from in `folder`: last*.ckpt and preempted.ckpt."""
+    """Checkpoints `--ckpt_path last` can resume from in `folder`: last*.ckpt (ModelCheckpoint's
+    last.ckpt, PreemptionCheckpoint's last-preempted.ckpt), as Lightning looks for them."""
     from lightning.fabric.utilities.cloud_io import get_filesystem
 
     fs = get_filesystem(folder)
     if not fs.exists(folder):
         return []
     names = [str(p) for p in fs.ls(folder, detail=False)]
-    return [p for p in names if p.endswith(".ckpt") and
-            (os.path.basename(p).startswith("last") or os.path.basename(p) == "preempted.ckpt")]
-
-
-def _forward_sigusr1() -> None:
-    """Outside SLURM, SIGUSR1 stops the run like SIGTERM (Lightning's handler saves and exits)."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    if hasattr(signal, "SIGUSR1") and not SLURMEnvironment.detect():
-        signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    return [p for p in names if p.endswith(".ckpt") and os.path.basename(p).startswith("last")]
 
 
 def _cli_class() -> type:
@@ -73,7 +63,6 @@ def _cli_class() -> type:
                       f"in {folder} (looked for {LAST_NAMES}); drop --ckpt_path to start a new run",
                       file=sys.stderr)
                 sys.exit(2)
-            _forward_sigusr1()
 
     return AmadeusCLI
 
