@@ -7,6 +7,7 @@ by tests/resume-small.yaml (sizes only) and pointed at the synthetic shards."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def preempted(tiny_shards, tmp_path_factory) -> tuple[Path, int]:
     assert saved.exists(), out[-3000:]
     step = _step(saved)
     assert 5 <= step < 40, step  # saved at the step where the signal arrived, not at a validation
+    shutil.copy(saved, root / "preempted-copy.ckpt")  # for the file test (a finished resume deletes the original)
     return root, step
 
 
@@ -87,7 +89,7 @@ def test_resume_from_a_file_written_before_this_change(preempted, tiny_shards, t
     """`--ckpt_path FILE` re-reads the checkpoint's hyper-parameters as constructor arguments; an old
     checkpoint carries `tokenizer_hash` there (once a failure, now a checked argument)."""
     root, step = preempted
-    old = torch.load(root / "checkpoints" / "last-preempted.ckpt", map_location="cpu", weights_only=True)
+    old = torch.load(root / "preempted-copy.ckpt", map_location="cpu", weights_only=True)
     assert old["hyper_parameters"]["tokenizer_hash"]  # as every checkpoint the package wrote
     path = tmp_path / "old.ckpt"
     torch.save(old, path)
@@ -179,3 +181,15 @@ def test_bf16_mixed_trains_on_cpu(tiny_shards, tmp_path, one_thread):
     module = _fit(tiny_shards, tmp_path, 3, precision="bf16-mixed")
     assert all(torch.isfinite(p).all() for p in module.parameters())
     assert next(module.parameters()).dtype == torch.float32  # weights stay fp32, compute is bf16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="Lightning 2.6 runs FSDP only on CUDA ('The strategy `fsdp` requires a GPU accelerator')")
+def test_fsdp_fit_and_resume_on_gpu(tiny_shards, tmp_path):
+    gpu = ["--trainer.strategy", "fsdp", "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
+           "--trainer.devices", str(min(2, torch.cuda.device_count()))]
+    first = _run(_fit_args(tiny_shards, tmp_path, "--trainer.max_steps", "6", *gpu))
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = _run(_fit_args(tiny_shards, tmp_path, "--trainer.max_steps", "9", "--ckpt_path", "last", *gpu))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _step(tmp_path / "checkpoints" / "last.ckpt") == 9 and _first_logged_step(tmp_path) >= 6
