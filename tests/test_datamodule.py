@@ -211,6 +211,8 @@ def test_resume_continues_without_repeating(shards):
     done, todo, ref = _by_worker(served), _by_worker(rest), _by_worker(reference)
     for w in (0, 1):  # each worker's stream goes on exactly where it stopped
         assert done[w] + todo[w] == ref[w]
+    # and the batches come in the uninterrupted order (worker 1's turn first, as it was)
+    assert [b["window"] for b in served + rest] == [b["window"] for b in reference]
     nxt = [b["window"] for b in resumed.train_dataloader()]  # the next epoch: a new order
     assert len(nxt) == len(reference) and nxt != [b["window"] for b in reference]
 

@@ -167,7 +167,7 @@ class PreemptionCheckpoint(Checkpoint):
     """On SIGTERM (or SIGUSR1 outside SLURM) the run saves `<dirpath>/last-preempted.ckpt` at the step
     in progress and ends cleanly (exit status 0) on every rank.
 
-    The signal only sets a flag; after each training step the ranks agree on it with one boolean
+    The signal only sets a flag; after each optimizer step the ranks agree on it with one boolean
     reduction (`strategy.reduce_boolean_decision`, as EarlyStopping does), and all of them raise
     Lightning's `SIGTERMException` there together, so the checkpoint (a collective save) is written
     at the same step everywhere. This handler replaces Lightning's SIGTERM notifier for the duration
@@ -186,6 +186,7 @@ class PreemptionCheckpoint(Checkpoint):
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
         self.signalled = False
+        self._checked = -1  # the global step of the last check
         self._previous: dict[int, Any] = {}
 
     @property
@@ -201,11 +202,14 @@ class PreemptionCheckpoint(Checkpoint):
         self.signalled = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.signalled = False
+        self.signalled, self._checked = False, trainer.global_step
         for sig in _stop_signals():
             self._previous[sig] = signal.signal(sig, self._note)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self._checked:  # no optimizer step yet (gradient accumulation): go on
+            return
+        self._checked = trainer.global_step
         if trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
             raise SIGTERMException()
 
@@ -213,7 +217,7 @@ class PreemptionCheckpoint(Checkpoint):
         self._restore()
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             log.info("saving %s at step %d", self.ckpt_path, trainer.global_step)
-            trainer.save_checkpoint(self.ckpt_path)
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # optimizer, loops, data state too
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()

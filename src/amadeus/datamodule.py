@@ -156,16 +156,18 @@ class TrainWindows(IterableDataset):
                  seed: int = 0, epoch: int = 0, shuffle_buffer: int = 256, transpose: tuple[int, int] | None = None,
                  rank: int = 0, world_size: int = 1, skip: dict[int, int] | None = None,
                  limit: int | None = None, storage_options: dict | None = None,
-                 worker: int | None = None, num_workers: int | None = None) -> None:
+                 worker: int | None = None, num_workers: int | None = None,
+                 groups: list[tuple[int, int, np.ndarray]] | None = None) -> None:
         super().__init__()
         self.files, self.tokenizer, self.max_notes, self.stage = files, tokenizer, max_notes, stage
         self.seed, self.epoch, self.shuffle_buffer, self.transpose = seed, epoch, shuffle_buffer, transpose
         self.rank, self.world_size, self.skip, self.limit = rank, world_size, dict(skip or {}), limit
         self.storage_options, self.worker, self.num_workers = storage_options, worker, num_workers
+        self._groups = groups  # None: read on first use (MusicDataModule reads them once, for every worker)
 
     def groups(self) -> list[tuple[int, int, np.ndarray]]:
-        """(file index, row group, windows of each training piece in it), read once per process."""
-        if getattr(self, "_groups", None) is None:
+        """(file index, row group, windows of each training piece in it), read once."""
+        if self._groups is None:
             columns = ["split", "n_rows"] + (["caption"] if self.stage == "finetune" else [])
             found = []
             for f, file in enumerate(self.files):
@@ -173,12 +175,9 @@ class TrainWindows(IterableDataset):
                 for g in range(pf.num_row_groups):
                     t = pf.read_row_group(g, columns=columns)
                     n = t.column("n_rows").to_numpy()[_keep(t, self.stage)]
-                    found.append((f, g, n_windows(n, self.max_notes)))
+                    found.append((f, g, n_windows(n, self.max_notes).astype(np.int32)))
             self._groups = found
         return self._groups
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_groups"}
 
     def _stream(self) -> tuple[int, int]:
         """(this stream's index s, number of streams S)."""
@@ -287,6 +286,24 @@ class EvalWindows(Dataset):
         return self.items[i]
 
 
+def _round_robin(batches: Iterator[dict[str, Any]], workers: int, start: int) -> Iterator[dict[str, Any]]:
+    """The batches of `workers` DataLoader workers (which take turns from worker 0) in turns from worker
+    `start`: where an interrupted epoch stood, so that a resumed run sees the batches in the order the
+    uninterrupted run saw them. Holds at most one batch per worker."""
+    if start == 0 or workers == 1:
+        yield from batches
+        return
+    held: dict[int, list[dict[str, Any]]] = {w: [] for w in range(workers)}
+    turn = start
+    for batch in batches:
+        held[int(batch["worker"])].append(batch)
+        while held[turn]:
+            yield held[turn].pop(0)
+            turn = (turn + 1) % workers
+    for w in [*range(turn, workers), *range(turn)]:  # a stream that ended early: the rest in turn order
+        yield from held[w]
+
+
 class _EpochLoader(DataLoader):
     """The training DataLoader: `n_batches` per epoch (every worker serves its equal share).
 
@@ -308,7 +325,9 @@ class _EpochLoader(DataLoader):
             dm._epoch, dm._served = epoch, {}
         self.dataset.epoch = epoch
         self.dataset.skip = dict(dm._served)
-        for batch in super().__iter__():
+        workers = max(1, self.num_workers)
+        served = sum(-(-n // self.batch_size) for n in dm._served.values())  # batches, all workers
+        for batch in _round_robin(super().__iter__(), workers, served % workers):
             if not dm._trainer_attached():
                 dm._count(batch)
             yield batch
@@ -362,6 +381,7 @@ class MusicDataModule(L.LightningDataModule):
         self._manifests: list[tuple[str, dict[str, Any]]] | None = None
         self._tokenizer: NoteTokenizer | None = None
         self._train_windows: int | None = None
+        self._train_groups: list[tuple[int, int, np.ndarray]] | None = None
         self._eval: dict[str, EvalWindows] = {}
         self._epoch = 0  # epoch of the training stream in progress
         self._served: dict[int, int] = {}  # windows served per worker in that epoch
@@ -462,10 +482,12 @@ class MusicDataModule(L.LightningDataModule):
                       limit: int | None = None, skip: dict[int, int] | None = None) -> TrainWindows:
         """The training window stream of one rank (one pass, or `limit` windows per worker)."""
         r, w = self._rank_world()
-        return TrainWindows(self.files("train"), self.tokenizer, self.max_notes, stage=self.stage, seed=self.seed,
-                            epoch=epoch, shuffle_buffer=self.shuffle_buffer, transpose=self.transpose,
-                            rank=r if rank is None else rank, world_size=w if world_size is None else world_size,
-                            skip=skip, limit=limit)
+        windows = TrainWindows(self.files("train"), self.tokenizer, self.max_notes, stage=self.stage, seed=self.seed,
+                               epoch=epoch, shuffle_buffer=self.shuffle_buffer, transpose=self.transpose,
+                               rank=r if rank is None else rank, world_size=w if world_size is None else world_size,
+                               skip=skip, limit=limit, groups=self._train_groups)
+        self._train_groups = windows.groups()  # the plan's metadata, read once and shipped to every worker
+        return windows
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
