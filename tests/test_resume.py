@@ -125,10 +125,10 @@ def _tiny_module(**kw):
     return AmadeusModule(network=network, lr=3e-3, warmup_steps=3, **kw)
 
 
-def _tiny_data(shards: Path):
+def _tiny_data(shards: Path, workers: int = 0):
     from amadeus.datamodule import MusicDataModule
 
-    return MusicDataModule(str(shards), max_notes=16, batch_size=2, num_workers=0, shuffle_buffer=16, seed=3,
+    return MusicDataModule(str(shards), max_notes=16, batch_size=2, num_workers=workers, shuffle_buffer=16, seed=3,
                            val_windows=4)
 
 
@@ -146,7 +146,8 @@ class _SigtermAt:
         return Hook()
 
 
-def _fit(shards: Path, root: Path, steps: int, ckpt: str | None = None, stop: int | None = None, **trainer):
+def _fit(shards: Path, root: Path, steps: int, ckpt: str | None = None, stop: int | None = None, workers: int = 0,
+         **trainer):
     import lightning as L
 
     from amadeus.callbacks import PreemptionCheckpoint
@@ -159,20 +160,22 @@ def _fit(shards: Path, root: Path, steps: int, ckpt: str | None = None, stop: in
                    default_root_dir=root, callbacks=callbacks, gradient_clip_val=1.0)
     options.update(trainer)
     t = L.Trainer(**options)
-    t.fit(module, datamodule=_tiny_data(shards), ckpt_path=ckpt)
+    t.fit(module, datamodule=_tiny_data(shards, workers), ckpt_path=ckpt)
     return module
 
 
-def test_exact_continuation(tiny_shards, tmp_path, one_thread):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_exact_continuation(tiny_shards, tmp_path, one_thread, workers):
     """N steps, SIGTERM, resume to 2N == 2N uninterrupted steps, bit for bit (dropout 0, fixed seed):
-    data position (MusicDataModule state), per-step seeds, optimizer, LR schedule, clipping."""
+    data position (MusicDataModule state, and with 2 workers their turn: N is odd), per-step seeds,
+    optimizer, LR schedule, clipping."""
     n = 7
-    whole = _fit(tiny_shards, tmp_path / "whole", 2 * n)
+    whole = _fit(tiny_shards, tmp_path / "whole", 2 * n, workers=workers)
     with pytest.raises(SystemExit):
-        _fit(tiny_shards, tmp_path / "cut", 2 * n, stop=n)
+        _fit(tiny_shards, tmp_path / "cut", 2 * n, stop=n, workers=workers)
     saved = tmp_path / "cut" / "last-preempted.ckpt"
     assert _step(saved) == n
-    resumed = _fit(tiny_shards, tmp_path / "cut", 2 * n, ckpt=str(saved))
+    resumed = _fit(tiny_shards, tmp_path / "cut", 2 * n, ckpt=str(saved), workers=workers)
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
 
