@@ -8,7 +8,7 @@ What this file adds to LightningCLI, so that a long run survives interruption:
   invocation: a `ModelCheckpoint` or `PreemptionCheckpoint` of the config without a `dirpath` gets it
   (otherwise Lightning would use the logger's new version folder, where `--ckpt_path last` finds nothing);
 - `--ckpt_path last` with no checkpoint in that folder is an error naming the folder (Lightning only
-  warns and trains from step 0);
+  warns and trains from step 0).
 Pre-emption (SIGTERM, SIGUSR1) is `amadeus.callbacks.PreemptionCheckpoint`, a callback of the configs.
 """
 from __future__ import annotations
