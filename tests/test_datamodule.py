@@ -12,7 +12,7 @@ import pytest
 import torch
 from midi_factory import make_score, part, random_grid_notes, write
 
-from amadeus.datamodule import MusicDataModule, collate_windows, cut_window, window_starts
+from amadeus.datamodule import MusicDataModule, collate_windows, cut_window, n_windows, window_starts
 from amadeus.preprocess import preprocess
 from amadeus.tokenizer import COL_CHORD, COL_INSTRUMENT, COL_METRIC, COL_PITCH, DRUM_INSTRUMENT, METRIC_EOS, METRIC_SOS
 
@@ -118,20 +118,53 @@ def test_two_ranks_two_workers_partition_the_data(shards):
     dm = _dm(shards)
     owner: dict[str, set] = defaultdict(set)
     tags = []
+    served = Counter()
     for rank in (0, 1):
         loader = torch.utils.data.DataLoader(dm.train_windows(rank=rank, world_size=2), batch_size=3,
                                              num_workers=2, collate_fn=collate_windows)
         streams = Counter()
         for batch in loader:
             streams[batch["worker"]] += len(batch["window"])
+            served[(rank, batch["worker"])] += len(batch["window"])
             for tag in batch["window"]:
                 owner[tag.split(":")[0]].add((rank, batch["worker"]))
                 tags.append(tag)
         assert set(streams) == {0, 1}  # both workers of the rank had data
     assert len(tags) == len(set(tags))  # no window served twice
-    assert all(len(o) == 1 for o in owner.values())  # every piece belongs to exactly one (rank, worker)
-    assert set(owner) == {k for k, p in pieces.items() if p["split"] == "train"}
-    assert len({next(iter(o)) for o in owner.values()}) == 4
+    W = dm.count_train_windows()
+    assert len(served) == 4 and set(served.values()) == {W // 4}  # equal shares of the epoch's windows
+    # a piece's windows are split between two streams only where one share ends and the next begins
+    assert sum(len(o) - 1 for o in owner.values()) <= 3
+    train = {k for k, p in pieces.items() if p["split"] == "train"}
+    assert set(owner) <= train and len(train - set(owner)) <= W % 4
+
+
+def _stream_windows(dm: MusicDataModule, rank: int, world: int, worker: int, workers: int, epoch: int,
+                    limit: int | None = None) -> list[str]:
+    ds = dm.train_windows(rank=rank, world_size=world, epoch=epoch, limit=limit)
+    ds.worker, ds.num_workers = worker, workers
+    return [item["window"] for item in ds]
+
+
+def test_each_window_once_per_epoch_with_unequal_shards(shards):
+    """2 ranks x 3 workers, simulated in-process: the shard files hold 0 to 3 training pieces of 1 to
+    several windows each, yet every stream serves the same number of windows, each exactly once."""
+    dm = _dm(shards)
+    per_file = [int(n_windows(pq.read_table(f, columns=["n_rows"], filters=[("split", "==", "train")])
+                              ["n_rows"].to_numpy(), T).sum()) for f in dm.files("train")]
+    assert len(set(per_file)) > 2  # unequal shards
+    W = dm.count_train_windows()
+    for epoch in (0, 1):
+        streams = {(r, w): _stream_windows(dm, r, 2, w, 3, epoch) for r in (0, 1) for w in range(3)}
+        every = [t for s in streams.values() for t in s]
+        assert {len(s) for s in streams.values()} == {W // 6}
+        assert len(every) == len(set(every)) == W - W % 6  # each window once, all but W mod 6
+        if epoch == 0:
+            first = every
+    assert first != every  # a new plan (order, crops) each epoch
+    # with a limit beyond its share a stream runs on into the next epoch's share
+    assert _stream_windows(dm, 1, 2, 2, 3, 0, limit=W // 6 + 5) == (
+        _stream_windows(dm, 1, 2, 2, 3, 0) + _stream_windows(dm, 1, 2, 2, 3, 1)[:5])
 
 
 def test_epochs_have_equal_length_on_every_rank(shards, monkeypatch):
@@ -178,6 +211,8 @@ def test_resume_continues_without_repeating(shards):
     done, todo, ref = _by_worker(served), _by_worker(rest), _by_worker(reference)
     for w in (0, 1):  # each worker's stream goes on exactly where it stopped
         assert done[w] + todo[w] == ref[w]
+    # and the batches come in the uninterrupted order (worker 1's turn first, as it was)
+    assert [b["window"] for b in served + rest] == [b["window"] for b in reference]
     nxt = [b["window"] for b in resumed.train_dataloader()]  # the next epoch: a new order
     assert len(nxt) == len(reference) and nxt != [b["window"] for b in reference]
 

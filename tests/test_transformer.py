@@ -173,3 +173,16 @@ def test_dropout_only_in_training():
     assert not torch.allclose(model(notes).z, model(notes).z)
     model.eval()
     torch.testing.assert_close(model(notes).z, model(notes).z)
+
+
+def test_kv_cache_takes_the_compute_dtype_under_autocast():
+    """Under bf16 autocast the cache holds bf16 keys and values (the residual stream stays fp32)."""
+    torch.manual_seed(0)
+    model = NoteTransformer(ModelConfig(d_model=32, n_layers=2, n_heads=2, head_width=32, vocab_sizes=[8] * 9)).eval()
+    notes = torch.randint(0, 8, (2, 5, 9))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(notes, use_cache=True)
+        step = model(notes[:, -1:], cache=out.cache)
+    assert out.cache.k.dtype == out.cache.v.dtype == torch.bfloat16
+    assert torch.isfinite(step.z).all()
+    assert model(notes, use_cache=True).cache.k.dtype == torch.float32  # no autocast: fp32

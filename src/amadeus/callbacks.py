@@ -1,13 +1,17 @@
-"""Training callbacks: MLSDES latent-space metrics and sample MIDI at every validation epoch."""
+"""Training callbacks: MLSDES latent-space metrics and sample MIDI at every validation epoch, and the
+checkpoint a pre-empted run saves on SIGTERM."""
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from amadeus.losses import (
     dispersive_loss,
@@ -144,3 +148,80 @@ class SampleMidi(L.Callback):
 
                 wandb.experiment.log({"samples/audio": [wb.Audio(a) for a in audios]},
                                      step=trainer.global_step)
+
+
+def _stop_signals() -> list[int]:
+    """SIGTERM, and SIGUSR1 (the usual cluster warning signal) unless SLURM runs the job: there
+    Lightning's own SIGUSR1 handler saves an HPC checkpoint and requeues the job."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    found = [signal.SIGTERM]
+    if hasattr(signal, "SIGUSR1") and not SLURMEnvironment.detect():
+        found.append(signal.SIGUSR1)
+    return found
+
+
+class PreemptionCheckpoint(Checkpoint):
+    """On SIGTERM (or SIGUSR1 outside SLURM) the run saves `<dirpath>/last-preempted.ckpt` at the step
+    in progress and ends cleanly (exit status 0) on every rank.
+
+    The signal only sets a flag; after each optimizer step the ranks agree on it with one boolean
+    reduction (`strategy.reduce_boolean_decision`, as EarlyStopping does), and all of them raise
+    Lightning's `SIGTERMException` there together, so the checkpoint (a collective save) is written
+    at the same step everywhere. This handler replaces Lightning's SIGTERM notifier for the duration
+    of `fit`: under Lightning 2.6 on 2 gloo processes the notifier's broadcast, issued from inside the
+    signal handler, met another collective and the run hung (tests/test_resume.py).
+
+    The file name starts with "last", so Lightning's `ckpt_path="last"` (the newest `last*.ckpt` of
+    the ModelCheckpoint's folder) resumes from it; a run that ends normally deletes it. Other
+    exceptions (a non-finite loss, an error) save nothing: resuming from them would repeat them.
+    `dirpath` None: `<trainer.default_root_dir>/checkpoints`, where `amadeus fit` also puts the
+    ModelCheckpoint's files.
+    """
+
+    FILENAME = "last-preempted.ckpt"
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+        self.signalled = False
+        self._checked = -1  # the global step of the last check
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def ckpt_path(self) -> str:
+        return str(Path(self.dirpath or ".") / self.FILENAME)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+
+    def _note(self, signum: int, frame: Any) -> None:
+        log.info("received signal %d: saving a checkpoint after this step", signum)
+        self.signalled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signalled, self._checked = False, trainer.global_step
+        for sig in _stop_signals():
+            self._previous[sig] = signal.signal(sig, self._note)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self._checked:  # no optimizer step yet (gradient accumulation): go on
+            return
+        self._checked = trainer.global_step
+        if trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+            raise SIGTERMException()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            log.info("saving %s at step %d", self.ckpt_path, trainer.global_step)
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # optimizer, loops, data state too
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+        trainer.strategy.remove_checkpoint(self.ckpt_path)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

@@ -1,19 +1,21 @@
 """MusicDataModule: tokenized Parquet shards -> batches of note windows, streamed and DDP-sharded.
 
-Training streams the `train` split with Hugging Face `datasets` (`load_dataset("parquet", ...,
-streaming=True)`; local folders or any fsspec URL): row groups are the streaming shards, ranks get
-theirs through `split_dataset_by_node`, DataLoader workers theirs through `datasets`' own per-worker
-split, pieces are shuffled in a buffer, and every piece yields ceil(N / T) windows of T+1 rows per
-epoch (the first starts at the piece's SOS row, the last ends at its EOS row, the others start at
-random rows), shuffled again in a window buffer and transposed by a random number of semitones
-(never drums; the caption's key and chords are transposed with the notes). Memory does not grow with
-the corpus: only the two buffers are held.
+Training streams the `train` split row group by row group (local folders or any fsspec URL, read
+with pyarrow): an epoch's plan orders the row groups by a seeded shuffle and cuts every piece into
+ceil(N / T) windows of T+1 rows (the first starts at the piece's SOS row, the last ends at its EOS
+row, the others start at random rows); the plan's windows are split into equal consecutive shares,
+one per (rank, DataLoader worker), so every stream serves each of its windows exactly once per epoch
+and reads only the row groups its share touches (`TrainWindows`). Each stream shuffles its windows in
+a buffer and transposes them by a random number of semitones (never drums; the caption's key and
+chords are transposed with the notes). Memory does not grow with the corpus: one row group and the
+buffer are held.
 
-An epoch is a fixed number of batches, the same on every rank (about one pass over the data), and
-each worker's stream runs on into the next pass if it ends early, so DDP ranks never wait for each
-other at the end of an epoch. The stream of each (rank, worker) is a pure function of (seed, epoch,
-rank, worker), so `state_dict()` only records how many windows each worker has served in the
-current epoch, and a resumed run regenerates its streams and skips exactly those windows.
+An epoch is a fixed number of full batches, the same on every rank and worker (the plan's last
+W mod (streams x batch) windows wait for another epoch; the shuffled order changes which), so DDP
+ranks never wait for each other at the end of an epoch. The stream of each (rank, worker) is a pure
+function of (seed, epoch, rank, worker), so `state_dict()` only records how many windows each worker
+has served in the current epoch, and a resumed run regenerates its streams and skips exactly those
+windows.
 
 Validation and test use the `validation` / `test` splits: the first `val_windows` windows, cut
 consecutively from each piece in shard order (no shuffle, no transposition), held in memory.
@@ -114,72 +116,136 @@ def _stream_pieces(files: list[str], split: str, stage: str, storage_options: di
     return ds.with_format("numpy")
 
 
-class TrainWindows(IterableDataset):
-    """Training windows of one rank; inside a DataLoader worker, of that worker's share of the shards.
+def n_windows(n_rows: np.ndarray, max_notes: int) -> np.ndarray:
+    """Training windows per piece (what `window_starts` cuts): 1 when it fits, else ceil(N / T)."""
+    n_rows = np.asarray(n_rows, np.int64)
+    return np.where(n_rows <= max_notes + 1, 1, -(-n_rows // max_notes))
 
-    The stream of (rank, worker) in epoch e is fixed by (seed, e, rank, worker): pieces come from the
-    seeded `datasets` shuffle, crops and transpositions from a generator seeded by the same numbers.
-    `skip[worker]` windows are dropped from the start (resumption). With `limit`, every worker serves
-    exactly that many windows (its pass of epoch e, then on into passes e + 1, e + 2, ... if needed);
-    without, one pass.
+
+def _open_parquet(file: str, storage_options: dict | None):
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, path = fsspec.core.url_to_fs(file, **(storage_options or {}))
+    return pq.ParquetFile(fs.open(path, "rb"))
+
+
+def _keep(table, stage: str) -> np.ndarray:
+    """Rows of a row group that are training pieces of this stage."""
+    keep = np.asarray(table.column("split").to_pylist()) == "train"
+    if stage == "finetune":
+        keep &= np.asarray([bool(c) for c in table.column("caption").to_pylist()], bool)
+    return keep
+
+
+class TrainWindows(IterableDataset):
+    """Training windows of one (rank, DataLoader worker): its share of an epoch's windows, each once.
+
+    The epoch's plan: the row groups of the train shards in an order shuffled by (seed, epoch), their
+    training pieces in shard order, each piece's ceil(N / T) windows (starts drawn from (seed, epoch,
+    piece)) in order: one sequence of W windows. Of the S = world_size x workers streams, stream s
+    serves windows [s * C, (s + 1) * C) of it, C = min(limit, W // S): every stream the same number,
+    each of its windows exactly once, reading only the row groups its range touches. The W - S * C
+    windows past the last stream wait for another epoch (the shuffled order changes which).
+    Within a stream, windows pass a shuffle buffer and are transposed by a generator of (seed, epoch,
+    rank, worker), so the stream is a pure function of those numbers: `skip[worker]` windows are
+    dropped from its start (resumption). With `limit` > W // S the stream runs on into its share of
+    epoch e + 1, e + 2, ... until it has served `limit` windows; without `limit`, one epoch.
+    `worker` / `num_workers` override the DataLoader's worker info (tests simulate workers in-process).
     """
 
     def __init__(self, files: list[str], tokenizer: NoteTokenizer, max_notes: int, stage: str = "pretrain",
                  seed: int = 0, epoch: int = 0, shuffle_buffer: int = 256, transpose: tuple[int, int] | None = None,
                  rank: int = 0, world_size: int = 1, skip: dict[int, int] | None = None,
-                 limit: int | None = None, storage_options: dict | None = None) -> None:
+                 limit: int | None = None, storage_options: dict | None = None,
+                 worker: int | None = None, num_workers: int | None = None,
+                 groups: list[tuple[int, int, np.ndarray]] | None = None) -> None:
         super().__init__()
         self.files, self.tokenizer, self.max_notes, self.stage = files, tokenizer, max_notes, stage
         self.seed, self.epoch, self.shuffle_buffer, self.transpose = seed, epoch, shuffle_buffer, transpose
         self.rank, self.world_size, self.skip, self.limit = rank, world_size, dict(skip or {}), limit
-        self.storage_options = storage_options
+        self.storage_options, self.worker, self.num_workers = storage_options, worker, num_workers
+        self._groups = groups  # None: read on first use (MusicDataModule reads them once, for every worker)
 
-    def _pieces(self):
-        """The streaming dataset of this rank's training pieces (built once per process)."""
-        if getattr(self, "_source", None) is None:
-            from datasets.distributed import split_dataset_by_node
+    def groups(self) -> list[tuple[int, int, np.ndarray]]:
+        """(file index, row group, windows of each training piece in it), read once."""
+        if self._groups is None:
+            columns = ["split", "n_rows"] + (["caption"] if self.stage == "finetune" else [])
+            found = []
+            for f, file in enumerate(self.files):
+                pf = _open_parquet(file, self.storage_options)
+                for g in range(pf.num_row_groups):
+                    t = pf.read_row_group(g, columns=columns)
+                    n = t.column("n_rows").to_numpy()[_keep(t, self.stage)]
+                    found.append((f, g, n_windows(n, self.max_notes).astype(np.int32)))
+            self._groups = found
+        return self._groups
 
-            ds = _stream_pieces(self.files, "train", self.stage, self.storage_options).reshard()  # row groups
-            if self.shuffle_buffer > 1:
-                # one input shard at a time: interleaving several costs a 5 s sleep per pass in datasets 5
-                ds = ds.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer, max_buffer_input_shards=1)
-            if self.world_size > 1:
-                ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
-            self._source = ds
-        return self._source
+    def _stream(self) -> tuple[int, int]:
+        """(this stream's index s, number of streams S)."""
+        info = get_worker_info()
+        worker = self.worker if self.worker is not None else (info.id if info is not None else 0)
+        workers = self.num_workers if self.num_workers is not None else (info.num_workers if info is not None else 1)
+        return self.rank * workers + worker, self.world_size * workers
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_source"}
+    def share(self, epoch: int) -> Iterator[tuple[str, str, np.ndarray, int]]:
+        """This stream's windows of `epoch` in plan order: (piece id, caption, tokens [N, K], start)."""
+        s, S = self._stream()
+        groups = self.groups()
+        total = int(sum(int(w.sum()) for _, _, w in groups))
+        size = total // S if self.limit is None else min(self.limit, total // S)
+        if size == 0:
+            return
+        lo, hi, offset = s * size, (s + 1) * size, 0
+        for i in np.random.default_rng([self.seed, epoch]).permutation(len(groups)).tolist():
+            f, g, counts = groups[i]
+            end = offset + int(counts.sum())
+            if end > lo and offset < hi:
+                yield from self._group_windows(f, g, counts, offset, lo, hi, epoch)
+            offset = end
+            if offset >= hi:
+                return
+
+    def _group_windows(self, f: int, g: int, counts: np.ndarray, offset: int, lo: int, hi: int,
+                       epoch: int) -> Iterator[tuple[str, str, np.ndarray, int]]:
+        t = _open_parquet(self.files[f], self.storage_options).read_row_group(g, columns=COLUMNS + ["split"])
+        rows = np.flatnonzero(_keep(t, self.stage))
+        K = self.tokenizer.K
+        for j, row in enumerate(rows.tolist()):
+            first, k = offset, int(counts[j])
+            offset += k
+            if offset <= lo or first >= hi:
+                continue
+            n = int(t.column("n_rows")[row].as_py())
+            tokens = np.asarray(t.column("tokens")[row].values, dtype=np.int64).reshape(n, K)
+            starts = window_starts(n, self.max_notes, np.random.default_rng([self.seed, epoch, f, g, row]))
+            for w, start in enumerate(starts.tolist()):
+                if lo <= first + w < hi:
+                    yield str(t.column("id")[row].as_py()), str(t.column("caption")[row].as_py()), tokens, start
 
     def _pass(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
-        ds = self._pieces()
-        ds.set_epoch(epoch)
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         buffer: list[dict[str, Any]] = []
         size = max(1, self.shuffle_buffer)
-        K = self.tokenizer.K
-        for piece in ds:  # datasets splits the shards among DataLoader workers itself
-            tokens = np.asarray(piece["tokens"], dtype=np.int64).reshape(-1, K)
-            for start in window_starts(len(tokens), self.max_notes, rng).tolist():
-                notes, mask = cut_window(tokens, start, self.max_notes)
-                caption = str(piece["caption"])
-                if self.transpose is not None:
-                    shift = int(rng.integers(self.transpose[0], self.transpose[1] + 1))
-                    moved = self.tokenizer.transpose(notes, shift) if shift else None
-                    if moved is not None:  # the caption's key and chords move with the notes
-                        notes, caption = moved, transpose_caption(caption, shift)
-                buffer.append({"notes": notes, "mask": mask, "caption": caption,
-                               "window": f"{piece['id']}:{start}", "split": "train"})
-                if len(buffer) >= size:
-                    i = int(rng.integers(len(buffer)))
-                    buffer[i], buffer[-1] = buffer[-1], buffer[i]
-                    yield buffer.pop()
+        for piece, caption, tokens, start in self.share(epoch):
+            notes, mask = cut_window(tokens, start, self.max_notes)
+            if self.transpose is not None:
+                shift = int(rng.integers(self.transpose[0], self.transpose[1] + 1))
+                moved = self.tokenizer.transpose(notes, shift) if shift else None
+                if moved is not None:  # the caption's key and chords move with the notes
+                    notes, caption = moved, transpose_caption(caption, shift)
+            buffer.append({"notes": notes, "mask": mask, "caption": caption,
+                           "window": f"{piece}:{start}", "split": "train"})
+            if len(buffer) >= size:
+                i = int(rng.integers(len(buffer)))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield buffer.pop()
         rng.shuffle(buffer)
         yield from buffer
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
+        s, S = self._stream()
+        worker = s - self.rank * (S // self.world_size)
         skip, limit = self.skip.get(worker, 0), self.limit
         index, epoch = 0, self.epoch
         while limit is None or index < limit:
@@ -192,7 +258,7 @@ class TrainWindows(IterableDataset):
                 index += 1
                 if limit is not None and index >= limit:
                     return
-            if limit is None or produced == 0:  # produced == 0: this worker holds no data
+            if limit is None or produced == 0:  # produced == 0: fewer windows than streams
                 return
             epoch += 1
 
@@ -222,6 +288,24 @@ class EvalWindows(Dataset):
         return self.items[i]
 
 
+def _round_robin(batches: Iterator[dict[str, Any]], workers: int, start: int) -> Iterator[dict[str, Any]]:
+    """The batches of `workers` DataLoader workers (which take turns from worker 0) in turns from worker
+    `start`: where an interrupted epoch stood, so that a resumed run sees the batches in the order the
+    uninterrupted run saw them. Holds at most one batch per worker."""
+    if start == 0 or workers == 1:
+        yield from batches
+        return
+    held: dict[int, list[dict[str, Any]]] = {w: [] for w in range(workers)}
+    turn = start
+    for batch in batches:
+        held[int(batch["worker"])].append(batch)
+        while held[turn]:
+            yield held[turn].pop(0)
+            turn = (turn + 1) % workers
+    for w in [*range(turn, workers), *range(turn)]:  # a stream that ended early: the rest in turn order
+        yield from held[w]
+
+
 class _EpochLoader(DataLoader):
     """The training DataLoader: `n_batches` per epoch (every worker serves its equal share).
 
@@ -243,7 +327,9 @@ class _EpochLoader(DataLoader):
             dm._epoch, dm._served = epoch, {}
         self.dataset.epoch = epoch
         self.dataset.skip = dict(dm._served)
-        for batch in super().__iter__():
+        workers = max(1, self.num_workers)
+        served = sum(-(-n // self.batch_size) for n in dm._served.values())  # batches, all workers
+        for batch in _round_robin(super().__iter__(), workers, served % workers):
             if not dm._trainer_attached():
                 dm._count(batch)
             yield batch
@@ -302,6 +388,7 @@ class MusicDataModule(L.LightningDataModule):
         self._manifests: list[tuple[str, dict[str, Any]]] | None = None
         self._tokenizer: NoteTokenizer | None = None
         self._train_windows: int | None = None
+        self._train_groups: list[tuple[int, int, np.ndarray]] | None = None
         self._eval: dict[str, EvalWindows] = {}
         self._epoch = 0  # epoch of the training stream in progress
         self._served: dict[int, int] = {}  # windows served per worker in that epoch
@@ -376,8 +463,7 @@ class MusicDataModule(L.LightningDataModule):
             total = 0
             for f in self.files("train"):
                 t = read_shard(f, ["n_rows"], split="train", captioned=self.stage == "finetune")
-                n = t["n_rows"].to_numpy().astype(np.int64)
-                total += int(np.where(n <= self.max_notes + 1, 1, -(-n // self.max_notes)).sum())
+                total += int(n_windows(t["n_rows"].to_numpy(), self.max_notes).sum())
             self._train_windows = total
         return self._train_windows
 
@@ -407,15 +493,21 @@ class MusicDataModule(L.LightningDataModule):
                       limit: int | None = None, skip: dict[int, int] | None = None) -> TrainWindows:
         """The training window stream of one rank (one pass, or `limit` windows per worker)."""
         r, w = self._rank_world()
-        return TrainWindows(self.files("train"), self.tokenizer, self.max_notes, stage=self.stage, seed=self.seed,
-                            epoch=epoch, shuffle_buffer=self.shuffle_buffer, transpose=self.transpose,
-                            rank=r if rank is None else rank, world_size=w if world_size is None else world_size,
-                            skip=skip, limit=limit)
+        windows = TrainWindows(self.files("train"), self.tokenizer, self.max_notes, stage=self.stage, seed=self.seed,
+                               epoch=epoch, shuffle_buffer=self.shuffle_buffer, transpose=self.transpose,
+                               rank=r if rank is None else rank, world_size=w if world_size is None else world_size,
+                               skip=skip, limit=limit, groups=self._train_groups)
+        self._train_groups = windows.groups()  # the plan's metadata, read once and shipped to every worker
+        return windows
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         streams = max(1, self.num_workers)
-        per_stream = max(1, self.count_train_windows() // (world * streams * self.batch_size))  # batches
+        windows = self.count_train_windows()
+        if windows < world * streams:
+            raise ValueError(f"{windows} training windows cannot be shared by {world} ranks x {streams} "
+                             f"workers: use fewer workers or more data")
+        per_stream = max(1, windows // (world * streams * self.batch_size))  # batches
         dataset = self.train_windows(rank, world, limit=per_stream * self.batch_size)
         return _EpochLoader(self, dataset, per_stream * streams, batch_size=self.batch_size,
                             num_workers=self.num_workers, collate_fn=collate_windows, persistent_workers=False)

@@ -10,6 +10,7 @@ the model reads rows ``0..T-1`` and predicts rows ``1..T``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import fields
 from typing import Any
 
@@ -55,6 +56,12 @@ def _exact_loss(ce: Tensor, valid: Tensor, weight: Tensor | None) -> tuple[Tenso
     return loss, per_attr
 
 
+def _step_seed(epoch: int, batch_idx: int, rank: int) -> int:
+    """The torch seed of one training batch, from the run's seed (`seed_everything`, PL_GLOBAL_SEED)."""
+    base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    return hash((base, epoch, batch_idx, rank)) % (2**63)
+
+
 def _metric_key(stage: str) -> str:
     # nn.ModuleDict cannot hold a key named "train" (it is an nn.Module method).
     return "fit" if stage == "train" else stage
@@ -67,6 +74,9 @@ class AmadeusModule(L.LightningModule):
         network: network sizes (`ModelConfig`); vocab sizes are filled in from the tokenizer.
         tokenizer: tokenizer config (dict) or None for the defaults. Its hash travels with the
             checkpoint and must match the data's.
+        tokenizer_hash: the hash `tokenizer` must give with this code, or None (no check). Checkpoints
+            save it with the other arguments, so `amadeus fit --ckpt_path CKPT` (which re-reads a
+            checkpoint's hyper-parameters as constructor arguments) refuses a tokenizer that changed.
         lr, min_lr_ratio, warmup_steps, weight_decay, betas: AdamW with linear warmup + cosine decay
             to ``lr * min_lr_ratio`` over the trainer's ``max_steps``.
         text_encoder: None (unconditional) or a TextEncoder name/path (text prefix conditioning).
@@ -97,6 +107,7 @@ class AmadeusModule(L.LightningModule):
         self,
         network: ModelConfig | None = None,
         tokenizer: dict | None = None,
+        tokenizer_hash: str | None = None,
         lr: float = 3e-4,
         min_lr_ratio: float = 0.1,
         warmup_steps: int = 200,
@@ -117,6 +128,9 @@ class AmadeusModule(L.LightningModule):
         if opening_weight <= 0 or opening_notes < 0:
             raise ValueError(f"need opening_weight > 0 and opening_notes >= 0, got {opening_weight}, {opening_notes}")
         self.tokenizer = NoteTokenizer(TokenizerConfig.from_dict(tokenizer) if tokenizer else None)
+        if tokenizer_hash is not None and tokenizer_hash != self.tokenizer.config_hash:
+            raise ValueError(f"tokenizer_hash {tokenizer_hash} was saved with this tokenizer config, but this code "
+                             f"gives {self.tokenizer.config_hash} (its token ids would mean something else)")
         self.text_encoder = None
         prefix_dim = 0
         if text_encoder:
@@ -292,13 +306,16 @@ class AmadeusModule(L.LightningModule):
         return out["loss"]
 
     def _log_stage(self, stage: str, out: dict[str, Tensor], batch_size: int) -> None:
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", out["loss"], prog_bar=True, on_step=on_step, on_epoch=True,
-                 batch_size=batch_size, sync_dist=not on_step)
-        self.log(f"{stage}/diffusion", out["diffusion"], on_step=on_step, on_epoch=True,
-                 batch_size=batch_size, sync_dist=not on_step)
-        self.log(f"{stage}/mlsdes", out["mlsdes"], on_step=on_step, on_epoch=True,
-                 batch_size=batch_size, sync_dist=not on_step)
+        """Scalars of a step. Training logs `<name>_step` (this rank's value, no collective per step)
+        and `<name>_epoch` (the mean over every rank's batches); validation and test the mean over ranks."""
+        for name in ("loss", "diffusion", "mlsdes"):
+            key, shown = f"{stage}/{name}", name == "loss"
+            if stage == "train":
+                self.log(f"{key}_step", out[name], prog_bar=shown, batch_size=batch_size)
+                self.log(f"{key}_epoch", out[name], on_step=False, on_epoch=True, batch_size=batch_size,
+                         sync_dist=True)
+            else:
+                self.log(key, out[name], prog_bar=shown, on_epoch=True, batch_size=batch_size, sync_dist=True)
         for key in ("nll_per_note", "elbo_per_note"):
             if key in out:  # nats per note, weighted by the batch's notes
                 self.log(f"{stage}/{key}", out[key], on_step=False, on_epoch=True,
@@ -308,6 +325,10 @@ class AmadeusModule(L.LightningModule):
             self.log(f"{stage}/{kind}/{attr}", metric, on_step=False, on_epoch=True)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The step's randomness (masking, caption and network dropout) is a function of (seed, epoch,
+        # batch, rank), not of what ran before: a resumed run draws what the uninterrupted run drew,
+        # on any number of ranks, with no per-rank RNG state in the checkpoint.
+        torch.manual_seed(_step_seed(self.current_epoch, batch_idx, self.global_rank))
         frozen = self.global_step < self.hparams.freeze_backbone_steps
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)

@@ -23,6 +23,16 @@ from amadeus.model.config import ModelConfig
 from amadeus.model.embedding import NoteEmbedding
 
 
+def _cache_dtype(like: torch.Tensor) -> torch.dtype:
+    """The dtype the attention's keys and values have: autocast's (e.g. bf16) when it is on for the
+    residual stream's device, else the stream's own. `like` is the residual stream, which stays fp32
+    under autocast while the qkv projection's output does not."""
+    kind = like.device.type
+    if torch.is_autocast_enabled(kind) and like.is_floating_point():
+        return torch.get_autocast_dtype(kind)
+    return like.dtype
+
+
 class KVCache:
     """Keys and values of every layer, for token-by-token generation.
 
@@ -35,7 +45,7 @@ class KVCache:
         self.n_layers, self.n_heads, self.head_dim = n_layers, n_heads, head_dim
         self.batch_size = batch_size
         self.initial_capacity = max(1, capacity)
-        self.k: torch.Tensor | None = None  # allocated at the first write, with the keys' dtype/device
+        self.k: torch.Tensor | None = None  # allocated at the first write, in the compute dtype (_cache_dtype)
         self.v: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None  # [B, capacity] bool
         self.pos: torch.Tensor | None = None  # [B] long
@@ -56,8 +66,8 @@ class KVCache:
         if self.k is None:
             cap = max(self.initial_capacity, need)
             shape = (self.n_layers, self.batch_size, self.n_heads, cap, self.head_dim)
-            self.k = like.new_zeros(shape)
-            self.v = like.new_zeros(shape)
+            self.k = like.new_zeros(shape, dtype=_cache_dtype(like))
+            self.v = like.new_zeros(shape, dtype=_cache_dtype(like))
             self.valid = torch.zeros(self.batch_size, cap, dtype=torch.bool, device=like.device)
             self.pos = torch.zeros(self.batch_size, dtype=torch.long, device=like.device)
         elif need > self.capacity:
