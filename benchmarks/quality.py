@@ -11,7 +11,7 @@ size overrides are in DECODER_SIZES); each is then scored on the held-out split:
 (chain rule; Amadeus in column order) and, for Amadeus, the diffusion ELBO per note; and its samples
 at batch 1 (Amadeus at every S in --steps) against the held-out pieces as below.
 
-Sampler settings (--ckpt): for each setting the checkpoint generates `num` pieces of at most `max_notes` rows (piece i
+Sampler settings (--ckpt): for each setting the checkpoint generates (all pieces in one batch) `num` pieces of at most `max_notes` rows (piece i
 uses seed i), and `amadeus.evaluate.sample_quality` compares their per-piece descriptors with the
 held-out pieces (validation + test splits, cut to the same length): overlapped area (OA, 1 = same
 distribution) and KL per descriptor, and their mean. The "real" row is the ceiling: as many training
@@ -114,20 +114,22 @@ def compare_decoders(size: str, data: str | None, train_steps: int, batch: int, 
 
 
 def _sample_row(model, data: str, s: int | None, order: str, t: float, p: float, num: int, max_notes: int,
-                seed: int) -> tuple[dict, dict]:
-    """Sample `num` pieces one at a time (batch 1) and score them against the held-out pieces."""
+                seed: int, batch: int | None = 1) -> tuple[dict, dict]:
+    """Sample `num` pieces, `batch` at a time (None: all together), and score them against the held-out
+    pieces; notes_per_s is the sampling speed at that batch size."""
     from amadeus.datamodule import MusicDataModule
     from amadeus.evaluate import sample_quality, structure_metrics
 
     dm = MusicDataModule(data_dir=data, num_workers=0, tokenizer_hash=model.tokenizer.config_hash)
     t0 = time.perf_counter()
     result = model.sample(num, max_notes=max_notes, steps=s, temperature=t, top_p=p, order=order, seed=seed,
-                          batch_size=1)
+                          batch_size=batch)
     seconds = time.perf_counter() - t0
     q = sample_quality({"generated": result.tokens}, dm, model.tokenizer, max_notes=max_notes, seed=seed)
     g = q["generated"]
     errors = structure_metrics(result.tokens, model.tokenizer)["syntax_error_rate"]["any"]
-    row = {"decoder": model.module.decoder, "variant": "full", "steps": s, "order": order, "temperature": t,
+    row = {"decoder": model.module.decoder, "variant": "full", "batch": batch or num, "steps": s, "order": order,
+           "temperature": t,
            "top_p": p, "num": num, "max_notes": max_notes, "mean_oa": g["mean_oa"], "oa": g["oa"], "kl": g["kl"],
            "mean": g["mean"], "consonance_oa": g["oa"]["consonance"], "syntax_error_rate": errors,
            "notes_per_s": result.notes / seconds, "real_pieces": q["real_pieces"]}
@@ -152,7 +154,7 @@ def sweep(ckpt: str, data: str | None, steps: list[int], temperatures: list[floa
     data = data or str(ensure_bach_shards(progress=False))
     rows, real = [], None
     for s, order, t, p in itertools.product(steps, orders, temperatures, top_ps):
-        row, real = _sample_row(model, data, s, order, t, p, num, max_notes, seed)
+        row, real = _sample_row(model, data, s, order, t, p, num, max_notes, seed, batch=None)
         rows.append(row)
         print(_line(row), flush=True)
     return rows + [_real_row(real, num, max_notes)]

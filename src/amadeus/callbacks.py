@@ -215,7 +215,7 @@ class PreemptionCheckpoint(Checkpoint):
         self._restore()
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             log.info("saving %s at step %d", self.ckpt_path, trainer.global_step)
-            trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # optimizer, loops, data state too
+            trainer.save_checkpoint(self.ckpt_path)  # a full checkpoint: optimizer, loops, data state too
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
