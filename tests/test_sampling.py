@@ -333,7 +333,7 @@ def test_sampling_options_are_the_keywords(untrained):
     assert a.settings == b.settings
     assert generate(untrained, 1, options=options, steps=8, seed=5).settings["steps"] == 8
     assert options.steps == 2  # frozen: generate's keywords make a new object
-    assert SamplingOptions().steps_for(8) == 4
+    assert SamplingOptions().steps_for(8) == 8  # the default: one slot per step (best measured quality)
     with pytest.raises(TypeError, match="stepz"):
         generate(untrained, 1, stepz=2)
     with pytest.raises(TypeError, match="SamplingOptions"):

@@ -386,7 +386,7 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
     }
 
 
-def caption_contrast(model, targets: Sequence[dict[str, Any]], *, num: int, max_notes: int, steps: int,
+def caption_contrast(model, targets: Sequence[dict[str, Any]], *, num: int, max_notes: int, steps: int | None,
                      guidance: float, seed: int = 100, log=print) -> dict[str, dict[str, Any]]:
     """Generate `num` pieces from the caption of each target feature dict, with the text (guidance
     `guidance`) and without it, and score each set's adherence to its target.

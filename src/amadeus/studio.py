@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from amadeus.sampling import SamplingOptions
 from amadeus.theory import GM_PROGRAM_NAMES, MAJOR_TONICS, MINOR_TONICS
+
+DEFAULTS = SamplingOptions()  # the sampler's defaults are the page's
 
 DRUMS = "Drums"
 INSTRUMENT_CHOICES = (*GM_PROGRAM_NAMES, DRUMS)
@@ -115,7 +118,7 @@ def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instru
                     tempo: float = 0, time_signature: str = ANY, key: str = ANY, pitch_low: int = 0,
                     pitch_high: int = 127, velocity_low: int = 1, velocity_high: int = 127,
                     length_unit: str = "bars", length: int = 8, steps: int | None = None, temperature: float = 1.0,
-                    top_p: float = 0.95, seed: int = 0, upload: str | Path | None = None,
+                    top_p: float = DEFAULTS.top_p, seed: int = 0, upload: str | Path | None = None,
                     upload_mode: str = "continue", prompt_bars: int = 2,
                     regenerate: Sequence[str] = ("velocity",), out_dir: str | Path | None = None) -> Generation:
     """One generation with the page's settings (a loaded `Amadeus` model); files go to `out_dir`
@@ -129,7 +132,7 @@ def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instru
                           "box, or start the studio with a text model (e.g. outputs/demo/model-text.ckpt)")
     if guidance != 1.0 and not caption:
         guidance = 1.0  # guidance mixes with/without the caption: without one it has nothing to do
-    steps = max(1, model.tokenizer.K // 2) if steps is None else steps  # the sampler's default
+    steps = DEFAULTS.steps_for(model.tokenizer.K) if steps is None else steps
     _check_ranges(length_unit, length, steps, model.tokenizer.K, temperature, top_p)
     specs = control_specs(instruments, tempo, time_signature, key, pitch_low, pitch_high, velocity_low, velocity_high)
     try:
@@ -284,11 +287,11 @@ def _inputs(gr: Any, model: Any, examples: list[str]) -> list[Any]:
         with gr.Row():
             unit = gr.Radio(list(LENGTH_UNITS), value="bars", label="Length in")
             length = gr.Number(value=8, precision=0, label="Length", minimum=1)
-        steps = gr.Slider(1, tok.K, value=max(1, tok.K // 2), step=1, label="Denoising steps S (speed / quality)")
+        steps = gr.Slider(1, tok.K, value=DEFAULTS.steps_for(tok.K), step=1, label="Denoising steps S (speed / quality)")
         gr.Markdown(steps_tradeoff(), elem_id="steps-tradeoff")
         with gr.Row():
             temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+            top_p = gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label="Top-p")
             seed = gr.Number(value=0, precision=0, label="Seed")
         upload = gr.File(label="Your MIDI (optional)", file_types=[".mid", ".midi"], type="filepath")
         with gr.Row():
@@ -318,7 +321,8 @@ def build_app(model_or_path: Any, captions: str | Path | None = None) -> Any:
     def generate(caption: str = "", guidance: float = 1.0, instruments: list[str] | None = None, tempo: float = 0,
                  time_signature: str = ANY, key: str = ANY, pitch_low: int = 0, pitch_high: int = 127,
                  velocity_low: int = 1, velocity_high: int = 127, length_unit: str = "bars", length: int = 8,
-                 steps: int = max(1, model.tokenizer.K // 2), temperature: float = 1.0, top_p: float = 0.95,
+                 steps: int = DEFAULTS.steps_for(model.tokenizer.K), temperature: float = DEFAULTS.temperature,
+                 top_p: float = DEFAULTS.top_p,
                  seed: int = 0, upload: str | None = None, upload_mode: str = "continue", prompt_bars: int = 2,
                  regenerate: list[str] | None = None, progress: Any = gr.Progress()) -> tuple:
         """Generate one piece; returns (MIDI file, piano roll PNG, WAV or None, figures)."""

@@ -23,7 +23,6 @@ ORDER = _DEFAULTS.order
 GENERATE_MAX_NOTES = _DEFAULTS.max_notes  # `amadeus generate --max-notes`
 # Sampling budgets of the commands.
 DEMO_MAX_NOTES = 256  # the demo's samples
-DEMO_STEPS = 4  # the demo's denoising steps per note
 # torch CPU threads: 0 = torch's default. `amadeus evaluate` defaults to 1 because its sampler's
 # small per-note tensors run fastest on one thread and far slower when threads outnumber free cores.
 GENERATE_THREADS = 0

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amadeus.commands._common import DEMO_MAX_NOTES, DEMO_STEPS, TEXT_GUIDANCE, fail
+from amadeus.commands._common import DEMO_MAX_NOTES, TEXT_GUIDANCE, fail
 
 # Two contrasting targets that the Bach corpus can teach (it has 4/4 and 3/4 pieces in many keys,
 # but nearly all at one tempo, so tempo is stated and not contrasted). Captions are written from
@@ -105,7 +105,7 @@ def _sample(ckpt: Path, out: Path, num: int) -> list[Path]:
     from amadeus.api import Amadeus
 
     model = Amadeus.load(ckpt)
-    scores = model.generate(num=num, max_notes=DEMO_MAX_NOTES, steps=DEMO_STEPS, seed=0)
+    scores = model.generate(num=num, max_notes=DEMO_MAX_NOTES, seed=0)  # the sampler's defaults
     written = _write_samples(scores, out, "sample")
     for path, score in zip(written, scores):
         print(f"  {path}  ({score.note_num()} notes, up to {_voices(score)} voices at once)")
@@ -117,7 +117,7 @@ def _text_demo(ckpt: Path, out: Path, num: int = TEXT_SAMPLES, guidance: float =
     from amadeus.api import Amadeus
     from amadeus.evaluate import caption_contrast
 
-    rows = caption_contrast(Amadeus.load(ckpt), TARGETS, num=num, max_notes=DEMO_MAX_NOTES, steps=DEMO_STEPS,
+    rows = caption_contrast(Amadeus.load(ckpt), TARGETS, num=num, max_notes=DEMO_MAX_NOTES, steps=None,
                             guidance=guidance)
     for row in rows.values():
         if row["mode"] == "text":
