@@ -33,6 +33,9 @@ from pathlib import Path
 
 import torch
 
+from amadeus.sampling import SamplingOptions
+
+DEFAULTS = SamplingOptions()  # the decoders are compared at the sampler's defaults
 RESULTS = Path(__file__).parent / "results" / "quality.json"
 # (decoder, variant) -> model overrides that bring every decoder within 10 % of Amadeus' parameters at
 # the tiny size (flat and parallel have no head to speak of: a wider FFN; nested: a second head layer)
@@ -106,7 +109,8 @@ def compare_decoders(size: str, data: str | None, train_steps: int, batch: int, 
                 "train_notes_per_s": notes / seconds, **held_out_likelihood(module, data, window)}
         model = Amadeus(module.eval())
         for s in (steps if decoder == "amadeus" and variant == "full" else [2] if decoder == "amadeus" else [None]):
-            row, real = _sample_row(model, data, s, "confidence", 1.0, 0.95, num, max_notes, seed)
+            row, real = _sample_row(model, data, s, DEFAULTS.order, DEFAULTS.temperature, DEFAULTS.top_p, num,
+                                    max_notes, seed)
             rows.append({**row, "variant": variant, **info})
             print(_line(rows[-1]), flush=True)
     rows.append(_real_row(real, num, max_notes))
@@ -191,9 +195,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="training windows per step")
     ap.add_argument("--window", type=int, default=128, help="rows per training window")
     ap.add_argument("--steps", default="1,2,4,8", help="Amadeus denoising steps to sample with")
-    ap.add_argument("--temperature", default="1.0")
-    ap.add_argument("--top-p", default="0.95")
-    ap.add_argument("--order", default="confidence", help="reveal orders (--ckpt): confidence,harmony,columns")
+    ap.add_argument("--temperature", default=str(DEFAULTS.temperature), help="temperatures (--ckpt)")
+    ap.add_argument("--top-p", default=str(DEFAULTS.top_p), help="nucleus thresholds (--ckpt)")
+    ap.add_argument("--order", default=DEFAULTS.order, help="reveal orders (--ckpt): confidence,harmony,columns")
     ap.add_argument("--num", type=int, default=32, help="pieces sampled per setting")
     ap.add_argument("--max-notes", type=int, default=256, help="rows per sampled piece")
     ap.add_argument("--threads", type=int, default=1)
