@@ -2,14 +2,16 @@
 
     python benchmarks/quality.py [--quick] [--train-steps 800] [--size tiny]     # decoders, trained here
     python benchmarks/quality.py --ckpt outputs/demo/model.ckpt [--steps 1,2,4,8] [--order confidence,harmony]
-                                 [--top-p 0.95,0.9] [--temperature 1.0] [--num 32] [--max-notes 256]
+                                 [--top-p 0.95,pitch=0.8/*=0.95] [--temperature 1.0] [--reveal-threshold 0.9,2]
+                                 [--num 32] [--max-notes 256]
 
 Decoders (the default mode): Amadeus (full, no_ciem, no_mlsdes) and the flat (REMI-like), nested
 (NMT-like) and parallel decoders are trained on the embedded corpus with the same backbone, data,
 optimiser and number of training notes, at parameter counts within 10 % of Amadeus' (the per-decoder
 size overrides are in DECODER_SIZES); each is then scored on the held-out split: exact NLL per note
 (chain rule; Amadeus in column order) and, for Amadeus, the diffusion ELBO per note; and its samples
-at batch 1 (Amadeus at every S in --steps) against the held-out pieces as below.
+at batch 1 (Amadeus at every S in --steps, and at S=2 and the largest S without the reveal threshold;
+the ablations at S=2) against the held-out pieces as below, at the sampler's defaults otherwise.
 
 Sampler settings (--ckpt): for each setting the checkpoint generates (all pieces in one batch) `num` pieces of at most `max_notes` rows (piece i
 uses seed i), and `amadeus.evaluate.sample_quality` compares their per-piece descriptors with the
@@ -17,7 +19,8 @@ held-out pieces (validation + test splits, cut to the same length): overlapped a
 distribution) and KL per descriptor, and their mean. The "real" row is the ceiling: as many training
 pieces, compared with the same held-out pieces.
 
-Rows: {"decoder", "variant", "steps", "order", "temperature", "top_p", "num", "max_notes", "mean_oa",
+Rows: {"decoder", "variant", "steps", "order", "temperature", "top_p", "reveal_threshold", "passes_per_row"
+(head passes per decoding step; the AR decoders: K), "num", "max_notes", "mean_oa",
 "oa", "kl", "mean", "consonance_oa", "syntax_error_rate", "notes_per_s"} (+ "params", "train_notes",
 "train_notes_per_s", "nll_per_note", "elbo_per_note" for trained decoders); the "real" row has
 decoder "real". Written to benchmarks/results/quality.json ({"rows": [...]}) and printed as a table.
@@ -36,6 +39,7 @@ import torch
 from amadeus.sampling import SamplingOptions
 
 DEFAULTS = SamplingOptions()  # the decoders are compared at the sampler's defaults
+OFF = 2.0  # a reveal threshold above 1: no slot is revealed outside the step budget
 RESULTS = Path(__file__).parent / "results" / "quality.json"
 # (decoder, variant) -> model overrides that bring every decoder within 10 % of Amadeus' parameters at
 # the tiny size (flat and parallel have no head to speak of: a wider FFN; nested: a second head layer)
@@ -47,6 +51,18 @@ DECODER_SIZES = {"tiny": {"flat": {"ffn_mult": 6}, "parallel": {"ffn_mult": 6}, 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
+
+
+def _settings(text: str) -> list:
+    """Comma-separated settings, each a number or per-attribute values joined by "/":
+    "0.85,pitch=0.8/chord=0.8/*=0.95" -> [0.85, {"pitch": 0.8, "chord": 0.8, "*": 0.95}]."""
+    out = []
+    for item in filter(None, text.split(",")):
+        if "=" in item:
+            out.append({k.strip(): float(v) for k, v in (kv.split("=") for kv in item.split("/"))})
+        else:
+            out.append(float(item))
+    return out
 
 
 def _network(size: str, decoder: str, variant: str) -> dict:
@@ -93,6 +109,17 @@ def held_out_likelihood(module, data: str, max_notes: int) -> dict:
     return {"nll_per_note": out.get("val/nll_per_note"), "elbo_per_note": out.get("val/elbo_per_note")}
 
 
+def _settings_of(decoder: str, variant: str, steps: list[int]) -> list[tuple[int | None, float | None]]:
+    """(S, reveal threshold) to sample each trained model with: full Amadeus at every S at the default
+    threshold, and at S=2 and S=K without it; the ablations at S=2; the baselines once (no S)."""
+    if decoder != "amadeus":
+        return [(None, None)]
+    if variant != "full":
+        return [(2, DEFAULTS.reveal_threshold)]
+    off = [(s, OFF) for s in sorted({2, max(steps)} & set(steps))] if DEFAULTS.reveal_threshold <= 1 else []
+    return [(s, DEFAULTS.reveal_threshold) for s in steps] + off
+
+
 def compare_decoders(size: str, data: str | None, train_steps: int, batch: int, window: int, steps: list[int],
                      num: int, max_notes: int, seed: int = 0) -> list[dict]:
     """Train every (decoder, variant), score likelihood and samples; one row per sampler setting."""
@@ -108,17 +135,17 @@ def compare_decoders(size: str, data: str | None, train_steps: int, batch: int, 
         info = {"params": params, "params_vs_amadeus": params / base_params, "train_notes": notes,
                 "train_notes_per_s": notes / seconds, **held_out_likelihood(module, data, window)}
         model = Amadeus(module.eval())
-        for s in (steps if decoder == "amadeus" and variant == "full" else [2] if decoder == "amadeus" else [None]):
-            row, real = _sample_row(model, data, s, DEFAULTS.order, DEFAULTS.temperature, DEFAULTS.top_p, num,
-                                    max_notes, seed)
+        for s, thr in _settings_of(decoder, variant, steps):
+            row, real = _sample_row(model, data, s, DEFAULTS.order, DEFAULTS.temperature, DEFAULTS.top_p, thr,
+                                    num, max_notes, seed)
             rows.append({**row, "variant": variant, **info})
             print(_line(rows[-1]), flush=True)
     rows.append(_real_row(real, num, max_notes))
     return rows
 
 
-def _sample_row(model, data: str, s: int | None, order: str, t: float, p: float, num: int, max_notes: int,
-                seed: int, batch: int | None = 1) -> tuple[dict, dict]:
+def _sample_row(model, data: str, s: int | None, order: str, t: float, p: float, thr: float, num: int,
+                max_notes: int, seed: int, batch: int | None = 1) -> tuple[dict, dict]:
     """Sample `num` pieces, `batch` at a time (None: all together), and score them against the held-out
     pieces; notes_per_s is the sampling speed at that batch size."""
     from amadeus.datamodule import MusicDataModule
@@ -126,61 +153,75 @@ def _sample_row(model, data: str, s: int | None, order: str, t: float, p: float,
 
     dm = MusicDataModule(data_dir=data, num_workers=0, tokenizer_hash=model.tokenizer.config_hash)
     t0 = time.perf_counter()
-    result = model.sample(num, max_notes=max_notes, steps=s, temperature=t, top_p=p, order=order, seed=seed,
-                          batch_size=batch)
+    result = model.sample(num, max_notes=max_notes, steps=s, temperature=t, top_p=p, order=order,
+                          seed=seed, batch_size=batch, **({} if thr is None else {"reveal_threshold": thr}))
     seconds = time.perf_counter() - t0
     q = sample_quality({"generated": result.tokens}, dm, model.tokenizer, max_notes=max_notes, seed=seed)
     g = q["generated"]
     errors = structure_metrics(result.tokens, model.tokenizer)["syntax_error_rate"]["any"]
     row = {"decoder": model.module.decoder, "variant": "full", "batch": batch or num, "steps": s, "order": order,
-           "temperature": t,
-           "top_p": p, "num": num, "max_notes": max_notes, "mean_oa": g["mean_oa"], "oa": g["oa"], "kl": g["kl"],
+           "temperature": t, "top_p": p, "reveal_threshold": thr,
+           "passes_per_row": passes_per_row(result, batch or num), "num": num, "max_notes": max_notes,
+           "mean_oa": g["mean_oa"], "oa": g["oa"], "kl": g["kl"],
            "mean": g["mean"], "consonance_oa": g["oa"]["consonance"], "syntax_error_rate": errors,
            "notes_per_s": result.notes / seconds, "real_pieces": q["real_pieces"]}
     return row, {**q["ceiling"], "pieces": q["ceiling_pieces"], "real_pieces": q["real_pieces"]}
 
 
+def passes_per_row(result, batch: int) -> float:
+    """Head passes per decoding step of a batch (one row per piece): S without the reveal threshold."""
+    lengths = [len(t) - 1 for t in result.tokens]  # generated rows, EOS included
+    row_steps = sum(max(lengths[i:i + batch]) for i in range(0, len(lengths), batch))
+    return result.head_passes / max(1, row_steps)
+
+
 def _real_row(real: dict, num: int, max_notes: int) -> dict:
     return {"decoder": "real", "variant": "train vs held-out", "steps": None, "order": None, "temperature": None,
-            "top_p": None, "num": real["pieces"], "max_notes": max_notes, "mean_oa": real["mean_oa"],
+            "top_p": None, "reveal_threshold": None, "passes_per_row": None, "num": real["pieces"],
+            "max_notes": max_notes, "mean_oa": real["mean_oa"],
             "oa": real["oa"], "kl": real["kl"], "mean": real["mean"], "real_mean": real["real_mean"],
             "consonance_oa": real["oa"]["consonance"], "syntax_error_rate": None, "notes_per_s": None,
             "real_pieces": real["real_pieces"]}
 
 
 def sweep(ckpt: str, data: str | None, steps: list[int], temperatures: list[float], top_ps: list[float],
-          orders: list[str], num: int, max_notes: int, seed: int = 0) -> list[dict]:
-    """One row per (steps, order, temperature, top_p) of one checkpoint, plus the real-vs-real row."""
+          orders: list[str], thresholds: list[float], num: int, max_notes: int, seed: int = 0) -> list[dict]:
+    """One row per (steps, order, temperature, top_p, reveal threshold) of one checkpoint, plus the
+    real-vs-real row."""
     from amadeus.api import Amadeus
     from amadeus.corpus import ensure_bach_shards
 
     model = Amadeus.load(ckpt)
     data = data or str(ensure_bach_shards(progress=False))
     rows, real = [], None
-    for s, order, t, p in itertools.product(steps, orders, temperatures, top_ps):
-        row, real = _sample_row(model, data, s, order, t, p, num, max_notes, seed, batch=None)
+    for s, order, t, p, thr in itertools.product(steps, orders, temperatures, top_ps, thresholds):
+        row, real = _sample_row(model, data, s, order, t, p, thr, num, max_notes, seed, batch=None)
         rows.append(row)
         print(_line(row), flush=True)
     return rows + [_real_row(real, num, max_notes)]
 
 
 def _fmt(value, spec: str) -> str:
+    if isinstance(value, dict):  # per-attribute setting
+        return "/".join(f"{k[:2]}{v:g}" for k, v in value.items())
     return "-" if value is None else format(value, spec)
 
 
 def _line(r: dict) -> str:
     return (f"{r['decoder']:>8} {r['variant'][:9]:>9} {_fmt(r['steps'], 'd'):>3} {_fmt(r['order'], 's'):>10} "
-            f"{_fmt(r['temperature'], '.2f'):>5} {_fmt(r['top_p'], '.2f'):>5} {r['mean_oa']:>8.3f} "
+            f"{_fmt(r['temperature'], '.2f'):>5} {_fmt(r['top_p'], '.2f'):>5} {_fmt(r['reveal_threshold'], '.2f'):>5} "
+            f"{_fmt(r['passes_per_row'], '.2f'):>6} {r['mean_oa']:>8.3f} "
             f"{r['consonance_oa']:>9.3f} {r['mean']['consonance']:>10.3f} {r['mean']['scale_consistency']:>6.3f} "
             f"{_fmt(r.get('nll_per_note'), '.3f'):>8} {_fmt(r['notes_per_s'], '.1f'):>8}")
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'decoder':>8} {'variant':>9} {'S':>3} {'order':>10} {'temp':>5} {'top_p':>5} {'mean OA':>8} "
+    head = (f"{'decoder':>8} {'variant':>9} {'S':>3} {'order':>10} {'temp':>5} {'top_p':>5} {'thr':>5} {'passes':>6} "
+            f"{'mean OA':>8} "
             f"{'cons. OA':>9} {'consonance':>10} {'scale':>6} {'NLL/note':>8} {'notes/s':>8}")
     real = rows[-1]
     lines = [head] + [_line(r) for r in rows]
-    lines.append(f"{'held-out pieces':>52} {real['real_mean']['consonance']:>18.3f} "
+    lines.append(f"{'held-out pieces':>65} {real['real_mean']['consonance']:>18.3f} "
                  f"{real['real_mean']['scale_consistency']:>6.3f}")
     return "\n".join(lines)
 
@@ -195,9 +236,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="training windows per step")
     ap.add_argument("--window", type=int, default=128, help="rows per training window")
     ap.add_argument("--steps", default="1,2,4,8", help="Amadeus denoising steps to sample with")
-    ap.add_argument("--temperature", default=str(DEFAULTS.temperature), help="temperatures (--ckpt)")
-    ap.add_argument("--top-p", default=str(DEFAULTS.top_p), help="nucleus thresholds (--ckpt)")
+    ap.add_argument("--temperature", default=str(DEFAULTS.temperature),
+                    help="temperatures (--ckpt), each a number or per attribute: pitch=0.9/*=1")
+    ap.add_argument("--top-p", default=str(DEFAULTS.top_p), help="nucleus thresholds (--ckpt), each a number or per attribute: pitch=0.8/*=0.95")
     ap.add_argument("--order", default=DEFAULTS.order, help="reveal orders (--ckpt): confidence,harmony,columns")
+    ap.add_argument("--reveal-threshold", default=str(DEFAULTS.reveal_threshold),
+                    help="reveal thresholds (--ckpt); > 1 = off")
     ap.add_argument("--num", type=int, default=32, help="pieces sampled per setting")
     ap.add_argument("--max-notes", type=int, default=256, help="rows per sampled piece")
     ap.add_argument("--threads", type=int, default=1)
@@ -211,8 +255,8 @@ def main() -> None:
         args.train_steps, args.steps, args.num, args.max_notes = 30, "2", 4, 64
     steps = [int(s) for s in args.steps.split(",")]
     if args.ckpt:
-        rows = sweep(args.ckpt, args.data, steps, _floats(args.temperature), _floats(args.top_p),
-                     args.order.split(","), args.num, args.max_notes)
+        rows = sweep(args.ckpt, args.data, steps, _settings(args.temperature), _settings(args.top_p),
+                     args.order.split(","), _floats(args.reveal_threshold), args.num, args.max_notes)
     else:
         rows = compare_decoders(args.size, args.data, args.train_steps, args.batch, args.window, steps, args.num,
                                 args.max_notes)

@@ -87,16 +87,17 @@ def test_revealed_slots_stay_frozen(trained_tiny, monkeypatch):
 
     monkeypatch.setattr(model.head, "logits", spy)
     steps = 4
-    result = generate(model, 1, max_notes=30, steps=steps, seed=0)
+    result = generate(model, 1, max_notes=30, steps=steps, seed=0, reveal_threshold=2.0)  # no slot is sure
     tokens = result.tokens[0]
     assert len(calls) % steps == 0 and len(calls) // steps in (len(tokens) - 1, len(tokens) - 2)
     for n in range(len(calls) // steps):
         note = calls[n * steps:(n + 1) * steps]
         assert note[0][1].all()  # every slot starts masked
         assert not note[1][1][0, COL_METRIC]  # the metric (the row's kind) is decided in the first step
+        # K=8, S=4: the metric alone, then the most confident 5 of 7, then one per step
+        assert [int((m0 & ~m1).sum()) for (_, m0), (_, m1) in zip(note, note[1:])] == [1, 5, 1]
         for (t0, m0), (t1, m1) in zip(note, note[1:]):
             assert (m1 <= m0).all()  # a revealed slot is never masked again
-            assert (m0 & ~m1).sum() == 2  # K=8, S=4: two slots per step
             kept = ~m0
             assert torch.equal(t1[kept], t0[kept])  # ... and never re-sampled
         t_last, m_last = note[-1]
@@ -105,13 +106,13 @@ def test_revealed_slots_stay_frozen(trained_tiny, monkeypatch):
 
 
 @pytest.mark.parametrize("order, groups", [
-    ("columns", [[0, 1], [2, 3], [4, 5], [6, 7]]),
-    ("harmony", [[0, 1], [2, 4], [3, 7], [5, 6]]),  # metric, position | instrument, chord | tempo, velocity | ...
-    ("metric,pitch,position,chord,tempo,instrument,duration,velocity", [[0, 5], [1, 2], [3, 4], [6, 7]]),
+    ("columns", [[0], [1, 2, 3, 4, 5], [6], [7]]),
+    ("harmony", [[0], [1, 2, 3, 4, 7], [5], [6]]),  # metric | position, instrument, chord, tempo, velocity | ...
+    ("metric,pitch,position,chord,tempo,instrument,duration,velocity", [[0], [1, 2, 3, 4, 5], [6], [7]]),
 ])
 def test_fixed_order_reveals_the_next_slots_of_the_order(trained_tiny, monkeypatch, order, groups):
     """A fixed order: each step reveals the next masked slots of the order, whatever the confidences;
-    with S=4 a note row reveals two slots per step."""
+    with S=4 and no sure slots a note row reveals the metric, then 5 slots, then one per step."""
     model = trained_tiny[0]
     calls = []
     real = model.head.logits
@@ -121,7 +122,7 @@ def test_fixed_order_reveals_the_next_slots_of_the_order(trained_tiny, monkeypat
         return real(C, tokens, masked)
 
     monkeypatch.setattr(model.head, "logits", spy)
-    result = generate(model, 1, max_notes=30, steps=4, seed=0, order=order)
+    result = generate(model, 1, max_notes=30, steps=4, seed=0, order=order, reveal_threshold=2.0)
     assert result.settings["order"] == order
     notes = [calls[i:i + 4] + [torch.zeros_like(calls[0])] for i in range(0, len(calls) - 3, 4)]
     assert notes
@@ -137,9 +138,12 @@ def test_fixed_order_reveals_the_next_slots_of_the_order(trained_tiny, monkeypat
 def test_every_step_count_decodes(trained_tiny, untrained, steps):
     tok = trained_tiny[0].tokenizer
     for model in (trained_tiny[0], untrained):
-        result = generate(model, 2, max_notes=48, steps=steps, seed=steps)
-        assert result.head_passes % steps == 0  # S passes per note (for the whole batch)
-        for t in result.tokens:
+        plain = generate(model, 2, max_notes=48, steps=steps, seed=steps, reveal_threshold=2.0)
+        assert plain.head_passes % steps == 0  # S passes per note (for the whole batch)
+        result = generate(model, 2, max_notes=48, steps=steps, seed=steps)  # sure slots: at most S passes
+        rows = max(len(t) for t in result.tokens) - 1  # generated rows, EOS included (the cut's EOS costs none)
+        assert rows - 1 <= result.head_passes <= steps * rows
+        for t in plain.tokens + result.tokens:
             assert_well_formed(tok, t)
 
 
@@ -333,7 +337,8 @@ def test_sampling_options_are_the_keywords(untrained):
     assert a.settings == b.settings
     assert generate(untrained, 1, options=options, steps=8, seed=5).settings["steps"] == 8
     assert options.steps == 2  # frozen: generate's keywords make a new object
-    assert SamplingOptions().steps_for(8) == 8  # the default: one slot per step (best measured quality)
+    assert SamplingOptions().steps_for(8) == 4  # the default (DEFAULT_STEPS: the best measured quality)
+    assert SamplingOptions().reveal_threshold == 0.9
     with pytest.raises(TypeError, match="stepz"):
         generate(untrained, 1, stepz=2)
     with pytest.raises(TypeError, match="SamplingOptions"):
@@ -388,11 +393,52 @@ class _PositionStub(torch.nn.Module):
 def test_empty_bar_decided_after_the_metric_is_revealed(untrained, controls):
     """P(empty bar | NEW_BAR_TS) must be the head's conditional (0.05) with or without controls (one slot
     per step, so without controls the position is drawn after the metric; with a control the sampler
-    decides the metric first and then "empty bar or note", which must use the logits given that metric)."""
+    decides the metric first and then "empty bar or note", which must use the logits given that metric).
+    No sure slots (reveal_threshold off): this head is incoherent by design, certain of the metric yet
+    changing the position once the metric is revealed, which threshold decoding assumes away."""
     model = SimpleNamespace(backbone=untrained.backbone, head=_PositionStub(untrained.tokenizer),
                             tokenizer=untrained.tokenizer)
-    res = generate(model, 400, max_notes=1, steps=8, top_p=1.0, controls=controls, seed=0)
+    res = generate(model, 400, max_notes=1, steps=8, top_p=1.0, controls=controls, seed=0, reveal_threshold=2.0)
     first = np.array([t[1] for t in res.tokens])
     assert (first[:, COL_METRIC] >= METRIC_TS_OFFSET).all()
     empty = float((first[:, COL_POSITION] == 0).mean())
     assert 0.02 < empty < 0.09, empty
+
+
+def test_sure_slots_are_revealed_without_using_the_step_budget(trained_tiny, monkeypatch):
+    """reveal_threshold: a slot whose drawn value is at least that likely is revealed at once and costs no
+    step; the uncertain slots share the S steps, and a row ends early when every slot left is sure."""
+    model = trained_tiny[0]
+    calls = []
+    real = model.head.logits
+
+    def spy(C, tokens, masked):
+        calls.append(masked.clone())
+        return real(C, tokens, masked)
+
+    monkeypatch.setattr(model.head, "logits", spy)
+    everything = generate(model, 2, max_notes=40, steps=8, seed=0, reveal_threshold=1e-6)
+    rows = sum(len(t) - 1 for t in everything.tokens)  # generated rows (EOS included, SOS not)
+    assert everything.head_passes <= rows // 2 + 1  # one pass per row of the batch: all slots sure at once
+    assert all(m.all() for m in calls)  # ... and every pass starts from a fully masked row
+    for t in everything.tokens:
+        assert_well_formed(model.tokenizer, t)
+    calls.clear()
+    plain = generate(model, 2, max_notes=40, steps=8, seed=0, reveal_threshold=2.0)
+    assert plain.head_passes % 8 == 0
+    calls.clear()
+    some = generate(model, 2, max_notes=40, steps=8, seed=0, reveal_threshold=0.9)
+    notes, current = [], []
+    for m in calls:  # split the passes into notes: a note starts fully masked
+        if m.all() and current:
+            notes.append(current)
+            current = []
+        current.append(m)
+    notes.append(current)
+    assert all(1 <= len(n) <= 8 for n in notes)
+    assert any(len(n) < 8 for n in notes)  # some notes end early ...
+    assert some.head_passes < plain.head_passes
+    for t in some.tokens:
+        assert_well_formed(model.tokenizer, t)
+    with pytest.raises(ValueError, match="reveal_threshold"):
+        generate(model, 1, max_notes=4, reveal_threshold=0.0)

@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from amadeus.sampling import REVEAL_ORDERS, TEXT_GUIDANCE, SamplingOptions  # noqa: F401 (re-exported)
+from amadeus.sampling import DEFAULT_STEPS, REVEAL_ORDERS, TEXT_GUIDANCE, SamplingOptions  # noqa: F401 (re-exported)
 from amadeus.tokenizer import ATTRIBUTES
 
 # Sampler settings of the command line: the library's defaults, defined once in SamplingOptions.
@@ -20,6 +20,7 @@ TEMPERATURE = _DEFAULTS.temperature
 TOP_P = _DEFAULTS.top_p
 TOP_K = _DEFAULTS.top_k
 ORDER = _DEFAULTS.order
+REVEAL_THRESHOLD = _DEFAULTS.reveal_threshold
 GENERATE_MAX_NOTES = _DEFAULTS.max_notes  # `amadeus generate --max-notes`
 # Sampling budgets of the commands.
 DEMO_MAX_NOTES = 256  # the demo's samples

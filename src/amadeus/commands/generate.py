@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from amadeus.commands._common import (
+    DEFAULT_STEPS,
     GENERATE_MAX_NOTES,
     GENERATE_THREADS,
     ORDER,
     REVEAL_ORDERS,
+    REVEAL_THRESHOLD,
     TEMPERATURE,
     TEXT_GUIDANCE,
     TOP_K,
@@ -67,11 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-bars", type=int, default=None, help="at most this many generated bars per piece")
     parser.add_argument("--min-notes", type=int, default=0, help="no EOS before this many generated rows")
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"denoising steps per note, 1..{len(ATTRIBUTES)} (default {len(ATTRIBUTES)}: best quality; "
-                             "2 is about twice as fast)")
+                        help=f"denoising steps per note, 1..{len(ATTRIBUTES)} (default {DEFAULT_STEPS}: as close to the "
+                             f"corpus as {len(ATTRIBUTES)}; 2 is faster and less consonant)")
     parser.add_argument("--order", default=ORDER,
                         help=f"which slots a denoising step reveals: confidence, {', '.join(REVEAL_ORDERS)}, or a "
                              f"comma-separated list of every attribute (default {ORDER})")
+    parser.add_argument("--reveal-threshold", type=float, default=REVEAL_THRESHOLD,
+                        help="a slot whose drawn value is at least this likely is revealed at once, outside the "
+                             f"step budget; > 1 = off (default {REVEAL_THRESHOLD:g})")
     parser.add_argument("--temperature", action="append", metavar="[ATTR=]T",
                         help="sampling temperature, global or per attribute (repeatable: --temperature 1.1 "
                              f"--temperature pitch=0.9); 0 = greedy; default {TEMPERATURE:g}")
@@ -119,7 +124,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     """Sampler keyword arguments from the flags."""
     options: dict[str, Any] = dict(
         max_notes=args.max_notes, max_bars=args.max_bars, min_notes=args.min_notes, steps=args.steps,
-        order=args.order, seed=args.seed, controls=args.control, batch_size=args.batch_size)
+        order=args.order, reveal_threshold=args.reveal_threshold, seed=args.seed, controls=args.control,
+        batch_size=args.batch_size)
     for name, flag, cast, default in (("temperature", "temperature", float, TEMPERATURE),
                                       ("top_p", "top-p", float, TOP_P), ("top_k", "top-k", int, TOP_K)):
         value = _setting(getattr(args, name), flag, cast)
