@@ -61,6 +61,19 @@ def assert_well_formed(tokenizer: NoteTokenizer, tokens: np.ndarray) -> None:
     assert not flags.any(), [SYNTAX_ERRORS[k] for k in np.nonzero(flags.any(0))[0]]
 
 
+def record_masks(model, monkeypatch) -> list:
+    """The masked-slot tensor of every head pass of `model`, in order (the list fills as it samples)."""
+    calls = []
+    real = model.head.logits
+
+    def spy(C, tokens, masked):
+        calls.append(masked.clone())
+        return real(C, tokens, masked)
+
+    monkeypatch.setattr(model.head, "logits", spy)
+    return calls
+
+
 def test_cached_equals_uncached_reference(trained_tiny):
     model = copy.deepcopy(trained_tiny[0]).double()  # float64: no rounding-order differences between paths
     for steps in (2, 8):
@@ -114,14 +127,7 @@ def test_fixed_order_reveals_the_next_slots_of_the_order(trained_tiny, monkeypat
     """A fixed order: each step reveals the next masked slots of the order, whatever the confidences;
     with S=4 and no sure slots a note row reveals the metric, then 5 slots, then one per step."""
     model = trained_tiny[0]
-    calls = []
-    real = model.head.logits
-
-    def spy(C, tokens, masked):
-        calls.append(masked.clone())
-        return real(C, tokens, masked)
-
-    monkeypatch.setattr(model.head, "logits", spy)
+    calls = record_masks(model, monkeypatch)
     result = generate(model, 1, max_notes=30, steps=4, seed=0, order=order, reveal_threshold=2.0)
     assert result.settings["order"] == order
     notes = [calls[i:i + 4] + [torch.zeros_like(calls[0])] for i in range(0, len(calls) - 3, 4)]
@@ -409,14 +415,7 @@ def test_sure_slots_are_revealed_without_using_the_step_budget(trained_tiny, mon
     """reveal_threshold: a slot whose drawn value is at least that likely is revealed at once and costs no
     step; the uncertain slots share the S steps, and a row ends early when every slot left is sure."""
     model = trained_tiny[0]
-    calls = []
-    real = model.head.logits
-
-    def spy(C, tokens, masked):
-        calls.append(masked.clone())
-        return real(C, tokens, masked)
-
-    monkeypatch.setattr(model.head, "logits", spy)
+    calls = record_masks(model, monkeypatch)
     everything = generate(model, 2, max_notes=40, steps=8, seed=0, reveal_threshold=1e-6)
     rows = sum(len(t) - 1 for t in everything.tokens)  # generated rows (EOS included, SOS not)
     assert everything.head_passes <= rows // 2 + 1  # one pass per row of the batch: all slots sure at once

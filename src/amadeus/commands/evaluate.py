@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"captioned pieces used as prompts (default {d['num']})")
     parser.add_argument("--max-notes", type=int, default=d["max_notes"],
                         help="at most this many generated rows per piece")
-    parser.add_argument("--steps", type=int, default=None, help=f"denoising steps per note (default: the sampler's, {DEFAULT_STEPS})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"denoising steps per note (default: the sampler's, {DEFAULT_STEPS})")
     parser.add_argument("--guidance", type=float, default=TEXT_GUIDANCE,
                         help=f"classifier-free guidance scale for the text rows (default {TEXT_GUIDANCE:g}; "
                              "1 = plain conditional)")
