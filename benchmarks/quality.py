@@ -184,7 +184,7 @@ def _real_row(real: dict, num: int, max_notes: int) -> dict:
             "real_pieces": real["real_pieces"]}
 
 
-def sweep(ckpt: str, data: str | None, steps: list[int], temperatures: list[float], top_ps: list[float],
+def sweep(ckpt: str, data: str | None, steps: list[int], temperatures: list, top_ps: list,
           orders: list[str], thresholds: list[float], num: int, max_notes: int, seed: int = 0) -> list[dict]:
     """One row per (steps, order, temperature, top_p, reveal threshold) of one checkpoint, plus the
     real-vs-real row."""

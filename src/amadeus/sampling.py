@@ -444,7 +444,9 @@ class _NoteSampler:
             # near-certain slots (drawn value's probability >= the threshold) are revealed now and cost
             # none of the step budget; of the uncertain ones, the most confident go now and each later
             # step keeps one, so the least confident (usually the pitch) is drawn last, given the rest
-            sure = masked & (self._belief(raw, y) >= self.threshold)
+            sure = torch.zeros_like(masked)  # a threshold above 1 (off): no softmax to compute
+            if self.threshold <= 1:
+                sure = masked & (self._belief(raw, y) >= self.threshold)
             uncertain = (masked & ~sure).sum(1)  # [B]
             left = self.steps - s
             count = (uncertain - left + 1).clamp_min(1)
