@@ -33,10 +33,11 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
-from amadeus.sampling import SamplingOptions
+from amadeus.sampling import SamplingOptions, plain_setting
 
 DEFAULTS = SamplingOptions()  # the decoders are compared at the sampler's defaults
 OFF = 2.0  # a reveal threshold above 1: no slot is revealed outside the step budget
@@ -69,7 +70,8 @@ def _network(size: str, decoder: str, variant: str) -> dict:
     from _sizes import SIZE_KEYS
     from _sizes import network as size_network
 
-    net = {k: v for k, v in size_network(size).items() if k in SIZE_KEYS or k in ("dropout", "use_ciem", "use_mlsdes")}
+    net = {k: v for k, v in size_network(size).items()
+           if k in SIZE_KEYS or k in ("dropout", "use_ciem", "use_mlsdes", "mlsdes_weight")}
     net.update(DECODER_SIZES.get(size, {}).get(decoder, {}))
     net.update(VARIANTS[(decoder, variant)])
     return net
@@ -159,8 +161,8 @@ def _sample_row(model, data: str, s: int | None, order: str, t: float, p: float,
     q = sample_quality({"generated": result.tokens}, dm, model.tokenizer, max_notes=max_notes, seed=seed)
     g = q["generated"]
     errors = structure_metrics(result.tokens, model.tokenizer)["syntax_error_rate"]["any"]
-    row = {"decoder": model.module.decoder, "variant": "full", "batch": batch or num, "steps": s, "order": order,
-           "temperature": t, "top_p": p, "reveal_threshold": thr,
+    row = {"decoder": model.module.decoder, "variant": "full", "batch": batch or num, "seed": seed, "steps": s, "order": order,
+           "temperature": plain_setting(t), "top_p": plain_setting(p), "reveal_threshold": thr,
            "passes_per_row": passes_per_row(result, batch or num), "num": num, "max_notes": max_notes,
            "mean_oa": g["mean_oa"], "oa": g["oa"], "kl": g["kl"],
            "mean": g["mean"], "consonance_oa": g["oa"]["consonance"], "syntax_error_rate": errors,
@@ -201,8 +203,13 @@ def sweep(ckpt: str, data: str | None, steps: list[int], temperatures: list, top
     return rows + [_real_row(real, num, max_notes)]
 
 
+def _arg(value) -> str:
+    """A setting as --temperature / --top-p take it: 0.9 or pitch=0.85/chord=0.7/*=0.95."""
+    return "/".join(f"{k}={v:g}" for k, v in value.items()) if isinstance(value, Mapping) else f"{value:g}"
+
+
 def _fmt(value, spec: str) -> str:
-    if isinstance(value, dict):  # per-attribute setting
+    if isinstance(value, Mapping):  # per-attribute setting
         return "/".join(f"{k[:2]}{v:g}" for k, v in value.items())
     return "-" if value is None else format(value, spec)
 
@@ -236,15 +243,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="training windows per step")
     ap.add_argument("--window", type=int, default=128, help="rows per training window")
     ap.add_argument("--steps", default="1,2,4,8", help="Amadeus denoising steps to sample with")
-    ap.add_argument("--temperature", default=str(DEFAULTS.temperature),
+    ap.add_argument("--temperature", default=_arg(DEFAULTS.temperature),
                     help="temperatures (--ckpt), each a number or per attribute: pitch=0.9/*=1")
-    ap.add_argument("--top-p", default=str(DEFAULTS.top_p), help="nucleus thresholds (--ckpt), each a number or per attribute: pitch=0.8/*=0.95")
+    ap.add_argument("--top-p", default=_arg(DEFAULTS.top_p), help="nucleus thresholds (--ckpt), each a number or per attribute: pitch=0.8/*=0.95")
     ap.add_argument("--order", default=DEFAULTS.order, help="reveal orders (--ckpt): confidence,harmony,columns")
     ap.add_argument("--reveal-threshold", default=str(DEFAULTS.reveal_threshold),
                     help="reveal thresholds (--ckpt); > 1 = off")
     ap.add_argument("--num", type=int, default=32, help="pieces sampled per setting")
     ap.add_argument("--max-notes", type=int, default=256, help="rows per sampled piece")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="piece i uses seed + i (--ckpt; also picks the ceiling's training pieces): another seed "
+                         "checks a setting chosen on seed 0 on pieces it was not chosen on")
     ap.add_argument("--quick", action="store_true",
                     help="about a minute: 30 training steps, 4 pieces of 64 rows, S=2 only")
     ap.add_argument("--out", default=str(RESULTS))
@@ -256,7 +266,7 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
     if args.ckpt:
         rows = sweep(args.ckpt, args.data, steps, _settings(args.temperature), _settings(args.top_p),
-                     args.order.split(","), _floats(args.reveal_threshold), args.num, args.max_notes)
+                     args.order.split(","), _floats(args.reveal_threshold), args.num, args.max_notes, args.seed)
     else:
         rows = compare_decoders(args.size, args.data, args.train_steps, args.batch, args.window, steps, args.num,
                                 args.max_notes)

@@ -1,6 +1,6 @@
 """Text-to-MIDI generation speed at batch 1: no text, text, and text with classifier-free guidance.
 
-    python benchmarks/text2midi.py [--quick] [--sizes tiny,30m] [--steps 4] [--guidance 3]
+    python benchmarks/text2midi.py [--quick] [--sizes tiny,30m] [--steps 4] [--guidance 2]
                                    [--threads 1] [--device cpu|cuda]
 
 Weights are random (untrained): speed does not depend on them (the sampler's grammar guards may see

@@ -189,3 +189,24 @@ def test_corpus_command_builds_a_subset_and_rejects_bad_names(built, tmp_path, c
     assert cli_main(["corpus", "music21", str(out), "--collections", "nope", "--quiet"]) == 2
     assert "unknown music21 collection" in capsys.readouterr().err
     assert cli_main(["corpus", "bach", "--collections", "oneills1850"]) == 2
+
+
+def test_folk_corpus_is_the_tune_books(built, tmp_path, capsys):
+    """`amadeus corpus folk` builds the ABC collections only (those the source folder has), into its own
+    folder; --collections belongs to the music21 corpus."""
+    from amadeus.cli import main as cli_main
+    from amadeus.corpus import FOLK_COLLECTIONS, MUSIC21_COLLECTIONS, default_folk_dir
+    from amadeus.datamodule import MusicDataModule
+
+    assert set(FOLK_COLLECTIONS) == {n for n, c in MUSIC21_COLLECTIONS.items() if c.kind == "abc"}
+    assert "bach" not in FOLK_COLLECTIONS and "palestrina" not in FOLK_COLLECTIONS
+    src, *_ = built
+    out = tmp_path / "folk"
+    assert cli_main(["corpus", "folk", str(out), "--source", str(src), "--workers", "0", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 pieces in 4 styles" in printed and "collections: " + ", ".join(FOLK_COLLECTIONS) in printed
+    assert json.loads((out / "shards" / "manifest.json").read_text())["counts"]["pieces"] == 5
+    assert cli_main(["corpus", "folk", str(out), "--collections", "oneills1850"]) == 2
+    assert "--collections applies to the music21 corpus" in capsys.readouterr().err
+    assert MusicDataModule(corpus="folk")._embedded()[0] == default_folk_dir() / "shards"
+

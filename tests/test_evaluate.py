@@ -212,17 +212,38 @@ def test_clap_with_a_local_checkpoint(text_ckpt, tiny_shards, tmp_path, capsys):
     assert "CLAP: with text" in printed and CLAP_NOT_COMPUTED not in printed
 
 
-def test_caption_contrast_and_the_demo_table(text_ckpt, tmp_path, capsys):
-    """The demo's text stage: each target's caption with and without text, scored against the target."""
+def test_the_demo_text_stage_on_a_small_styled_corpus(text_ckpt, styled_corpus, tmp_path, capsys):
+    """The demo's stage 4 after fine-tuning: held-out captions with and without text into
+    OUT/evaluation.json (CS beside the MidiCaps metrics), and two pieces written from two captions."""
     from amadeus.commands import demo
 
-    rows = demo._text_demo(text_ckpt, tmp_path, num=2)
-    assert list(rows) == [f"{t['key']}, {t['time_signature']} / {m}" for t in demo.TARGETS for m in ("text", "no text")]
-    assert all(set(r) >= {"CK", "CTS"} for r in rows.values())
+    summary = demo._text_stage(text_ckpt, tmp_path, styled_corpus / "shards", prompts=4, max_notes=16, steps=2,
+                               nll_windows=0, style_model=tmp_path / "style.json")
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["settings"]["num"] == 4 and report["split"] == "test"
+    for mode in ("with_text", "without_text"):
+        assert set(summary["adherence"][mode]) == set(demo.HEADLINE)
+        assert summary["adherence"][mode]["CS"] == report["adherence"]["features"][mode]["CS"]
+    assert summary["style_ceiling"]["accuracy"] == 100.0
+    meters = report["time_signatures"]  # what guidance does to the metre shows here first
+    assert all(sum(meters[k].values()) == 4 for k in ("prompts", "with_text", "without_text"))
+    assert sorted(p.name for p in tmp_path.glob("text*.mid")) == ["text0_0.mid", "text1_0.mid"]
     out = capsys.readouterr().out
-    assert out.count("caption ") == 2 and "text adherence, % of 2 samples per row (guidance 3.0)" in out
-    assert sorted(p.name for p in tmp_path.glob("text*.mid")) == ["text0_0.mid", "text0_1.mid", "text1_0.mid",
-                                                                   "text1_1.mid"]
+    assert f"held-out captions (4, guidance {demo.TEXT_GUIDANCE:g})" in out and out.count(" from: ") == 2
+
+
+def test_prompts_are_stratified_by_style(styled_corpus):
+    """The test split's first pieces in shard order are all chorales; the default takes the styles in
+    turn, --first (stratify=False) keeps shard order."""
+    from amadeus.evaluate import read_pieces
+    from amadeus.style import captions_styles
+
+    style = captions_styles(styled_corpus / "shards")
+    first, _ = read_pieces(styled_corpus / "shards", "test", 4, stratify=False)
+    mixed, _ = read_pieces(styled_corpus / "shards", "test", 4)
+    assert [style(p["source"]) for p in first] == ["Bach chorale"] * 4
+    assert sorted(style(p["source"]) for p in mixed) == ["Bach chorale"] * 2 + ["Irish jig"] * 2
+    assert len({p["id"] for p in mixed}) == 4
 
 
 def test_evaluate_scores_style_and_the_midicaps_convention(text_ckpt, styled_corpus, tmp_path, capsys):
@@ -232,10 +253,12 @@ def test_evaluate_scores_style_and_the_midicaps_convention(text_ckpt, styled_cor
     out = tmp_path / "eval.json"
     rc = cli_main(["evaluate", "--ckpt", str(text_ckpt), "--data", str(styled_corpus / "shards"), "--split", "test",
                    "--num", "4", "--max-notes", "32", "--steps", "2", "--nll-windows", "0", "--adherence", "midicaps",
+                   "--top-p", "pitch=0.9", "--plausibility", "0",
                    "--style-model", str(tmp_path / "style.json"), "--out", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["settings"]["adherence"] == "midicaps" and (tmp_path / "style.json").is_file()
+    assert report["settings"]["top_p"]["pitch"] == 0.9 and report["settings"]["plausibility"] == 0.0
     style = report["style"]
     assert style["classes"] == ["Bach chorale", "Irish jig"]
     assert style["held_out"]["accuracy"] == 100.0 and style["prompt_pieces"]["pieces"] == 4

@@ -119,3 +119,25 @@ def test_wav_without_soundfont_is_a_message(trained_tiny, tmp_path, monkeypatch,
     rc = generate("--ckpt", str(trained_tiny[1]), "--num", "1", "--max-notes", "10", "--wav", "--out", str(tmp_path))
     assert rc == 0 and "no soundfont found" in capsys.readouterr().err
     assert (tmp_path / "sample_000.mid").is_file() and not (tmp_path / "sample_000.wav").exists()
+
+
+def test_truncation_flags_change_only_what_they_name():
+    """A per-attribute flag changes that attribute of the per-attribute defaults and keeps the others;
+    a global value (or one with "*") replaces them; unknown attributes and non-numbers are usage errors."""
+    import argparse
+
+    from amadeus.commands._common import (TEMPERATURE, TOP_P, UsageError, add_truncation_arguments,
+                                          truncation_options)
+
+    parser = argparse.ArgumentParser()
+    add_truncation_arguments(parser, top_k=True)
+    opts = truncation_options(parser.parse_args([]))
+    assert opts == {"temperature": TEMPERATURE, "top_p": TOP_P, "top_k": 0}
+    opts = truncation_options(parser.parse_args(["--top-p", "pitch=0.7", "--temperature", "0.9"]))
+    assert opts["top_p"] == {**TOP_P, "pitch": 0.7} and opts["top_p"]["chord"] == TOP_P["chord"]
+    assert opts["temperature"] == 0.9
+    opts = truncation_options(parser.parse_args(["--top-p", "1", "--top-p", "pitch=0.5", "--top-k", "velocity=3"]))
+    assert opts["top_p"] == {"*": 1.0, "pitch": 0.5} and opts["top_k"] == {"*": 0, "velocity": 3}
+    for bad in (["--top-p", "loudness=0.5"], ["--temperature", "hot"]):
+        with pytest.raises(UsageError):
+            truncation_options(parser.parse_args(bad))

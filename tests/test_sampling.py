@@ -15,9 +15,11 @@ from amadeus.model.head import AttributeDiffusionHead
 from amadeus.model.transformer import NoteTransformer
 from amadeus.module import AmadeusModule
 from amadeus.sampling import (
+    DEFAULT_STEPS,
     SamplingOptions,
     filter_probs,
     generate,
+    guide,
     lane_keys,
     piece_keys,
     prompt_from_midi,
@@ -333,6 +335,26 @@ def test_classifier_free_guidance_with_a_random_prefix():
         np.testing.assert_array_equal(a, b)
 
 
+def test_guidance_does_not_resurrect_implausible_values():
+    """The rare-metre failure: a value both models find unlikely (p_c 0.01, p_u 0.001) gets half the mass
+    under plain guidance at g = 3 (ratio^(g-1) = 100); with the plausibility constraint it stays below
+    every plausible value, and is still the fallback when it is the only value the grammar allows."""
+    cond = torch.log(torch.tensor([[0.85, 0.14, 0.01, 0.0]]))  # the last value is outside the vocabulary
+    uncond = torch.log(torch.tensor([[0.85, 0.149, 0.001, 0.0]]))
+    plain = torch.softmax(guide(cond, uncond, 3.0, 0.0), -1)[0]
+    assert plain[2] > 0.5 and plain[3] == 0
+    torch.testing.assert_close(guide(cond, uncond, 3.0, 0.0)[0, :3], (uncond + 3 * (cond - uncond))[0, :3])
+    constrained = guide(cond, uncond, 3.0, 0.1)
+    probs = torch.softmax(constrained, -1)[0]
+    assert probs[0] > probs[1] > 0.1 and probs[2] < 1e-6 and probs[3] == 0  # guided among the plausible two
+    only_rare = filter_probs(constrained[:, None], torch.tensor([[[False, False, True, False]]]),
+                             torch.ones(1), torch.zeros(1, dtype=torch.long), torch.ones(1), False, False)
+    assert only_rare[0, 0, 2] == 1.0  # a grammar that allows only the implausible value still gets it
+    torch.testing.assert_close(guide(cond, uncond, 1.0, 0.1)[0, :2], cond[0, :2])  # g = 1: the conditional
+    with pytest.raises(ValueError, match="plausibility"):
+        SamplingOptions(plausibility=1.0)
+
+
 def test_sampling_options_are_the_keywords(untrained):
     """An options object and the same settings as keywords give the same pieces; keywords override it."""
     options = SamplingOptions(max_notes=20, steps=2, temperature={"pitch": 0.5}, top_k=4)
@@ -343,7 +365,7 @@ def test_sampling_options_are_the_keywords(untrained):
     assert a.settings == b.settings
     assert generate(untrained, 1, options=options, steps=8, seed=5).settings["steps"] == 8
     assert options.steps == 2  # frozen: generate's keywords make a new object
-    assert SamplingOptions().steps_for(8) == 4  # the default (DEFAULT_STEPS: the best measured quality)
+    assert SamplingOptions().steps_for(8) == DEFAULT_STEPS == 2  # the best measured quality
     assert SamplingOptions().reveal_threshold == 0.9
     with pytest.raises(TypeError, match="stepz"):
         generate(untrained, 1, stepz=2)

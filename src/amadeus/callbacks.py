@@ -104,12 +104,14 @@ class SampleMidi(L.Callback):
     soundfont is installed) are logged too. Only rank 0 samples.
     """
 
-    def __init__(self, num_samples: int = 2, max_notes: int = 256, steps: int = 4,
-                 temperature: float = SamplingOptions.temperature, top_p: float = SamplingOptions.top_p,
+    def __init__(self, num_samples: int = 2, max_notes: int = 256, steps: int | None = None,
+                 temperature: float | None = None, top_p: float | None = None,
                  seed: int = 0, audio: bool = True) -> None:
         self.num_samples = num_samples
-        # short samples, few denoising steps: the rest of the sampler's defaults (validated here, at startup)
-        self.options = SamplingOptions(max_notes=max_notes, steps=steps, temperature=temperature, top_p=top_p)
+        # short samples: the sampler's defaults, except what is given (validated here, at startup);
+        # steps / temperature / top_p None: the sampler's defaults (DEFAULT_STEPS, per-attribute truncation)
+        given = {k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None}
+        self.options = SamplingOptions(max_notes=max_notes, steps=steps, **given)
         self.seed = seed
         self.audio = audio
         self.written: list[Path] = []

@@ -42,7 +42,7 @@ from amadeus.shards import load_manifest, read_shard
 from amadeus.tokenizer import NoteTokenizer, TokenizerConfig
 
 STAGES = ("pretrain", "finetune")
-CORPORA = ("bach", "music21")  # embedded corpora (amadeus.corpus)
+CORPORA = ("bach", "music21", "folk")  # embedded corpora (amadeus.corpus)
 COLUMNS = ["id", "tokens", "n_rows", "caption"]
 
 
@@ -363,7 +363,8 @@ class MusicDataModule(L.LightningDataModule):
         tokenizer_hash: expected tokenizer hash; a manifest with another one is an error.
         corpus: the embedded corpus read when data_dir is None (a data_dir wins, so that a config
             naming a corpus still takes --data.data_dir): "bach" (the default: 409 chorales) or
-            "music21" (the collections of music21's corpus, about 14,000 pieces).
+            "music21" (the collections of music21's corpus, about 14,000 pieces) or "folk" (its tune
+            books only, about 11,000 folk songs and dance tunes).
     """
 
     def __init__(self, data_dir: str | list[str] | None = None, stage: str = "pretrain", max_notes: int = 256,
@@ -418,6 +419,8 @@ class MusicDataModule(L.LightningDataModule):
 
         if self.corpus == "music21":
             return corpora.default_music21_dir() / "shards", corpora.ensure_music21_shards
+        if self.corpus == "folk":
+            return corpora.default_folk_dir() / "shards", corpora.ensure_folk_shards
         return corpora.default_bach_dir() / "shards", corpora.ensure_bach_shards
 
     @property

@@ -3,9 +3,13 @@ as a report (JSON) and a table.
 
     amadeus evaluate --ckpt outputs/demo/model-text.ckpt --split test --num 16 --out eval.json
 
-Text adherence (the MidiCaps / Text2Midi metrics): the first N pieces of the split that have a caption are
-the prompts. From each caption the model generates a piece (with classifier-free guidance G) and, as
-a baseline in the same run, a piece without text from the same seed (piece i uses seed + i in both).
+Text adherence (the MidiCaps / Text2Midi metrics): N pieces of the split that have a caption are the
+prompts: round-robin over the split's styles when the data has styles (the music21 corpora: 48 prompts
+cover up to 48 styles), else the first N in shard order (`read_pieces`). From each caption the model
+generates a piece (with classifier-free guidance G, over the values the conditional model finds
+plausible) and, as a baseline in the same run, a piece without text from the same seed (piece i uses
+seed + i in both). The time signatures of the prompts and of each mode's pieces are counted too: a metre
+that no prompt asked for is where guidance goes wrong first.
 Every generated piece is scored (amadeus.metrics.TextAdherence: TB TBT CK CKD CTS CI CM_top3 CS) twice:
 against the features stored with the prompt's source piece (key, tempo, time signature,
 instruments, chords: the shard's features JSON) and against the fields the caption states
@@ -60,6 +64,7 @@ from amadeus.metrics import (
 )
 from amadeus.model.baselines import decoder_ce
 from amadeus.model.diffusion import chain_rule_nll
+from amadeus.sampling import PLAUSIBILITY, plain_setting
 
 SPLITS = ("train", "validation", "test")
 HELD_OUT = ("validation", "test")  # the real pieces generated music is compared with
@@ -77,30 +82,48 @@ def is_local(path: str | Path) -> bool:
     return "://" not in str(path)
 
 
-def read_pieces(data: str | Path, split: str, num: int, tokenizer_hash: str | None = None) -> tuple[list[dict], Any]:
-    """The first `num` captioned pieces of `split` in shard order, and the MusicDataModule of `data`.
+def read_pieces(data: str | Path, split: str, num: int, tokenizer_hash: str | None = None,
+                stratify: bool = True) -> tuple[list[dict], Any]:
+    """`num` captioned pieces of `split` and the MusicDataModule of `data`.
 
-    Each piece: {"id", "source", "caption", "features" (dict), "tokens" (int64 [N, K])}. The shards' tokenizer
-    must be the model's (tokenizer_hash); a mismatch or a missing manifest is a clear error.
+    With `stratify` and styles in the data (the music21 corpora), the pieces are taken round-robin over
+    the split's styles, most frequent style first, each style's pieces in shard order, so that 48 prompts
+    cover 48 styles or all of them; otherwise (or without styles: the Bach corpus) the first `num` in
+    shard order. Each piece: {"id", "source", "caption", "features" (dict), "tokens" (int64 [N, K])}. The
+    shards' tokenizer must be the model's (tokenizer_hash); a mismatch or a missing manifest is a clear
+    error.
     """
     from amadeus.datamodule import MusicDataModule
     from amadeus.shards import read_shard
+    from amadeus.style import captions_styles, piece_style
 
     dm = MusicDataModule(data_dir=str(data), stage="pretrain", num_workers=0, tokenizer_hash=tokenizer_hash)
     K = dm.tokenizer.K
+    lookup = captions_styles(data) if stratify and is_local(data) else (lambda location: None)
     pieces: list[dict] = []
+    styled = False
     for file in dm.files(split, required=False):
         table = read_shard(file, ["id", "source", "tokens", "caption", "features"], split=split, captioned=True)
-        for row in table.slice(0, num - len(pieces)).to_pylist():
+        for row in table.to_pylist():
             try:
                 features = json.loads(row["features"] or "{}")
             except json.JSONDecodeError as e:
                 raise ValueError(f"{file}: piece {row['id']}: features are not JSON ({e})") from None
+            style = piece_style(features, row["source"], lookup) if stratify else None
+            styled = styled or style is not None
             pieces.append({"id": row["id"], "source": row["source"], "caption": row["caption"], "features": features,
-                           "tokens": np.asarray(row["tokens"], dtype=np.int64).reshape(-1, K)})
-        if len(pieces) >= num:
+                           "tokens": np.asarray(row["tokens"], dtype=np.int64).reshape(-1, K), "_style": style})
+        if len(pieces) >= num and not styled:  # no styles: the first `num` are all we need
             break
-    return pieces, dm
+    if styled:
+        by_style: dict[str, list[dict]] = {}
+        for p in pieces:
+            by_style.setdefault(p["_style"] or "", []).append(p)
+        queues = sorted(by_style.values(), key=lambda q: -len(q))  # stable: ties keep shard order
+        pieces = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    for p in pieces:
+        del p["_style"]
+    return pieces[:num], dm
 
 
 def read_tokens(dm, splits: Sequence[str]) -> list[np.ndarray]:
@@ -279,9 +302,11 @@ def _adherence(model, pieces: list[dict], results: dict[str, Any], clap_metric, 
     adherence: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
     counts: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
     generation: dict[str, Any] = {m: None for m in MODES}
+    meters: dict[str, Any] = {m: None for m in MODES}
     clap_report: dict[str, Any] | str = CLAP_NOT_COMPUTED if clap_metric is None else {m: None for m in MODES}
     classifier, piece_styles = styles
     targets = _targets(pieces, piece_styles or [None] * len(pieces), convention, tokenizer)
+    meters["prompts"] = _meter_counts(targets["features"])
     for mode, result in results.items():
         scores = [tokenizer.decode(t) for t in result.tokens]
         feats = [adherence_features(s, convention) for s in scores]
@@ -294,11 +319,21 @@ def _adherence(model, pieces: list[dict], results: dict[str, Any], clap_metric, 
             adherence[target][mode] = {k: _num(v) for k, v in metric.compute().items()}
             counts[target][mode] = metric.counts()
         generation[mode] = _generation_report(result, tokenizer)
+        meters[mode] = _meter_counts(feats)
         if clap_metric is not None:
             clap_metric.reset()
             clap_metric.update(scores, captions)
             clap_report[mode] = _num(clap_metric.compute())
-    return {"adherence": adherence, "adherence_counts": counts, "generation": generation, "clap": clap_report}
+    return {"adherence": adherence, "adherence_counts": counts, "generation": generation, "clap": clap_report,
+            "time_signatures": meters}
+
+
+def _meter_counts(features: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How many pieces are in each time signature, most frequent first: where guidance goes wrong, it
+    shows here first (a rare metre that no prompt asked for)."""
+    from collections import Counter
+
+    return dict(Counter(str(f.get("time_signature")) for f in features).most_common())
 
 
 def _nll(module, dm, split: str, nll_windows: int, nll_length: int, nll_samples: int, seed: int,
@@ -320,14 +355,18 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
              num: int = 16, max_notes: int = 256, steps: int | None = None, seed: int = 0,
              clap: str | Path | None = None, nll_windows: int = 16, nll_length: int = 128, nll_samples: int = 4,
              device: str = "cpu", adherence: str = "amadeus", style_model: str | Path | None = None,
+             plausibility: float = PLAUSIBILITY, stratify: bool = True, sampling: dict[str, Any] | None = None,
              log=print) -> dict[str, Any]:
     """Run every metric; returns the report (what `amadeus evaluate` writes as JSON).
 
     `guidance` is the classifier-free guidance scale of the text rows (the command's default is
     amadeus.commands._common.TEXT_GUIDANCE). `adherence`: the feature convention of the adherence
     metrics, one of amadeus.features.FEATURE_CONVENTIONS (see the module docstring). `style_model`:
-    where the style classifier is cached (default DATA/style-classifier.json). Raises ValueError /
-    OSError (checkpoint, data) or MetricUnavailable (clap) with a clear message.
+    where the style classifier is cached (default DATA/style-classifier.json). `plausibility`: the
+    guidance's plausibility constraint (amadeus.sampling.guide). `stratify`: prompts round-robin over
+    styles (see `read_pieces`). `sampling`: other sampler settings of both modes (temperature, top_p,
+    ...; default the sampler's). Raises ValueError / OSError (checkpoint, data) or MetricUnavailable
+    (clap) with a clear message.
     """
     from amadeus.features import FEATURE_CONVENTIONS
 
@@ -343,7 +382,7 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
     model = Amadeus.load(ckpt, device=device)
     module, tokenizer = model.module, model.tokenizer
     text_model = module.text_encoder is not None
-    pieces, dm = read_pieces(data, split, num, tokenizer.config_hash)
+    pieces, dm = read_pieces(data, split, num, tokenizer.config_hash, stratify=stratify)
     if not pieces:
         raise ValueError(f"{data}: no pieces with a caption in the {split!r} split")
     if len(pieces) < num:
@@ -356,11 +395,12 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
     n = len(pieces)
 
     # -- generation: with text (guided) and without, same seeds
-    options = dict(max_notes=max_notes, steps=steps, seed=seed)
+    options = dict(sampling or {}, max_notes=max_notes, steps=steps, seed=seed)
     results = {}
     if text_model:
         log(f"generating {n} pieces from their captions (guidance {guidance}) ...")
-        results["with_text"] = model.sample(n, text=[p["caption"] for p in pieces], guidance=guidance, **options)
+        results["with_text"] = model.sample(n, text=[p["caption"] for p in pieces], guidance=guidance,
+                                            plausibility=plausibility, **options)
     log(f"generating {n} pieces without text ...")
     results["without_text"] = model.sample(n, **options)
     classifier, styles, style_report = style_targets(data, pieces, tokenizer, max_notes=max_notes,
@@ -372,10 +412,13 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
         "threads": torch.get_num_threads(),
         "tokenizer_hash": tokenizer.config_hash, "text_conditioned": text_model,
         "settings": {"num": n, "max_notes": max_notes, "steps": steps, "guidance": guidance if text_model else None,
+                     "plausibility": plausibility if text_model else None, "stratify": stratify,
+                     **{k: plain_setting(v) for k, v in (sampling or {}).items()},
                      "seed": seed, "nll_windows": nll_windows, "nll_length": nll_length, "nll_samples": nll_samples,
                      "adherence": adherence},
         "pieces": [{"id": p["id"], "caption": p["caption"], "seed": seed + i} for i, p in enumerate(pieces)],
         "adherence": scored["adherence"], "adherence_counts": scored["adherence_counts"], "style": style_report,
+        "time_signatures": scored["time_signatures"],
         "generation": scored["generation"],
         "data_reference": structure_metrics([p["tokens"] for p in pieces], tokenizer),
         "quality": sample_quality({m: results[m].tokens if m in results else None for m in MODES}, dm, tokenizer,
@@ -384,30 +427,6 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
         "clap": scored["clap"],
         "seconds": round(time.perf_counter() - t0, 2),
     }
-
-
-def caption_contrast(model, targets: Sequence[dict[str, Any]], *, num: int, max_notes: int, steps: int | None,
-                     guidance: float, seed: int = 100, log=print) -> dict[str, dict[str, Any]]:
-    """Generate `num` pieces from the caption of each target feature dict, with the text (guidance
-    `guidance`) and without it, and score each set's adherence to its target.
-
-    Target i uses seed + i in both modes. Returns {(target, mode) row name: {"adherence": {metric: %},
-    "scores": the pieces, "caption": the caption}}; what the demo prints as its text-to-MIDI table.
-    """
-    from amadeus.captions import make_caption
-
-    rows: dict[str, dict[str, Any]] = {}
-    for i, target in enumerate(targets):
-        caption = make_caption(target, rng=0)
-        log(f"caption {i}: {caption}")
-        for mode, guide in (("text", {"text": caption, "guidance": guidance}), ("no text", {})):
-            scores = model.generate(num=num, max_notes=max_notes, steps=steps, seed=seed + i, **guide)
-            metric = TextAdherence()
-            metric.update(scores, [target] * len(scores))
-            rows[f"{target['key']}, {target['time_signature']} / {mode}"] = {
-                "adherence": {k: round(float(v), 1) for k, v in metric.compute().items()},
-                "scores": scores, "caption": caption, "target": i, "mode": mode}
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,6 +477,11 @@ def format_report(report: dict[str, Any]) -> str:
             scored = report["adherence_counts"][target][mode]
             lines.append(name.ljust(30) + "".join(_cell(row[c]) for c in ADHERENCE_METRICS)
                          + "   " + " ".join(str(scored[c]) for c in ADHERENCE_METRICS))
+    meters = report.get("time_signatures") or {}
+    if meters.get("prompts"):
+        lines.append("time signatures (pieces): " + "; ".join(
+            f"{name.replace('_', ' ')} " + ", ".join(f"{k} {v}" for k, v in meters[name].items())
+            for name in ("prompts",) + MODES if meters.get(name)))
     style = report.get("style")
     if style:
         held, prompts = style.get("held_out") or {}, style["prompt_pieces"]

@@ -31,11 +31,13 @@ piece does not depend on what else is in the batch: with seed s, piece i uses se
 
 Also here: continuation from a prompt (the output starts with exactly the prompt's rows; see
 `prompt_from_midi`), regeneration of chosen attributes of an existing piece (`regenerate`), and
-classifier-free guidance with a text prefix (logits l_u + g (l_c - l_u); g = 1 is plain conditional).
+classifier-free guidance with a text prefix (logits l_u + g (l_c - l_u) over the values the conditional
+model finds plausible, `guide`; g = 1 is plain conditional).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -98,12 +100,72 @@ class SampleResult:
         return d
 
 
-DEFAULT_STEPS = 4
+DEFAULT_STEPS = 2
 """Denoising steps per note when none are asked for (SamplingOptions.steps = None)."""
 
-TEXT_GUIDANCE = 3.0
-"""The guidance scale the commands (generate, evaluate, demo, benchmarks) use with a caption; the library's
-default stays 1.0 (plain conditional) so that `generate(text=...)` alone is the conditional model."""
+
+class PerAttribute(Mapping[str, float]):
+    """An immutable, hashable {attribute: value} sampler setting ("*": every attribute it does not name),
+    so that a per-attribute default can be the default of the frozen SamplingOptions."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, float]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> float:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._values.items())))
+
+    def __repr__(self) -> str:
+        return f"PerAttribute({self._values!r})"
+
+
+# Chosen on the demo's model against held-out chorales and confirmed on other seeds (README "Sample
+# quality"): the pitch and the chord truncated, the rhythm attributes nearly free.
+DEFAULT_TEMPERATURE = PerAttribute({"pitch": 0.8, "*": 1.0})
+DEFAULT_TOP_P = PerAttribute({"pitch": 0.85, "chord": 0.7, "*": 0.95})
+
+
+def setting_text(value: float | Mapping[str, float]) -> str:
+    """A sampler setting as the command line writes it: "0.9", or "pitch=0.85 chord=0.7 *=0.95"."""
+    if isinstance(value, Mapping):
+        return " ".join(f"{k}={v:g}" for k, v in value.items())
+    return f"{value:g}"
+
+
+def others(setting: float | Mapping[str, float]) -> float:
+    """The value a setting gives the attributes it does not name ("*"), or the global value."""
+    return float(setting.get("*", 1.0)) if isinstance(setting, Mapping) else float(setting)
+
+
+def with_others(setting: float | Mapping[str, float], value: float) -> float | PerAttribute:
+    """`setting` with `value` for every attribute it does not name: the per-attribute values stay (one
+    slider in the studio sets the rest)."""
+    return PerAttribute({**setting, "*": value}) if isinstance(setting, Mapping) else value
+
+
+def plain_setting(value: Any) -> Any:
+    """A setting as JSON can hold it (a mapping becomes a dict)."""
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+PLAUSIBILITY = 0.1
+"""SamplingOptions.plausibility: guidance may only re-weight values with at least this share of the
+conditional model's top probability (the adaptive plausibility constraint of contrastive decoding)."""
+
+TEXT_GUIDANCE = 1.5
+"""The guidance scale the commands (generate, evaluate, demo, benchmarks) use with a caption, chosen by
+measurement on held-out folk captions (README "Text adherence"); the library's default stays 1.0 (plain
+conditional) so that `generate(text=...)` alone is the conditional model."""
 
 
 @dataclass(frozen=True)
@@ -125,17 +187,21 @@ class SamplingOptions:
     """EOS is forbidden before this many generated rows."""
     steps: int | None = None
     """Denoising steps per note (head passes at most), 1..K (the number of attributes); None: DEFAULT_STEPS
-    = 4, which with the reveal threshold measured as close to the corpus as S=K, at half the passes of S=K
-    without it (README "Sample quality"); S=2 is faster and audibly less consonant."""
-    temperature: float | Mapping[str, float] = 1.0
-    """Logit temperature, global or per attribute; 0 = greedy."""
-    top_p: float | Mapping[str, float] = 0.85
-    """Nucleus threshold in (0, 1] over the grammatical values, global or per attribute; 1 = off. 0.85
-    measured closest to the corpus (README "Sample quality"); 0.95 and 1 sound more dissonant."""
+    = 2, which with the reveal threshold and the per-attribute truncation below measured closest to the
+    corpus of every S (README "Sample quality")."""
+    temperature: float | Mapping[str, float] = DEFAULT_TEMPERATURE
+    """Logit temperature, global or per attribute; 0 = greedy. Default: pitch 0.8, the others 1."""
+    top_p: float | Mapping[str, float] = DEFAULT_TOP_P
+    """Nucleus threshold in (0, 1] over the grammatical values, global or per attribute; 1 = off. Default:
+    pitch 0.85, chord 0.7, the others 0.95: harmony truncated, rhythm left free (README "Sample quality")."""
     top_k: int | Mapping[str, int] = 0
     """Keep the k most likely values, global or per attribute; 0 = off."""
     guidance: float = 1.0
     """Classifier-free guidance g: logits l_u + g (l_c - l_u); 1 = conditional only (see TEXT_GUIDANCE)."""
+    plausibility: float = PLAUSIBILITY
+    """Guidance re-weights only the values the conditional model finds plausible: those with at least
+    this share of its most likely value's probability; the others keep their conditional logits, ranked
+    below every plausible value (see `guide`). 0 = plain guidance over every value."""
     batch_size: int | None = None
     """Pieces decoded together; None or 0: all at once. Does not change the pieces, only the speed."""
     use_cache: bool = True
@@ -157,6 +223,8 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         K = len(ATTRIBUTES)
+        if not 0 <= self.plausibility < 1:
+            raise ValueError(f"plausibility must be in [0, 1) (0 = off), got {self.plausibility!r}")
         if not self.reveal_threshold > 0:
             raise ValueError(f"reveal_threshold must be > 0 (> 1 = off), got {self.reveal_threshold!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or not 1 <= self.steps <= K):
@@ -296,6 +364,29 @@ class _State:
 # truncation and drawing
 
 
+IMPLAUSIBLE = -1e4  # added to the logits of values outside the plausible set: last resort of the guards
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, plausibility: float) -> torch.Tensor:
+    """Classifier-free guidance over the last dim: l_u + g (l_c - l_u) on the values whose conditional
+    probability is at least `plausibility` times the conditional maximum; every other value keeps its
+    conditional logit minus 10^4, below any plausible value, so that it is drawn only when the grammar
+    allows no plausible one.
+
+    Why: guidance multiplies a value's probability by (p_c / p_u)^(g - 1). A value that both models find
+    unlikely, such as a 1/4 bar in a corpus of 4/4 and 3/4, can have a large ratio (p_c = 0.01, p_u = 0.001)
+    and win at g = 3 over a value the caption makes likely. This is the degeneration contrastive decoding
+    guards against with the same "adaptive plausibility constraint" (Li et al., 2023). -inf entries (outside
+    a vocabulary) stay -inf. `plausibility` 0: plain guidance."""
+    finite = torch.isfinite(cond)
+    mixed = torch.where(finite, uncond + scale * (cond - uncond), cond)
+    if plausibility <= 0:
+        return mixed
+    logp = torch.log_softmax(cond, -1)
+    keep = logp >= logp.amax(-1, keepdim=True) + math.log(plausibility)
+    return torch.where(keep, mixed, cond + IMPLAUSIBLE)
+
+
 def filter_probs(raw: torch.Tensor, allowed: torch.Tensor, temps: torch.Tensor, top_k: torch.Tensor,
                  top_p: torch.Tensor, use_k: bool, use_p: bool) -> torch.Tensor:
     """Probabilities [B, K, V]: logits / T (T = 0: greedy), restricted to `allowed`, then top-k and top-p
@@ -337,8 +428,9 @@ class _NoteSampler:
     """Samples the next row for a batch of pieces from the head's context C."""
 
     def __init__(self, head, grammar: Grammar, steps: int, temps, top_p, top_k, guidance: float,
-                 order: Sequence[int] | None = None, threshold: float = 2.0):
+                 order: Sequence[int] | None = None, threshold: float = 2.0, plausibility: float = 0.0):
         self.head, self.g, self.steps, self.threshold = head, grammar, steps, threshold
+        self.plausibility = plausibility
         dev = grammar.v.device
         # added to the confidence (in [0, 2]) when choosing the slots to reveal: 0 = confidence order;
         # 4 per rank of a fixed order (column indices, first revealed first) = that order, whatever the
@@ -370,11 +462,11 @@ class _NoteSampler:
         if guided:
             tok, masked = torch.cat([tok, tok]), torch.cat([masked, masked])
         flat = torch.cat(self.head.logits(C, tok, masked), -1).float()  # [B', sum V]
-        if guided:
-            cond, uncond = flat[:B], flat[B:]
-            flat = uncond + self.guidance * (cond - uncond)
         self.passes += 1
-        return flat[:, self.pad_index].masked_fill(~self.g.vocab_valid, float("-inf"))
+        padded = flat[:, self.pad_index].masked_fill(~self.g.vocab_valid, float("-inf"))  # [B', K, V]
+        if guided:
+            return guide(padded[:B], padded[B:], self.guidance, self.plausibility)
+        return padded
 
     def _belief(self, raw: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The head's own probability [B, K] of each drawn value: its logits at the temperature, before
@@ -518,7 +610,7 @@ class _ARNoteSampler(_NoteSampler):
         for k in range(K):
             lg = self.head.attribute_logits(C, torch.cat([tok, tok]) if C.shape[0] == 2 * B else tok, k).float()
             if C.shape[0] == 2 * B:
-                lg = lg[B:] + self.guidance * (lg[:B] - lg[B:])
+                lg = guide(lg[:B], lg[B:], self.guidance, self.plausibility)
             self.passes += 1
             raw = lg.new_full((B, 1, g.V), float("-inf"))
             raw[:, 0, : lg.shape[-1]] = lg
@@ -668,8 +760,10 @@ def generate(
     try:
         result = SampleResult(tokens=[], seeds=seeds, settings=dict(
             num=num, max_notes=max_notes, max_bars=opts.max_bars, min_notes=opts.min_notes,
-            steps=opts.steps_for(tokenizer.K), temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
+            steps=opts.steps_for(tokenizer.K), temperature=plain_setting(opts.temperature),
+            top_p=plain_setting(opts.top_p), top_k=plain_setting(opts.top_k),
             seed=seed if isinstance(seed, int) else seeds, controls=list(ctl.specs), guidance=opts.guidance,
+            plausibility=opts.plausibility, reveal_threshold=opts.reveal_threshold,
             use_cache=opts.use_cache, guards=opts.guards, order=opts.order, decoder=decoder,
             text=text if text is None or isinstance(text, str) else list(text)))
         run = _Run.start(backbone, head, tokenizer, ctl, opts, max_notes, tmpl, result)
@@ -772,7 +866,7 @@ class _Run:
         kind = _ARNoteSampler if hasattr(head, "attribute_logits") else _NoteSampler
         sampler = kind(head, grammar, options.steps_for(tokenizer.K), temps, tps, tks,
                        float(options.guidance), options.reveal_order(tokenizer.attribute_names),
-                       options.reveal_threshold)
+                       options.reveal_threshold, options.plausibility)
         if template is not None:
             template = (torch.as_tensor(template[0], device=dev), torch.as_tensor(template[1], device=dev))
         return cls(backbone, head, tokenizer, grammar, sampler, options, max_notes, template, result)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from amadeus.sampling import SamplingOptions
+from amadeus.sampling import SamplingOptions, others, setting_text, with_others
 from amadeus.theory import GM_PROGRAM_NAMES, MAJOR_TONICS, MINOR_TONICS
 
 DEFAULTS = SamplingOptions()  # the sampler's defaults are the page's
@@ -117,12 +117,15 @@ def _check_ranges(length_unit: str, length: int, steps: int, K: int, temperature
 def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instruments: Sequence[str] = (),
                     tempo: float = 0, time_signature: str = ANY, key: str = ANY, pitch_low: int = 0,
                     pitch_high: int = 127, velocity_low: int = 1, velocity_high: int = 127,
-                    length_unit: str = "bars", length: int = 8, steps: int | None = None, temperature: float = 1.0,
-                    top_p: float = DEFAULTS.top_p, seed: int = 0, upload: str | Path | None = None,
+                    length_unit: str = "bars", length: int = 8, steps: int | None = None,
+                    temperature: float = others(DEFAULTS.temperature),
+                    top_p: float = others(DEFAULTS.top_p), seed: int = 0, upload: str | Path | None = None,
                     upload_mode: str = "continue", prompt_bars: int = 2,
                     regenerate: Sequence[str] = ("velocity",), out_dir: str | Path | None = None) -> Generation:
     """One generation with the page's settings (a loaded `Amadeus` model); files go to `out_dir`
-    (default: a fresh folder under the temp dir). StudioError on input the model cannot honour."""
+    (default: a fresh folder under the temp dir). `temperature` and `top_p` set every attribute that the
+    sampler's defaults do not set apart (pitch and chord keep theirs: `amadeus.sampling.with_others`).
+    StudioError on input the model cannot honour."""
     from amadeus.controls import ControlError, parse_controls
 
     caption = (caption or "").strip()
@@ -139,7 +142,8 @@ def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instru
         parse_controls(specs, model.tokenizer)
     except ControlError as e:
         raise StudioError(f"impossible control: {e}") from None
-    common = dict(steps=int(steps), temperature=float(temperature), top_p=float(top_p), seed=int(seed),
+    common = dict(steps=int(steps), temperature=with_others(DEFAULTS.temperature, float(temperature)),
+                  top_p=with_others(DEFAULTS.top_p, float(top_p)), seed=int(seed),
                   controls=specs, text=caption or None, guidance=float(guidance))
     try:
         if upload is None:
@@ -290,8 +294,10 @@ def _inputs(gr: Any, model: Any, examples: list[str]) -> list[Any]:
         steps = gr.Slider(1, tok.K, value=DEFAULTS.steps_for(tok.K), step=1, label="Denoising steps S (speed / quality)")
         gr.Markdown(steps_tradeoff(), elem_id="steps-tradeoff")
         with gr.Row():
-            temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label="Top-p")
+            temperature = gr.Slider(0.0, 2.0, value=others(DEFAULTS.temperature), step=0.05,
+                                    label=f"Temperature (default {setting_text(DEFAULTS.temperature)}; sets *)")
+            top_p = gr.Slider(0.05, 1.0, value=others(DEFAULTS.top_p), step=0.05,
+                              label=f"Top-p (default {setting_text(DEFAULTS.top_p)}; sets *)")
             seed = gr.Number(value=0, precision=0, label="Seed")
         upload = gr.File(label="Your MIDI (optional)", file_types=[".mid", ".midi"], type="filepath")
         with gr.Row():
@@ -321,8 +327,8 @@ def build_app(model_or_path: Any, captions: str | Path | None = None) -> Any:
     def generate(caption: str = "", guidance: float = 1.0, instruments: list[str] | None = None, tempo: float = 0,
                  time_signature: str = ANY, key: str = ANY, pitch_low: int = 0, pitch_high: int = 127,
                  velocity_low: int = 1, velocity_high: int = 127, length_unit: str = "bars", length: int = 8,
-                 steps: int = DEFAULTS.steps_for(model.tokenizer.K), temperature: float = DEFAULTS.temperature,
-                 top_p: float = DEFAULTS.top_p,
+                 steps: int = DEFAULTS.steps_for(model.tokenizer.K),
+                 temperature: float = others(DEFAULTS.temperature), top_p: float = others(DEFAULTS.top_p),
                  seed: int = 0, upload: str | None = None, upload_mode: str = "continue", prompt_bars: int = 2,
                  regenerate: list[str] | None = None, progress: Any = gr.Progress()) -> tuple:
         """Generate one piece; returns (MIDI file, piano roll PNG, WAV or None, figures)."""

@@ -8,9 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
-from amadeus.sampling import DEFAULT_STEPS, REVEAL_ORDERS, TEXT_GUIDANCE, SamplingOptions  # noqa: F401 (re-exported)
+from amadeus.sampling import (  # noqa: F401 (re-exported)
+    DEFAULT_STEPS,
+    REVEAL_ORDERS,
+    TEXT_GUIDANCE,
+    SamplingOptions,
+    setting_text,
+)
 from amadeus.tokenizer import ATTRIBUTES
 
 # Sampler settings of the command line: the library's defaults, defined once in SamplingOptions.
@@ -21,6 +27,7 @@ TOP_P = _DEFAULTS.top_p
 TOP_K = _DEFAULTS.top_k
 ORDER = _DEFAULTS.order
 REVEAL_THRESHOLD = _DEFAULTS.reveal_threshold
+PLAUSIBILITY = _DEFAULTS.plausibility
 GENERATE_MAX_NOTES = _DEFAULTS.max_notes  # `amadeus generate --max-notes`
 # Sampling budgets of the commands.
 DEMO_MAX_NOTES = 256  # the demo's samples
@@ -33,6 +40,57 @@ DEFAULT_DEVICE = "auto"  # cuda if available, else cpu
 
 class UsageError(ValueError):
     """A bad command-line argument: printed as one line on stderr, exit code 2."""
+
+
+def add_truncation_arguments(parser: argparse.ArgumentParser, top_k: bool = False) -> None:
+    """--temperature and --top-p (and --top-k), global or per attribute, as every sampling command
+    offers them (`truncation_options` reads them)."""
+    parser.add_argument("--temperature", action="append", metavar="[ATTR=]T",
+                        help="sampling temperature, global or per attribute (repeatable: --temperature 1.1 "
+                             "--temperature pitch=0.9); a global value sets every attribute, ATTR=T changes that "
+                             f"one and keeps the others' defaults; 0 = greedy; default {setting_text(TEMPERATURE)}")
+    parser.add_argument("--top-p", action="append", metavar="[ATTR=]P",
+                        help=f"nucleus threshold, as --temperature (default {setting_text(TOP_P)})")
+    if top_k:
+        parser.add_argument("--top-k", action="append", metavar="[ATTR=]K",
+                            help=f"top-k, as --temperature (default {setting_text(TOP_K)} = off)")
+
+
+def truncation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """{temperature, top_p(, top_k)} from the flags of `add_truncation_arguments`, over the defaults."""
+    out: dict[str, Any] = {}
+    for name, flag, cast, default in (("temperature", "temperature", float, TEMPERATURE),
+                                      ("top_p", "top-p", float, TOP_P), ("top_k", "top-k", int, TOP_K)):
+        if hasattr(args, name):
+            value = _setting(getattr(args, name), flag, cast)
+            out[name] = default if value is None else _over(default, value)
+    return out
+
+
+def _setting(values: list[str] | None, name: str, cast) -> Any:
+    """Repeated --NAME values, each "X" (all attributes) or "attr=X" -> a number or {attr: X, "*": X}."""
+    if not values:
+        return None
+    out: dict[str, Any] = {}
+    for v in values:
+        key, _, val = v.rpartition("=")
+        key = key.strip() or "*"
+        if key != "*" and key not in ATTRIBUTES:
+            raise UsageError(f"--{name} {v}: unknown attribute {key!r}; known: {', '.join(ATTRIBUTES)}")
+        try:
+            out[key] = cast(val)
+        except ValueError:
+            raise UsageError(f"--{name} {v}: {val!r} is not a number") from None
+    return out["*"] if list(out) == ["*"] else out
+
+
+def _over(default: Any, value: Any) -> Any:
+    """A setting from the flags over the default: a global value replaces it, {attr: x} (no "*")
+    changes those attributes of a per-attribute default and keeps the rest."""
+    if isinstance(value, dict) and "*" not in value:
+        base = dict(default) if isinstance(default, Mapping) else {"*": default}
+        return {**base, **value}
+    return value
 
 
 def fail(command: str, error: Exception | str, prefix: str = "error: ") -> int:

@@ -3,6 +3,7 @@
     amadeus corpus bach                       409 Bach chorales (small, fast: the demo and the tests)
     amadeus corpus music21 --collections oneills1850,airdsAirs
                                               every readable piece of music21's corpus, styled and captioned
+    amadeus corpus folk                       its tune books only (about a minute: the demo's text corpus)
 """
 from __future__ import annotations
 
@@ -11,23 +12,25 @@ from pathlib import Path
 
 from amadeus.commands._common import fail
 
-CORPORA = ("bach", "music21")
+CORPORA = ("bach", "music21", "folk")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `amadeus corpus`."""
-    from amadeus.corpus import DEFAULT_COLLECTIONS, MUSIC21_COLLECTIONS, default_bach_dir, default_music21_dir
+    from amadeus.corpus import (DEFAULT_COLLECTIONS, MUSIC21_COLLECTIONS, default_bach_dir, default_folk_dir,
+                                default_music21_dir)
 
     parser.add_argument("name", choices=CORPORA,
-                        help="which embedded corpus: bach (the 409 chorales) or music21 (the whole corpus)")
+                        help="which embedded corpus: bach (the 409 chorales), music21 (the whole corpus) or folk "
+                             "(its ABC tune books)")
     parser.add_argument("out", nargs="?", default=None,
-                        help=f"output folder: OUT/midi and OUT/shards (default {default_bach_dir()} or "
-                             f"{default_music21_dir()})")
+                        help=f"output folder: OUT/midi and OUT/shards (default {default_bach_dir()}, "
+                             f"{default_music21_dir()} or {default_folk_dir()})")
     parser.add_argument("--collections", default=None,
                         help=f"music21 only: comma-separated subset of {', '.join(MUSIC21_COLLECTIONS)} "
                              f"(default: {', '.join(DEFAULT_COLLECTIONS)})")
     parser.add_argument("--source", default=None, metavar="DIR",
-                        help="music21 only: a folder laid out like music21's corpus (default: the installed one's)")
+                        help="music21 and folk only: a folder laid out like music21's corpus (default: the installed one's)")
     parser.add_argument("--midi-only", action="store_true", help="write the MIDI files and captions, no shards")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores)")
     parser.add_argument("--timeout", type=float, default=None,
@@ -48,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return _bach(args)
     if args.limit is not None:
         return fail("corpus", "--limit applies to the bach corpus only (use --collections)", prefix="")
+    if args.name == "folk" and args.collections is not None:
+        return fail("corpus", "--collections applies to the music21 corpus (folk is its tune books)", prefix="")
     try:
         return _music21(args)
     except ValueError as e:  # an unknown collection name
@@ -74,10 +79,13 @@ def _bach(args: argparse.Namespace) -> int:
 
 
 def _music21(args: argparse.Namespace) -> int:
-    from amadeus.corpus import build_music21_corpus, build_music21_shards, default_music21_dir, format_music21_report
+    from amadeus.corpus import (FOLK_COLLECTIONS, build_music21_corpus, build_music21_shards, default_folk_dir,
+                                default_music21_dir, format_music21_report)
 
-    root = Path(args.out) if args.out else default_music21_dir()
-    collections = [c.strip() for c in args.collections.split(",") if c.strip()] if args.collections else None
+    folk = args.name == "folk"
+    root = Path(args.out) if args.out else default_folk_dir() if folk else default_music21_dir()
+    collections = ([c.strip() for c in args.collections.split(",") if c.strip()] if args.collections
+                   else FOLK_COLLECTIONS if folk else None)
     options = dict(collections=collections, workers=args.workers, timeout=args.timeout or 120.0,
                    progress=not args.quiet, corpus_dir=args.source)
     if args.midi_only:

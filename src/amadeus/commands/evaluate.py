@@ -20,11 +20,13 @@ from amadeus.commands._common import (
     TEXT_GUIDANCE,
     UsageError,
     add_device_arguments,
+    add_truncation_arguments,
     check_at_least,
     check_steps,
     check_threads,
     fail,
     torch_runtime,
+    truncation_options,
 )
 
 
@@ -55,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=TEXT_GUIDANCE,
                         help=f"classifier-free guidance scale for the text rows (default {TEXT_GUIDANCE:g}; "
                              "1 = plain conditional)")
+    add_truncation_arguments(parser)
+    parser.add_argument("--plausibility", type=float, default=d["plausibility"],
+                        help="guidance re-weights only values at least this share as likely as the conditional "
+                             f"model's top value (default {d['plausibility']:g}; 0 = plain guidance)")
+    parser.add_argument("--first", action="store_true",
+                        help="prompts: the first NUM captioned pieces in shard order (default: round-robin over "
+                             "the split's styles when the data has styles)")
     parser.add_argument("--seed", type=int, default=d["seed"], help="piece i uses seed + i, with and without text")
     parser.add_argument("--adherence", default=d["adherence"], choices=("amadeus", "midicaps"),
                         help="how tempo, time signature and key of a piece are read for TB/TBT/CTS/CK: amadeus "
@@ -96,6 +105,8 @@ def _validate(args: argparse.Namespace) -> None:
     check_threads(args.threads)
     if not math.isfinite(args.guidance) or args.guidance < 0:
         raise UsageError(f"--guidance must be a number >= 0, got {args.guidance}")
+    if not 0 <= args.plausibility < 1:
+        raise UsageError(f"--plausibility must be in [0, 1), got {args.plausibility}")
     if args.clap is not None and not Path(args.clap).exists():
         raise UsageError(f"--clap {args.clap}: no such local CLAP checkpoint (nothing is downloaded)")
 
@@ -117,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
                               steps=args.steps, guidance=args.guidance, seed=args.seed, clap=args.clap,
                               nll_windows=args.nll_windows, nll_length=args.nll_length,
                               nll_samples=args.nll_samples, device=device, adherence=args.adherence,
-                              style_model=args.style_model,
-                              log=lambda msg: print(msg, file=sys.stderr))
+                              style_model=args.style_model, plausibility=args.plausibility,
+                              sampling=truncation_options(args),
+                              stratify=not args.first, log=lambda msg: print(msg, file=sys.stderr))
     except (ValueError, OSError, MetricUnavailable) as e:  # checkpoint, data, tokenizer and CLAP errors
         return fail("evaluate", e)
     out = Path(args.out) if args.out else _default_out(args.ckpt)

@@ -5,7 +5,7 @@
         --control time_signature=3/4 --png --wav --out samples/controlled
     amadeus generate --ckpt CKPT --prompt-midi song.mid --prompt-bars 4 --out samples/continued
     amadeus generate --ckpt CKPT --prompt-midi song.mid --regenerate velocity --out samples/revoiced
-    amadeus generate --ckpt CKPT --text "A calm piano piece in D minor" --guidance 3 --out samples/text
+    amadeus generate --ckpt CKPT --text "A calm piano piece in D minor" --guidance 2 --out samples/text
 
 Writes sample_000.mid ... (+ .wav, .png) and generation.json (settings, seeds, time taken, notes/s,
 guard interventions). Bad arguments print one line on stderr and exit with code 2.
@@ -25,38 +25,21 @@ from amadeus.commands._common import (
     GENERATE_MAX_NOTES,
     GENERATE_THREADS,
     ORDER,
+    PLAUSIBILITY,
     REVEAL_ORDERS,
     REVEAL_THRESHOLD,
-    TEMPERATURE,
     TEXT_GUIDANCE,
-    TOP_K,
-    TOP_P,
     UsageError,
     add_device_arguments,
+    add_truncation_arguments,
     check_at_least,
     check_steps,
     check_threads,
     fail,
     torch_runtime,
+    truncation_options,
 )
 from amadeus.tokenizer import ATTRIBUTES
-
-
-def _setting(values: list[str] | None, name: str, cast) -> Any:
-    """Repeated --NAME values, each "X" (all attributes) or "attr=X" -> a number or {attr: X, "*": X}."""
-    if not values:
-        return None
-    out: dict[str, Any] = {}
-    for v in values:
-        key, _, val = v.rpartition("=")
-        key = key.strip() or "*"
-        if key != "*" and key not in ATTRIBUTES:
-            raise UsageError(f"--{name} {v}: unknown attribute {key!r}; known: {', '.join(ATTRIBUTES)}")
-        try:
-            out[key] = cast(val)
-        except ValueError:
-            raise UsageError(f"--{name} {v}: {val!r} is not a number") from None
-    return out["*"] if list(out) == ["*"] else out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,19 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-bars", type=int, default=None, help="at most this many generated bars per piece")
     parser.add_argument("--min-notes", type=int, default=0, help="no EOS before this many generated rows")
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"denoising steps per note, 1..{len(ATTRIBUTES)} (default {DEFAULT_STEPS}: as close to the "
-                             f"corpus as {len(ATTRIBUTES)}; 2 is faster and less consonant)")
+                        help=f"denoising steps per note, 1..{len(ATTRIBUTES)} (default {DEFAULT_STEPS}: measured the "
+                             "closest to the corpus with the default truncation; more steps cost a head pass each)")
     parser.add_argument("--order", default=ORDER,
                         help=f"which slots a denoising step reveals: confidence, {', '.join(REVEAL_ORDERS)}, or a "
                              f"comma-separated list of every attribute (default {ORDER})")
     parser.add_argument("--reveal-threshold", type=float, default=REVEAL_THRESHOLD,
                         help="a slot whose drawn value is at least this likely is revealed at once, outside the "
                              f"step budget; > 1 = off (default {REVEAL_THRESHOLD:g})")
-    parser.add_argument("--temperature", action="append", metavar="[ATTR=]T",
-                        help="sampling temperature, global or per attribute (repeatable: --temperature 1.1 "
-                             f"--temperature pitch=0.9); 0 = greedy; default {TEMPERATURE:g}")
-    parser.add_argument("--top-p", action="append", metavar="[ATTR=]P", help=f"nucleus threshold (default {TOP_P:g})")
-    parser.add_argument("--top-k", action="append", metavar="[ATTR=]K", help=f"top-k (default {TOP_K} = off)")
+    add_truncation_arguments(parser, top_k=True)
     parser.add_argument("--seed", type=int, default=0, help="piece i uses seed + i (default 0)")
     parser.add_argument("--prompt-midi", default=None,
                         help="MIDI file to continue (or to regenerate with --regenerate)")
@@ -97,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", default=None, help="caption (needs a text-conditioned checkpoint)")
     parser.add_argument("--guidance", type=float, default=None,
                         help=f"classifier-free guidance scale (default {TEXT_GUIDANCE:g} with --text, else 1 = off)")
+    parser.add_argument("--plausibility", type=float, default=PLAUSIBILITY,
+                        help="guidance re-weights only values at least this share as likely as the conditional "
+                             f"model's top value (default {PLAUSIBILITY:g}; 0 = plain guidance over every value)")
     parser.add_argument("--batch-size", type=int, default=None, help="pieces decoded together (default: all)")
     add_device_arguments(parser, GENERATE_THREADS,
                          f"torch CPU threads (default {GENERATE_THREADS} = torch's default; 1 is fastest for small "
@@ -114,6 +96,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--prompt-midi {args.prompt_midi}: no such file")
     if args.guidance is not None and args.guidance != 1.0 and not args.text:
         raise UsageError("--guidance needs --text")
+    if not 0 <= args.plausibility < 1:
+        raise UsageError(f"--plausibility must be in [0, 1), got {args.plausibility}")
     check_threads(args.threads)
     ckpt = Path(args.ckpt)
     if not ckpt.exists():
@@ -126,12 +110,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         max_notes=args.max_notes, max_bars=args.max_bars, min_notes=args.min_notes, steps=args.steps,
         order=args.order, reveal_threshold=args.reveal_threshold, seed=args.seed, controls=args.control,
         batch_size=args.batch_size)
-    for name, flag, cast, default in (("temperature", "temperature", float, TEMPERATURE),
-                                      ("top_p", "top-p", float, TOP_P), ("top_k", "top-k", int, TOP_K)):
-        value = _setting(getattr(args, name), flag, cast)
-        options[name] = default if value is None else value
+    options.update(truncation_options(args))
     if args.text:
-        options.update(text=args.text, guidance=TEXT_GUIDANCE if args.guidance is None else args.guidance)
+        options.update(text=args.text, guidance=TEXT_GUIDANCE if args.guidance is None else args.guidance,
+                       plausibility=args.plausibility)
     return options
 
 

@@ -85,6 +85,10 @@ MUSIC21_COLLECTIONS: dict[str, Collection] = {c.name: c for c in (
     Collection("quartets", "score", ("beethoven", "mozart", "haydn"), (".mxl",), "Classical quartet", None),
 )}
 DEFAULT_COLLECTIONS = tuple(n for n in MUSIC21_COLLECTIONS if n != "quartets")  # quartets: slow, opt-in
+FOLK_COLLECTIONS = tuple(n for n, c in MUSIC21_COLLECTIONS.items() if c.kind == "abc")
+"""The tune books (ABC, read by symusic): about 11,000 folk songs and dance tunes in about 45 styles, many
+metres and (for the Scottish books) real tempi, built in about a minute on 2 cores: the `folk` corpus of
+the demo's text stage (the score collections take five minutes more, most of it the Palestrina masses)."""
 QUARTET_PROGRAMS = (VIOLIN, VIOLIN, VIOLA, CELLO)
 QUARTET_WORKS = {"beethoven": "Ludwig van Beethoven", "mozart": "Wolfgang Amadeus Mozart", "haydn": "Joseph Haydn"}
 NOT_QUARTETS = ("k545", "opus133")  # a piano sonata and the Grosse Fuge file of the same folders
@@ -111,6 +115,11 @@ ESSEN_REGIONS = (("china", "Chinese"), ("asien", "Chinese"), ("yunnan", "Chinese
 def default_music21_dir() -> Path:
     """Where the music21 corpus lives by default: cache_root()/music21 (midi/ and shards/ inside)."""
     return cache_root() / "music21"
+
+
+def default_folk_dir() -> Path:
+    """Where the folk corpus (FOLK_COLLECTIONS) lives by default: cache_root()/folk."""
+    return cache_root() / "folk"
 
 
 def music21_corpus_dir() -> Path:
@@ -550,6 +559,17 @@ class Music21Report:
         exact = sum(s["exact"] for s in self.styles.values())
         return 100.0 * exact / self.notes if self.notes else 100.0
 
+    def summary(self) -> str:
+        """One line: pieces, styles, notes, fidelity, what was lost or skipped, where, from what."""
+        lost: Counter[str] = Counter()
+        for s in self.styles.values():
+            lost.update(s["lost"])
+        lost_text = ", ".join(f"{k} {v}" for k, v in sorted(lost.items()) if v) or "none"
+        how = "cached" if self.cached else f"built in {self.seconds:.0f} s"
+        return (f"{self.pieces} pieces in {len(self.styles)} styles, {self.notes} notes, fidelity "
+                f"{self.fidelity:.2f}% (lost: {lost_text}), {len(self.skipped)} skipped; {how} -> "
+                f"{self.out_dir} (music21 {self.music21}; collections: {', '.join(self.collections)})")
+
     def splits(self) -> dict[str, str]:
         """{location: split} from captions.jsonl."""
         import json
@@ -722,16 +742,25 @@ def build_music21_shards(root: str | os.PathLike | None = None, collections: Seq
 
 
 def ensure_music21_shards(root: str | os.PathLike | None = None, workers: int | None = None,
-                          progress: bool = True) -> Path:
-    """The music21 corpus as shards (root/shards), built when missing; concurrent callers (several
-    jobs, one process per node) take turns on a lock file in root, and the later ones find it cached."""
+                          progress: bool = True, collections: Sequence[str] | None = None) -> Path:
+    """The music21 corpus (or the given collections of it) as shards (root/shards), built when missing;
+    concurrent callers (several jobs, one process per node) take turns on a lock file in root, and the
+    later ones find it cached."""
     from filelock import FileLock
 
     root = Path(root) if root is not None else default_music21_dir()
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / ".lock"):
-        build_music21_shards(root, workers=workers, progress=progress)
+        build_music21_shards(root, collections, workers=workers, progress=progress)
     return root / "shards"
+
+
+def ensure_folk_shards(root: str | os.PathLike | None = None, workers: int | None = None,
+                       progress: bool = True) -> Path:
+    """The folk corpus (FOLK_COLLECTIONS of music21's corpus) as shards, in default_folk_dir() unless
+    `root` is given; built when missing (about a minute on 2 cores)."""
+    return ensure_music21_shards(root if root is not None else default_folk_dir(), workers, progress,
+                                 FOLK_COLLECTIONS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -755,12 +784,5 @@ def format_music21_report(report: Music21Report) -> str:
                      f"{_share(s['time_signatures'], '6/8', s['pieces'])} | "
                      f"{_share(s['tempo_sources'], 'source', s['pieces'])} | {s['splits']['test']} | "
                      f"{s['skipped']}{' (' + reasons + ')' if reasons else ''} |")
-    lost: Counter[str] = Counter()
-    for s in report.styles.values():
-        lost.update(s["lost"])
-    lost_text = ", ".join(f"{k} {v}" for k, v in sorted(lost.items()) if v) or "none"
-    how = "cached" if report.cached else f"built in {report.seconds:.0f} s"
-    lines.append(f"\n{report.pieces} pieces in {len(report.styles)} styles, {report.notes} notes, fidelity "
-                 f"{report.fidelity:.2f}% (lost: {lost_text}), {len(report.skipped)} skipped; {how} -> "
-                 f"{report.out_dir} (music21 {report.music21}; collections: {', '.join(report.collections)})")
+    lines.append("\n" + report.summary())
     return "\n".join(lines)
