@@ -37,7 +37,7 @@ from typing import Mapping
 
 import torch
 
-from amadeus.sampling import SamplingOptions, plain_setting
+from amadeus.sampling import SamplingOptions, plain_setting, setting_text
 
 DEFAULTS = SamplingOptions()  # the decoders are compared at the sampler's defaults
 OFF = 2.0  # a reveal threshold above 1: no slot is revealed outside the step budget
@@ -203,11 +203,6 @@ def sweep(ckpt: str, data: str | None, steps: list[int], temperatures: list, top
     return rows + [_real_row(real, num, max_notes)]
 
 
-def _arg(value) -> str:
-    """A setting as --temperature / --top-p take it: 0.9 or pitch=0.85/chord=0.7/*=0.95."""
-    return "/".join(f"{k}={v:g}" for k, v in value.items()) if isinstance(value, Mapping) else f"{value:g}"
-
-
 def _fmt(value, spec: str) -> str:
     if isinstance(value, Mapping):  # per-attribute setting
         return "/".join(f"{k[:2]}{v:g}" for k, v in value.items())
@@ -243,9 +238,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="training windows per step")
     ap.add_argument("--window", type=int, default=128, help="rows per training window")
     ap.add_argument("--steps", default="1,2,4,8", help="Amadeus denoising steps to sample with")
-    ap.add_argument("--temperature", default=_arg(DEFAULTS.temperature),
+    ap.add_argument("--temperature", default=setting_text(DEFAULTS.temperature, "/"),
                     help="temperatures (--ckpt), each a number or per attribute: pitch=0.9/*=1")
-    ap.add_argument("--top-p", default=_arg(DEFAULTS.top_p), help="nucleus thresholds (--ckpt), each a number or per attribute: pitch=0.8/*=0.95")
+    ap.add_argument("--top-p", default=setting_text(DEFAULTS.top_p, "/"), help="nucleus thresholds (--ckpt), each a number or per attribute: pitch=0.8/*=0.95")
     ap.add_argument("--order", default=DEFAULTS.order, help="reveal orders (--ckpt): confidence,harmony,columns")
     ap.add_argument("--reveal-threshold", default=str(DEFAULTS.reveal_threshold),
                     help="reveal thresholds (--ckpt); > 1 = off")

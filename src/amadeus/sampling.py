@@ -135,22 +135,12 @@ DEFAULT_TEMPERATURE = PerAttribute({"pitch": 0.8, "*": 1.0})
 DEFAULT_TOP_P = PerAttribute({"pitch": 0.85, "chord": 0.7, "*": 0.95})
 
 
-def setting_text(value: float | Mapping[str, float]) -> str:
-    """A sampler setting as the command line writes it: "0.9", or "pitch=0.85 chord=0.7 *=0.95"."""
+def setting_text(value: float | Mapping[str, float], sep: str = " ") -> str:
+    """A sampler setting as a command line writes it: "0.9", or "pitch=0.85 chord=0.7 *=0.95" (`sep`
+    between the attributes: " " for `amadeus generate`'s help, "/" for benchmarks/quality.py's lists)."""
     if isinstance(value, Mapping):
-        return " ".join(f"{k}={v:g}" for k, v in value.items())
+        return sep.join(f"{k}={v:g}" for k, v in value.items())
     return f"{value:g}"
-
-
-def others(setting: float | Mapping[str, float]) -> float:
-    """The value a setting gives the attributes it does not name ("*"), or the global value."""
-    return float(setting.get("*", 1.0)) if isinstance(setting, Mapping) else float(setting)
-
-
-def with_others(setting: float | Mapping[str, float], value: float) -> float | PerAttribute:
-    """`setting` with `value` for every attribute it does not name: the per-attribute values stay (one
-    slider in the studio sets the rest)."""
-    return PerAttribute({**setting, "*": value}) if isinstance(setting, Mapping) else value
 
 
 def plain_setting(value: Any) -> Any:
@@ -218,7 +208,7 @@ class SamplingOptions:
     temperature, before guards and truncation) is revealed at once, outside the step budget (threshold
     decoding, as in Fast-dLLM); the uncertain slots share the S steps, the least confident last, and an
     uncertain metric takes the first step alone. A row ends in fewer than S passes when every slot left is
-    sure (S=8 on the demo's model: 3.1 passes per note at batch 1; 5.0 in a batch of 128, where every row
+    sure (S=8 on the demo's model: 2.9 passes per note at batch 1; 5.9 in a batch of 128, where every row
     waits for the slowest). > 1 = off (README "Sample quality")."""
 
     def __post_init__(self) -> None:

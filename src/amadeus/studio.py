@@ -20,9 +20,9 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from amadeus.sampling import SamplingOptions, others, setting_text, with_others
+from amadeus.sampling import PerAttribute, SamplingOptions, setting_text
 from amadeus.theory import GM_PROGRAM_NAMES, MAJOR_TONICS, MINOR_TONICS
 
 DEFAULTS = SamplingOptions()  # the sampler's defaults are the page's
@@ -101,6 +101,17 @@ def _read_upload(path: str | Path) -> Any:
     return score
 
 
+def _others(setting: float | Mapping[str, float]) -> float:
+    """The value a sampler setting gives the attributes it does not name ("*"): a slider's default."""
+    return float(setting.get("*", 1.0)) if isinstance(setting, Mapping) else float(setting)
+
+
+def _with_others(setting: float | Mapping[str, float], value: float) -> float | PerAttribute:
+    """`setting` with `value` for every attribute it does not name: the per-attribute values stay (the
+    page's one slider sets the rest)."""
+    return PerAttribute({**setting, "*": value}) if isinstance(setting, Mapping) else value
+
+
 def _check_ranges(length_unit: str, length: int, steps: int, K: int, temperature: float, top_p: float) -> None:
     if length_unit not in LENGTH_UNITS:
         raise StudioError(f"length unit {length_unit!r}: choose bars or notes")
@@ -118,13 +129,13 @@ def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instru
                     tempo: float = 0, time_signature: str = ANY, key: str = ANY, pitch_low: int = 0,
                     pitch_high: int = 127, velocity_low: int = 1, velocity_high: int = 127,
                     length_unit: str = "bars", length: int = 8, steps: int | None = None,
-                    temperature: float = others(DEFAULTS.temperature),
-                    top_p: float = others(DEFAULTS.top_p), seed: int = 0, upload: str | Path | None = None,
+                    temperature: float = _others(DEFAULTS.temperature),
+                    top_p: float = _others(DEFAULTS.top_p), seed: int = 0, upload: str | Path | None = None,
                     upload_mode: str = "continue", prompt_bars: int = 2,
                     regenerate: Sequence[str] = ("velocity",), out_dir: str | Path | None = None) -> Generation:
     """One generation with the page's settings (a loaded `Amadeus` model); files go to `out_dir`
     (default: a fresh folder under the temp dir). `temperature` and `top_p` set every attribute that the
-    sampler's defaults do not set apart (pitch and chord keep theirs: `amadeus.sampling.with_others`).
+    sampler's defaults do not set apart (pitch and chord keep theirs: `_with_others`).
     StudioError on input the model cannot honour."""
     from amadeus.controls import ControlError, parse_controls
 
@@ -142,8 +153,8 @@ def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instru
         parse_controls(specs, model.tokenizer)
     except ControlError as e:
         raise StudioError(f"impossible control: {e}") from None
-    common = dict(steps=int(steps), temperature=with_others(DEFAULTS.temperature, float(temperature)),
-                  top_p=with_others(DEFAULTS.top_p, float(top_p)), seed=int(seed),
+    common = dict(steps=int(steps), temperature=_with_others(DEFAULTS.temperature, float(temperature)),
+                  top_p=_with_others(DEFAULTS.top_p, float(top_p)), seed=int(seed),
                   controls=specs, text=caption or None, guidance=float(guidance))
     try:
         if upload is None:
@@ -294,9 +305,9 @@ def _inputs(gr: Any, model: Any, examples: list[str]) -> list[Any]:
         steps = gr.Slider(1, tok.K, value=DEFAULTS.steps_for(tok.K), step=1, label="Denoising steps S (speed / quality)")
         gr.Markdown(steps_tradeoff(), elem_id="steps-tradeoff")
         with gr.Row():
-            temperature = gr.Slider(0.0, 2.0, value=others(DEFAULTS.temperature), step=0.05,
+            temperature = gr.Slider(0.0, 2.0, value=_others(DEFAULTS.temperature), step=0.05,
                                     label=f"Temperature (default {setting_text(DEFAULTS.temperature)}; sets *)")
-            top_p = gr.Slider(0.05, 1.0, value=others(DEFAULTS.top_p), step=0.05,
+            top_p = gr.Slider(0.05, 1.0, value=_others(DEFAULTS.top_p), step=0.05,
                               label=f"Top-p (default {setting_text(DEFAULTS.top_p)}; sets *)")
             seed = gr.Number(value=0, precision=0, label="Seed")
         upload = gr.File(label="Your MIDI (optional)", file_types=[".mid", ".midi"], type="filepath")
@@ -328,7 +339,7 @@ def build_app(model_or_path: Any, captions: str | Path | None = None) -> Any:
                  time_signature: str = ANY, key: str = ANY, pitch_low: int = 0, pitch_high: int = 127,
                  velocity_low: int = 1, velocity_high: int = 127, length_unit: str = "bars", length: int = 8,
                  steps: int = DEFAULTS.steps_for(model.tokenizer.K),
-                 temperature: float = others(DEFAULTS.temperature), top_p: float = others(DEFAULTS.top_p),
+                 temperature: float = _others(DEFAULTS.temperature), top_p: float = _others(DEFAULTS.top_p),
                  seed: int = 0, upload: str | None = None, upload_mode: str = "continue", prompt_bars: int = 2,
                  regenerate: list[str] | None = None, progress: Any = gr.Progress()) -> tuple:
         """Generate one piece; returns (MIDI file, piano roll PNG, WAV or None, figures)."""

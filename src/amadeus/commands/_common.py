@@ -56,6 +56,20 @@ def add_truncation_arguments(parser: argparse.ArgumentParser, top_k: bool = Fals
                             help=f"top-k, as --temperature (default {setting_text(TOP_K)} = off)")
 
 
+def add_plausibility_argument(parser: argparse.ArgumentParser) -> None:
+    """--plausibility, the guidance's plausibility constraint (amadeus.sampling.guide); checked by
+    `check_plausibility`."""
+    parser.add_argument("--plausibility", type=float, default=PLAUSIBILITY,
+                        help="guidance re-weights only values at least this share as likely as the conditional "
+                             f"model's top value (default {PLAUSIBILITY:g}; 0 = plain guidance over every value)")
+
+
+def check_plausibility(value: float) -> None:
+    """--plausibility must be in [0, 1)."""
+    if not 0 <= value < 1:
+        raise UsageError(f"--plausibility must be in [0, 1), got {value}")
+
+
 def truncation_options(args: argparse.Namespace) -> dict[str, Any]:
     """{temperature, top_p(, top_k)} from the flags of `add_truncation_arguments`, over the defaults."""
     out: dict[str, Any] = {}

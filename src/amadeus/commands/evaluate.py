@@ -20,8 +20,10 @@ from amadeus.commands._common import (
     TEXT_GUIDANCE,
     UsageError,
     add_device_arguments,
+    add_plausibility_argument,
     add_truncation_arguments,
     check_at_least,
+    check_plausibility,
     check_steps,
     check_threads,
     fail,
@@ -58,9 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"classifier-free guidance scale for the text rows (default {TEXT_GUIDANCE:g}; "
                              "1 = plain conditional)")
     add_truncation_arguments(parser)
-    parser.add_argument("--plausibility", type=float, default=d["plausibility"],
-                        help="guidance re-weights only values at least this share as likely as the conditional "
-                             f"model's top value (default {d['plausibility']:g}; 0 = plain guidance)")
+    add_plausibility_argument(parser)
     parser.add_argument("--first", action="store_true",
                         help="prompts: the first NUM captioned pieces in shard order (default: round-robin over "
                              "the split's styles when the data has styles)")
@@ -105,8 +105,7 @@ def _validate(args: argparse.Namespace) -> None:
     check_threads(args.threads)
     if not math.isfinite(args.guidance) or args.guidance < 0:
         raise UsageError(f"--guidance must be a number >= 0, got {args.guidance}")
-    if not 0 <= args.plausibility < 1:
-        raise UsageError(f"--plausibility must be in [0, 1), got {args.plausibility}")
+    check_plausibility(args.plausibility)
     if args.clap is not None and not Path(args.clap).exists():
         raise UsageError(f"--clap {args.clap}: no such local CLAP checkpoint (nothing is downloaded)")
 

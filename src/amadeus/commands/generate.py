@@ -25,14 +25,15 @@ from amadeus.commands._common import (
     GENERATE_MAX_NOTES,
     GENERATE_THREADS,
     ORDER,
-    PLAUSIBILITY,
     REVEAL_ORDERS,
     REVEAL_THRESHOLD,
     TEXT_GUIDANCE,
     UsageError,
     add_device_arguments,
+    add_plausibility_argument,
     add_truncation_arguments,
     check_at_least,
+    check_plausibility,
     check_steps,
     check_threads,
     fail,
@@ -76,9 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", default=None, help="caption (needs a text-conditioned checkpoint)")
     parser.add_argument("--guidance", type=float, default=None,
                         help=f"classifier-free guidance scale (default {TEXT_GUIDANCE:g} with --text, else 1 = off)")
-    parser.add_argument("--plausibility", type=float, default=PLAUSIBILITY,
-                        help="guidance re-weights only values at least this share as likely as the conditional "
-                             f"model's top value (default {PLAUSIBILITY:g}; 0 = plain guidance over every value)")
+    add_plausibility_argument(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="pieces decoded together (default: all)")
     add_device_arguments(parser, GENERATE_THREADS,
                          f"torch CPU threads (default {GENERATE_THREADS} = torch's default; 1 is fastest for small "
@@ -96,8 +95,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--prompt-midi {args.prompt_midi}: no such file")
     if args.guidance is not None and args.guidance != 1.0 and not args.text:
         raise UsageError("--guidance needs --text")
-    if not 0 <= args.plausibility < 1:
-        raise UsageError(f"--plausibility must be in [0, 1), got {args.plausibility}")
+    check_plausibility(args.plausibility)
     check_threads(args.threads)
     ckpt = Path(args.ckpt)
     if not ckpt.exists():
