@@ -147,14 +147,16 @@ class _SigtermAt:
 
 
 def _fit(shards: Path, root: Path, steps: int, ckpt: str | None = None, stop: int | None = None, workers: int = 0,
-         **trainer):
+         ema: bool = False, **trainer):
     import lightning as L
+    from lightning.pytorch.callbacks import EMAWeightAveraging
 
     from amadeus.callbacks import PreemptionCheckpoint
 
     L.seed_everything(7, verbose=False)
     module = _tiny_module()
     callbacks = [PreemptionCheckpoint(str(root))] + ([_SigtermAt(stop)] if stop else [])
+    callbacks += [EMAWeightAveraging(decay=0.9)] if ema else []  # as configs/size/tiny.yaml (decay 0.995)
     options = dict(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=True,
                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
                    default_root_dir=root, callbacks=callbacks, gradient_clip_val=1.0)
@@ -178,6 +180,28 @@ def test_exact_continuation(tiny_shards, tmp_path, one_thread, workers):
     resumed = _fit(tiny_shards, tmp_path / "cut", 2 * n, ckpt=str(saved), workers=workers)
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_exact_continuation_with_weight_averaging(tiny_shards, tmp_path, one_thread):
+    """The tiny configs average the weights (EMA): the pre-emption checkpoint holds the average as its
+    state_dict and the raw weights beside it, and resuming from it ends where an uninterrupted run ends."""
+    from amadeus.api import load_module
+
+    n = 7
+    whole = _fit(tiny_shards, tmp_path / "whole", 2 * n, ema=True)
+    with pytest.raises(SystemExit):
+        _fit(tiny_shards, tmp_path / "cut", 2 * n, stop=n, ema=True)
+    saved = tmp_path / "cut" / "last-preempted.ckpt"
+    ckpt = torch.load(saved, map_location="cpu", weights_only=True)
+    raw, averaged = ckpt["current_model_state"], ckpt["state_dict"]
+    assert raw.keys() == averaged.keys()
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)  # an average, not a copy
+    loaded = load_module(saved)  # what Amadeus.load and init_from read: the average
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, averaged[name]), name
+    resumed = _fit(tiny_shards, tmp_path / "cut", 2 * n, ckpt=str(saved), ema=True)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name  # the average (copied into the module when training ends)
 
 
 def test_bf16_mixed_trains_on_cpu(tiny_shards, tmp_path, one_thread):

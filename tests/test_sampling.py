@@ -15,6 +15,7 @@ from amadeus.model.head import AttributeDiffusionHead
 from amadeus.model.transformer import NoteTransformer
 from amadeus.module import AmadeusModule
 from amadeus.sampling import (
+    DEFAULT_ORDER,
     DEFAULT_STEPS,
     SamplingOptions,
     filter_probs,
@@ -365,7 +366,8 @@ def test_sampling_options_are_the_keywords(untrained):
     assert a.settings == b.settings
     assert generate(untrained, 1, options=options, steps=8, seed=5).settings["steps"] == 8
     assert options.steps == 2  # frozen: generate's keywords make a new object
-    assert SamplingOptions().steps_for(8) == DEFAULT_STEPS == 2  # the best measured quality
+    assert SamplingOptions().steps_for(8) == DEFAULT_STEPS == 3  # the best measured quality
+    assert SamplingOptions().order == DEFAULT_ORDER == "columns"
     assert SamplingOptions().reveal_threshold == 0.9
     with pytest.raises(TypeError, match="stepz"):
         generate(untrained, 1, stepz=2)
