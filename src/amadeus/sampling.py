@@ -1,11 +1,13 @@
-"""Generation: one note per backbone step (KV cache), S confidence-ordered denoising steps per note.
+"""Generation: one note per backbone step (KV cache), S denoising steps per note.
 
 Per note (a batch of pieces at once):
   z = backbone(last row, KV cache)                       one backbone step
   C = head.context(z, text prefix)                       once per note
   S times: logits = head.logits(C, tokens, masked)       all slots start masked
            -> temperature, grammar guards + controls (logit masks), top-k / top-p per attribute
-           -> draw a value for every masked slot, reveal the most confident ones (ties: lower slot)
+           -> draw a value for every masked slot, reveal the next ones of the order (default: the
+              token columns' order; "confidence": the most confident ones, ties to the lower slot;
+              near-certain slots are revealed at once, see SamplingOptions.reveal_threshold)
            -> revealed slots are frozen: never re-sampled, returned as drawn.
 A piece stops at its own EOS (finished pieces leave the batch and the KV cache), at `max_notes`
 generated rows, or where its bar `max_bars` + 1 would begin (that row becomes EOS).
@@ -105,8 +107,8 @@ DEFAULT_STEPS = 3
 
 DEFAULT_ORDER = "columns"
 """SamplingOptions.order when none is asked for: the slots a step reveals follow the token columns
-(metric, position, chord, ..., pitch, duration), not the head's confidence. On well-trained tiny models it
-keeps the rhythm that the confidence order loses at S=2-4 (README "Sample quality")."""
+(metric, position, chord, ..., pitch, duration), not the head's confidence. On the demo recipe's models it
+keeps the corpus' rhythm, which the confidence order loses (README "Sample quality")."""
 
 
 class PerAttribute(Mapping[str, float]):
