@@ -5,9 +5,10 @@
 
 Weights are random (untrained): decoding speed does not depend on them, except that the Amadeus
 sampler's grammar guards see more same-step contradictions with random weights than with a trained
-model (so its numbers here are, if anything, pessimistic). Amadeus rows use the real sampler
-(`amadeus.sampling.generate`, guards on, top-p 0.95) with EOS forbidden so that every piece runs the
-full length. Baselines (`amadeus.model.baselines`) share the backbone sizes:
+model (so its numbers here are, if anything, pessimistic). Every row, Amadeus and baselines alike, is the
+real sampler (`amadeus.sampling.generate`, guards on, top-p 0.95) with EOS forbidden so that every piece
+runs the full length: the comparison measures the decoders, not the plumbing. Baselines
+(`amadeus.model.baselines`) share the backbone sizes:
   flat   (REMI-like): one attribute per backbone step, K = 8 backbone steps per note;
   nested (NMT-like):  one backbone step per note + a 1-layer causal head decoding the K attributes
                       one after another.
@@ -31,6 +32,7 @@ from types import SimpleNamespace
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "generate.json"
+QUICK = Path(__file__).parent / "results" / "generate-quick.json"
 
 
 def network(size: str, vocab: tuple[int, ...]):
@@ -69,7 +71,9 @@ def backbone_step_ms(backbone, batch: int, notes: int, device: str) -> float:
     return 1000 * timed(run, device) / notes
 
 
-def amadeus_row(parts, batch: int, steps: int, notes: int, device: str) -> float:
+def decoder_row(parts, batch: int, steps: int | None, notes: int, device: str) -> float:
+    """Seconds to decode `notes` rows for `batch` pieces with the real sampler (`amadeus.sampling.generate`):
+    guards on, top-p 0.95, EOS forbidden; `steps` only matters for the Amadeus decoder."""
     from amadeus.sampling import generate
 
     kw = dict(num=batch, max_notes=notes, min_notes=notes, steps=steps, seed=0, top_p=0.95)
@@ -77,27 +81,8 @@ def amadeus_row(parts, batch: int, steps: int, notes: int, device: str) -> float
     return timed(lambda: generate(parts, **kw), device)
 
 
-@torch.inference_mode()
-def baseline_row(model, batch: int, notes: int, device: str) -> float:
-    K = model.cfg.K
-    sos = torch.zeros(batch, 1, K, dtype=torch.long, device=device)
-    sos[..., 0] = 1
-    g = torch.Generator(device=device).manual_seed(0)
-
-    def run():
-        state = model.start(sos)
-        for _ in range(notes):
-            model.generate_note(state, 1.0, g)
-
-    state = model.start(sos)
-    model.generate_note(state, 1.0, g)  # warm-up
-    return timed(run, device)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from amadeus.model.baselines import FlatBaseline, NestedHead
-    from amadeus.model.head import AttributeDiffusionHead
-    from amadeus.model.transformer import NoteTransformer
+    from amadeus.model.baselines import build_decoder
     from amadeus.tokenizer import NoteTokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: reproducible on a shared machine; 0 = torch's default)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=None, help=f"JSON file (default {RESULTS}; with --quick {QUICK})")
     args = ap.parse_args(argv)
     if args.threads > 0 and args.device == "cpu":
         torch.set_num_threads(args.threads)
@@ -121,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes.split(","):
         torch.manual_seed(0)
         cfg = network(size, tok.vocab_sizes)
-        parts = SimpleNamespace(backbone=NoteTransformer(cfg).to(device).eval(),
-                                head=AttributeDiffusionHead(cfg).to(device).eval(), tokenizer=tok)
-        flat = FlatBaseline(cfg).to(device).eval()
-        nested = NestedHead(cfg).to(device).eval()
+        decoders = {}
+        for name in ("amadeus", "flat", "nested"):
+            backbone, head = build_decoder(cfg, name)
+            decoders[name] = SimpleNamespace(backbone=backbone.to(device).eval(), head=head.to(device).eval(),
+                                             tokenizer=tok)
+        parts = decoders["amadeus"]
         for batch in map(int, args.batches.split(",")):
             floor = backbone_step_ms(parts.backbone, batch, notes, device)
 
@@ -139,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{ms:8.2f} ms/note  ({ms / floor:5.2f} backbone steps)", flush=True)
 
             for S in map(int, args.steps.split(",")):
-                add("amadeus", S, amadeus_row(parts, batch, S, notes, device))
-            add("flat", None, baseline_row(flat, batch, notes, device))
-            add("nested", None, baseline_row(nested, batch, notes, device))
+                add("amadeus", S, decoder_row(parts, batch, S, notes, device))
+            for name in ("flat", "nested"):
+                add(name, None, decoder_row(decoders[name], batch, None, notes, device))
 
     print("\nratios (same size and batch):")
     print(f"{'size':>5} {'batch':>5} {'S':>2} {'amadeus/flat':>13} {'amadeus/nested':>15} {'note/backbone step':>19}")
@@ -164,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         checks.append(("30m B=1 S=2 note <= 2 backbone steps", r["note_over_backbone_step"] <= 2))
     for name, ok in checks:
         print(f"target {name}: {'met' if ok else 'MISSED'}")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else QUICK if args.quick else RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "targets": dict(checks),
-                               "note": "random weights; Amadeus rows use the full sampler with guards"}, indent=2) + "\n")
+                               "note": "random weights; every row is the real sampler with guards, top-p 0.95"}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

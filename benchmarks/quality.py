@@ -111,10 +111,10 @@ def held_out_likelihood(module, data: str, max_notes: int) -> dict:
     return {"nll_per_note": out.get("val/nll_per_note"), "elbo_per_note": out.get("val/elbo_per_note")}
 
 
-def _settings_of(decoder: str, variant: str, steps: list[int]) -> list[tuple[int | None, float | None]]:
+def _settings_of(head, variant: str, steps: list[int]) -> list[tuple[int | None, float | None]]:
     """(S, reveal threshold) to sample each trained model with: full Amadeus at every S at the default
-    threshold, and at S=2 and S=K without it; the ablations at S=2; the baselines once (no S)."""
-    if decoder != "amadeus":
+    threshold, and at S=2 and S=K without it; the ablations at S=2; the autoregressive baselines once (no S)."""
+    if head.autoregressive:
         return [(None, None)]
     if variant != "full":
         return [(2, DEFAULTS.reveal_threshold)]
@@ -137,7 +137,7 @@ def compare_decoders(size: str, data: str | None, train_steps: int, batch: int, 
         info = {"params": params, "params_vs_amadeus": params / base_params, "train_notes": notes,
                 "train_notes_per_s": notes / seconds, **held_out_likelihood(module, data, window)}
         model = Amadeus(module.eval())
-        for s, thr in _settings_of(decoder, variant, steps):
+        for s, thr in _settings_of(module.head, variant, steps):
             row, real = _sample_row(model, data, s, DEFAULTS.order, DEFAULTS.temperature, DEFAULTS.top_p, thr,
                                     num, max_notes, seed)
             rows.append({**row, "variant": variant, **info})
@@ -161,7 +161,7 @@ def _sample_row(model, data: str, s: int | None, order: str, t: float, p: float,
     q = sample_quality({"generated": result.tokens}, dm, model.tokenizer, max_notes=max_notes, seed=seed)
     g = q["generated"]
     errors = structure_metrics(result.tokens, model.tokenizer)["syntax_error_rate"]["any"]
-    row = {"decoder": model.module.decoder, "variant": "full", "batch": batch or num, "seed": seed, "steps": s, "order": order,
+    row = {"decoder": model.module.head.name, "variant": "full", "batch": batch or num, "seed": seed, "steps": s, "order": order,
            "temperature": plain_setting(t), "top_p": plain_setting(p), "reveal_threshold": thr,
            "passes_per_row": passes_per_row(result, batch or num), "num": num, "max_notes": max_notes,
            "mean_oa": g["mean_oa"], "oa": g["oa"], "kl": g["kl"],

@@ -1,6 +1,6 @@
 """Text-to-MIDI generation speed at batch 1: no text, text, and text with classifier-free guidance.
 
-    python benchmarks/text2midi.py [--quick] [--sizes tiny,30m] [--steps 4] [--guidance 2]
+    python benchmarks/text2midi.py [--quick] [--sizes tiny,30m] [--steps 3] [--guidance 2]
                                    [--threads 1] [--device cpu|cuda]
 
 Weights are random (untrained): speed does not depend on them (the sampler's grammar guards may see
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from amadeus.sampling import TEXT_GUIDANCE
+from amadeus.sampling.options import DEFAULT_STEPS, TEXT_GUIDANCE
 
 RESULTS = Path(__file__).parent / "results" / "text2midi.json"
 CAPTION = ("A melodic classical piece in D minor for string ensemble and piano, at a slow Adagio tempo of "
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer notes and repeats (about a minute on 2 cores)")
     ap.add_argument("--sizes", default="tiny,30m")
-    ap.add_argument("--steps", type=int, default=4, help="denoising steps per note (default 4 = K // 2)")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                    help=f"denoising steps per note (default {DEFAULT_STEPS}, the sampler's)")
     ap.add_argument("--guidance", type=float, default=TEXT_GUIDANCE,
                     help=f"guidance scale of the guided rows (default {TEXT_GUIDANCE:g})")
     ap.add_argument("--notes", type=int, default=None, help="generated notes per run (default 32 quick, 128 full)")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         module = AmadeusModule(network=network(size, tok.vocab_sizes), text_encoder=ENCODER).to(device).eval()
         params = sum(p.numel() for p in module.parameters()) / 1e6
-        modes = {"no_text": {}, "text": {"prefix": prefix, "prefix_mask": prefix_mask},
+        modes = {"no_text": {}, "text": {"prefix": prefix, "prefix_mask": prefix_mask, "guidance": 1.0},
                  "text_guided": {"prefix": prefix, "prefix_mask": prefix_mask, "guidance": args.guidance}}
         for mode, text in modes.items():
             seconds = generate_s(module, notes, args.steps, repeats, device, **text)

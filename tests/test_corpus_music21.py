@@ -7,9 +7,10 @@ import math
 
 import pytest
 
-from amadeus.corpus.music21 import (abc_fields, abc_metadata, assign_splits, beat_quarters, build_music21_corpus,
-                                    build_music21_shards, dance_kind, essen_style, format_music21_report,
-                                    parse_abc_tempo, split_abc, strip_ornaments)
+from amadeus.corpus.abc import (abc_fields, beat_quarters, dance_kind, essen_style, parse_abc_tempo, split_abc,
+                                strip_ornaments)
+from amadeus.corpus.music21 import abc_metadata, build_music21_corpus, build_music21_shards, format_music21_report
+from amadeus.corpus.splits import assign_splits
 
 BOOK = """% a book of tunes
 L:1/8

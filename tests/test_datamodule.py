@@ -2,6 +2,7 @@
 equal length on every rank, finetune filtering, hash checks, flat memory, Lightning round trip."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -274,7 +275,8 @@ def test_default_data_is_the_embedded_corpus(shards, monkeypatch):
 
     calls = []
     monkeypatch.setenv("AMADEUS_CACHE", str(shards.parent / "empty-cache"))
-    monkeypatch.setattr(amadeus.corpus, "ensure_bach_shards", lambda *a, **k: calls.append(1) or shards)
+    fake = dataclasses.replace(amadeus.corpus.CORPORA["bach"], ensure_shards=lambda *a, **k: calls.append(1) or shards)
+    monkeypatch.setitem(amadeus.corpus.CORPORA, "bach", fake)
     dm = MusicDataModule(max_notes=T, num_workers=0)
     assert dm.tokenizer.K == 8 and calls == [1]  # built on first use
     dm.prepare_data()  # what Lightning calls once per node
@@ -286,8 +288,11 @@ def test_corpus_music21_selects_the_music21_shards(shards, monkeypatch):
 
     calls = []
     monkeypatch.setenv("AMADEUS_CACHE", str(shards.parent / "empty-cache-m21"))
-    monkeypatch.setattr(amadeus.corpus, "ensure_music21_shards", lambda *a, **k: calls.append(1) or shards)
-    monkeypatch.setattr(amadeus.corpus, "ensure_bach_shards", lambda *a, **k: pytest.fail("not the Bach corpus"))
+    corpora = amadeus.corpus.CORPORA
+    monkeypatch.setitem(corpora, "music21", dataclasses.replace(corpora["music21"],
+                                                                ensure_shards=lambda *a, **k: calls.append(1) or shards))
+    monkeypatch.setitem(corpora, "bach", dataclasses.replace(corpora["bach"],
+                                                             ensure_shards=lambda *a, **k: pytest.fail("not the Bach corpus")))
     dm = MusicDataModule(max_notes=T, num_workers=0, corpus="music21")
     assert dm.tokenizer.K == 8 and calls == [1]
     dm.prepare_data()

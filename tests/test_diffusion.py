@@ -1,12 +1,15 @@
-"""Masked-diffusion maths: schedule, corruption, 1/p-weighted loss, reveal schedule and order."""
+"""Masked-diffusion maths: schedule, corruption, 1/p-weighted loss, reveal order, and the ELBO."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from amadeus.metrics import DiffusionNLL
 from amadeus.model import diffusion as D
+from amadeus.model.diffusion import diffusion_elbo_nll
 
 
 def test_mask_probability():
@@ -94,19 +97,6 @@ def test_loss_accepts_batch_time_dims():
     torch.testing.assert_close(pa, pb)
 
 
-@pytest.mark.parametrize("K", [1, 3, 8])
-def test_reveal_schedule(K):
-    for S in range(1, K + 1):
-        sched = D.reveal_schedule(K, S)
-        assert len(sched) == S and sum(sched) == K
-        assert min(sched) >= 1 and max(sched) - min(sched) <= 1
-        assert sched == sorted(sched, reverse=True)
-    assert D.reveal_schedule(8, 3) == [3, 3, 2]
-    for bad in (0, K + 1):
-        with pytest.raises(ValueError, match="steps"):
-            D.reveal_schedule(K, bad)
-
-
 def test_confidence_reveal_order_and_ties():
     conf = torch.tensor([[0.2, 0.9, 0.9, 0.5], [0.7, 0.7, 0.7, 0.7], [0.1, 0.2, 0.3, 0.4]])
     still = torch.tensor([[True, True, True, True], [True, True, True, True], [True, False, False, True]])
@@ -132,9 +122,102 @@ def test_schedule_and_reveal_unmask_everything_in_S_steps():
     N, K = 5, 8
     for S in (1, 3, 8):
         masked = torch.ones(N, K, dtype=torch.bool)
-        for n in D.reveal_schedule(K, S):
+        for n in [K // S + (s < K % S) for s in range(S)]:  # as even as possible, earlier steps first
             reveal = D.confidence_reveal(torch.rand(N, K, generator=g), masked, n)
             assert (reveal.sum(1) == n).all() and not (reveal & ~masked).any()
             masked &= ~reveal
         assert not masked.any()
     assert math.isfinite(float(D.mask_probability(torch.tensor(0.0), 1e-3).reciprocal()))
+
+
+# ---- diffusion ELBO (moved from test_metrics.py) ---------------------------------------------
+
+
+def test_elbo_matches_hand_computation_k2():
+    # slot k's logits: a fixed vector, sharper towards the target when the other slot is visible
+    base = [torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 0.0, -1.0])]
+    bonus = 3.0
+    targets = torch.tensor([[2, 1]])
+
+    def logits_fn(masked):
+        out = []
+        for k in range(2):
+            lg = base[k].repeat(len(masked), 1)
+            lg[:, targets[0, k]] += bonus * (~masked[:, 1 - k]).float()
+            out.append(lg)
+        return out
+
+    def ce(k, other_visible):
+        lg = base[k].clone()
+        lg[targets[0, k]] += bonus * other_visible
+        return float(torch.logsumexp(lg, 0) - lg[targets[0, k]])
+
+    # m = 1: each of the 2 subsets with weight 1/2 (average) * 1/m; m = 2: both slots, weight 1/2
+    want = [0.5 * ce(k, True) + 0.5 * ce(k, False) for k in range(2)]
+    got = diffusion_elbo_nll(logits_fn, targets, num_samples=4)
+    assert got.shape == (1, 2)
+    assert got[0].tolist() == pytest.approx(want, rel=1e-6)
+
+
+def exact_conditional_fn(joint: np.ndarray, targets: torch.Tensor):
+    """logits_fn giving the true conditionals p(x_k | visible slots) of a joint table [V]*K."""
+    K, V = joint.ndim, joint.shape[0]
+
+    def fn(masked):
+        out = [torch.zeros(len(targets), V) for _ in range(K)]
+        for n in range(len(targets)):
+            idx = tuple(slice(None) if masked[n, j] else int(targets[n, j]) for j in range(K))
+            sub = joint[idx]  # over the masked slots
+            hidden = [j for j in range(K) if masked[n, j]]
+            for pos, k in enumerate(hidden):
+                marg = sub.sum(axis=tuple(a for a in range(len(hidden)) if a != pos))
+                out[k][n] = torch.log(torch.tensor(marg / marg.sum()))
+        return out
+
+    return fn
+
+
+@pytest.mark.parametrize("num_samples, tol", [(8, 1e-6), (2, 0.06)])
+def test_elbo_is_tight_for_true_conditionals(num_samples, tol):
+    rng = np.random.default_rng(0)
+    K, V = 3, 3
+    joint = rng.dirichlet(np.ones(V**K)).reshape([V] * K)
+    x = torch.tensor([[0, 2, 1]] * 400)  # one sequence many times: averages the sampled masks
+    fn = exact_conditional_fn(joint, x)
+    terms = diffusion_elbo_nll(fn, x, num_samples=num_samples, seed=1)  # 2 < C(3, 1): masks are sampled
+    nll = -math.log(joint[0, 2, 1])
+    assert float(terms.sum(dim=1).mean()) == pytest.approx(nll, rel=tol)
+
+
+def test_training_estimator_converges_to_its_expectation():
+    rng = np.random.default_rng(1)
+    K, V, eps = 2, 3, 0.1
+    joint = rng.dirichlet(np.ones(V**K)).reshape(V, V)
+    x = torch.tensor([[1, 2]] * 3000)
+    fn = exact_conditional_fn(joint, x)
+    got = float(diffusion_elbo_nll(fn, x, num_samples=8, method="t", eps=eps, seed=3).sum(dim=1).mean())
+    # expectation: E_t[(1/p) (p^2 (CE_0(none) + CE_1(none)) + p (1 - p) (CE_0(x1) + CE_1(x0)))], p = (1-eps) t + eps
+    p0, p1 = joint.sum(axis=1)[1], joint.sum(axis=0)[2]
+    ce_none = -math.log(p0) - math.log(p1)
+    ce_one = -math.log(joint[1, 2] / joint[:, 2].sum()) - math.log(joint[1, 2] / joint[1].sum())
+    mean_p = (1 - eps) / 2 + eps
+    want = mean_p * ce_none + (1 - mean_p) * ce_one
+    assert got == pytest.approx(want, rel=0.03)
+
+
+def test_diffusion_nll_metric_and_valid_mask():
+    rng = np.random.default_rng(2)
+    joint = rng.dirichlet(np.ones(27)).reshape(3, 3, 3)
+    x = torch.tensor([[0, 1, 2], [2, 2, 0]])
+    fn = exact_conditional_fn(joint, x)
+    m = DiffusionNLL(attribute_names=("a", "b", "c"))
+    m.update(diffusion_elbo_nll(fn, x, num_samples=8))
+    out = m.compute()
+    want = -(math.log(joint[0, 1, 2]) + math.log(joint[2, 2, 0])) / 2
+    assert float(out["nll/total"]) == pytest.approx(want, rel=1e-5)
+    assert float(out["nll/total"]) == pytest.approx(sum(float(out[f"nll/{a}"]) for a in "abc"), rel=1e-6)
+    valid = torch.tensor([[True, False, True]] * 2)
+    terms = diffusion_elbo_nll(fn, x, num_samples=8, valid=valid)
+    assert (terms[:, 1] == 0).all() and (terms[:, 0] > 0).all()
+    with pytest.raises(ValueError, match="method"):
+        diffusion_elbo_nll(fn, x, method="bogus")

@@ -12,7 +12,8 @@ import torch
 from amadeus.cli import main as cli_main
 from amadeus.descriptors import DESCRIPTORS
 from amadeus.evaluate import CLAP_NOT_COMPUTED, diffusion_nll
-from amadeus.grammar import SYNTAX_ERRORS
+from amadeus.sampling import TEXT_GUIDANCE, SamplingOptions
+from amadeus.syntax import SYNTAX_ERRORS
 from amadeus.metrics import ADHERENCE_METRICS
 from amadeus.tokenizer import ATTRIBUTES
 
@@ -128,7 +129,7 @@ def test_nll_matches_a_direct_computation(text_ckpt, tiny_shards):
     """The evaluator's ELBO equals diffusion_elbo_nll run by hand on the same rows (no text)."""
     from amadeus.datamodule import EvalWindows, MusicDataModule
     from amadeus.api import Amadeus
-    from amadeus.metrics import diffusion_elbo_nll
+    from amadeus.model.diffusion import diffusion_elbo_nll
 
     module = Amadeus.load(text_ckpt).module
     dm = MusicDataModule(str(tiny_shards), num_workers=0)
@@ -165,7 +166,7 @@ def test_bad_arguments_exit_2(text_ckpt, tiny_shards, tmp_path, capsys):
     assert evaluate("--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--num", "0") == 2
     assert "--num must be >= 1" in capsys.readouterr().err
     assert evaluate("--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--steps", "9") == 2
-    assert "--steps 9" in capsys.readouterr().err
+    assert "--steps: steps must be an integer in 1..8" in capsys.readouterr().err
     assert evaluate("--ckpt", str(text_ckpt), "--data", str(tiny_shards), "--clap", str(tmp_path / "clap")) == 2
     assert "no such local CLAP checkpoint" in capsys.readouterr().err
     (tmp_path / "clap").mkdir()  # exists, but is not a Hugging Face model folder
@@ -217,7 +218,8 @@ def test_the_demo_text_stage_on_a_small_styled_corpus(text_ckpt, styled_corpus, 
     OUT/evaluation.json (CS beside the MidiCaps metrics), and two pieces written from two captions."""
     from amadeus.commands import demo
 
-    summary = demo._text_stage(text_ckpt, tmp_path, styled_corpus / "shards", prompts=4, max_notes=16, steps=2,
+    summary = demo._text_stage(text_ckpt, tmp_path, styled_corpus / "shards", prompts=4, max_notes=16,
+                               options=SamplingOptions(steps=2),
                                nll_windows=0, style_model=tmp_path / "style.json")
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["settings"]["num"] == 4 and report["split"] == "test"
@@ -229,7 +231,7 @@ def test_the_demo_text_stage_on_a_small_styled_corpus(text_ckpt, styled_corpus, 
     assert all(sum(meters[k].values()) == 4 for k in ("prompts", "with_text", "without_text"))
     assert sorted(p.name for p in tmp_path.glob("text*.mid")) == ["text0_0.mid", "text1_0.mid"]
     out = capsys.readouterr().out
-    assert f"held-out captions (4, guidance {demo.TEXT_GUIDANCE:g})" in out and out.count(" from: ") == 2
+    assert f"held-out captions (4, guidance {TEXT_GUIDANCE:g})" in out and out.count(" from: ") == 2
 
 
 def test_prompts_are_stratified_by_style(styled_corpus):

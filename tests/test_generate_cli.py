@@ -81,8 +81,10 @@ def _tampered_ckpt(trained_tiny, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--control", "instrument=kazoo"], "unknown instrument name 'kazoo'"),
     (["--control", "time_signature=7/3"], "impossible time signature 7/3"),
-    (["--steps", "0"], "--steps 0: must be in 1..8"),
-    (["--steps", "9"], "--steps 9: must be in 1..8"),
+    (["--steps", "0"], "--steps: steps must be an integer in 1..8"),
+    (["--steps", "9"], "--steps: steps must be an integer in 1..8"),
+    (["--guidance", "2"], "--guidance needs --text"),
+    (["--plausibility", "1"], "--plausibility: plausibility must be in [0, 1)"),
     (["--temperature", "loud=2"], "unknown attribute 'loud'"),
     (["--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["--regenerate", "velocity"], "need --prompt-midi"),
@@ -121,23 +123,36 @@ def test_wav_without_soundfont_is_a_message(trained_tiny, tmp_path, monkeypatch,
     assert (tmp_path / "sample_000.mid").is_file() and not (tmp_path / "sample_000.wav").exists()
 
 
-def test_truncation_flags_change_only_what_they_name():
-    """A per-attribute flag changes that attribute of the per-attribute defaults and keeps the others;
-    a global value (or one with "*") replaces them; unknown attributes and non-numbers are usage errors."""
+def test_sampling_flags_follow_the_one_merge_rule():
+    """A per-attribute flag changes that attribute of the per-attribute defaults and keeps the others, as the
+    API's mapping does; a global value sets every attribute; repeated flags apply left to right; "*" sets the
+    attributes without a value of their own; unknown attributes and non-numbers are usage errors."""
     import argparse
 
-    from amadeus.commands._common import (TEMPERATURE, TOP_P, UsageError, add_truncation_arguments,
-                                          truncation_options)
+    from amadeus.commands._common import UsageError, add_sampling_arguments, sampling_options
+    from amadeus.sampling import DEFAULT_TOP_P, SamplingOptions
+    from amadeus.grammar import ATTRIBUTES
 
     parser = argparse.ArgumentParser()
-    add_truncation_arguments(parser, top_k=True)
-    opts = truncation_options(parser.parse_args([]))
-    assert opts == {"temperature": TEMPERATURE, "top_p": TOP_P, "top_k": 0}
-    opts = truncation_options(parser.parse_args(["--top-p", "pitch=0.7", "--temperature", "0.9"]))
-    assert opts["top_p"] == {**TOP_P, "pitch": 0.7} and opts["top_p"]["chord"] == TOP_P["chord"]
-    assert opts["temperature"] == 0.9
-    opts = truncation_options(parser.parse_args(["--top-p", "1", "--top-p", "pitch=0.5", "--top-k", "velocity=3"]))
-    assert opts["top_p"] == {"*": 1.0, "pitch": 0.5} and opts["top_k"] == {"*": 0, "velocity": 3}
-    for bad in (["--top-p", "loudness=0.5"], ["--temperature", "hot"]):
+    add_sampling_arguments(parser)
+
+    def options(*flags: str) -> SamplingOptions:
+        return sampling_options(parser.parse_args(list(flags)))
+
+    assert options() == SamplingOptions()
+    opts = options("--top-p", "pitch=0.7", "--temperature", "0.9")
+    assert opts == SamplingOptions(top_p={"pitch": 0.7}, temperature=0.9)  # the CLI and the API agree
+    assert opts.top_p["pitch"] == 0.7 and opts.top_p["chord"] == DEFAULT_TOP_P["chord"]
+    assert opts.temperature == 0.9
+    def values(opts: SamplingOptions, which: int) -> dict[str, float]:
+        return dict(zip(ATTRIBUTES, opts.per_attribute(ATTRIBUTES)[which]))
+
+    opts = options("--top-p", "1", "--top-p", "pitch=0.5", "--top-k", "velocity=3")
+    assert [values(opts, 1)[a] for a in ("pitch", "chord", "tempo")] == [0.5, 1.0, 1.0]
+    assert [values(opts, 2)[a] for a in ("velocity", "pitch")] == [3, 0]
+    opts = options("--top-p", "*=0.5")  # the attributes without a value of their own
+    assert [values(opts, 1)[a] for a in ("pitch", "chord", "tempo")] == [0.85, 0.7, 0.5]
+    assert opts == SamplingOptions(top_p={"*": 0.5})  # what the studio's slider passes
+    for bad in (["--top-p", "loudness=0.5"], ["--temperature", "hot"], ["--steps", "0"]):
         with pytest.raises(UsageError):
-            truncation_options(parser.parse_args(bad))
+            options(*bad)

@@ -1,9 +1,10 @@
 """The package's layout rules, checked on the sources' ASTs (no imports run):
 
-- no import cycle inside `amadeus` (function-local imports count: they are no way around a cycle;
-  imports for type checkers only, under `if TYPE_CHECKING:`, do not run and do not count);
+- no import cycle inside `amadeus` (function-local imports count: they are no way around a cycle; so
+  do imports for type checkers only, under `if TYPE_CHECKING:`: a loop a reader must follow is a loop);
 - `argparse` only in the command layer (amadeus/commands/ and amadeus/cli.py);
-- no library function longer than 80 lines (the command layer is exempt).
+- no library function longer than 80 lines (the command layer is exempt);
+- no module longer than 600 lines.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "amadeus"
 MAX_LINES = 80
+MAX_MODULE_LINES = 600
 
 
 def _module_name(path: Path) -> str:
@@ -34,18 +36,14 @@ def _is_main_guard(node: ast.AST) -> bool:
             and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
 
 
-def _is_type_checking(node: ast.AST) -> bool:
-    """`if TYPE_CHECKING:` (its imports are read by type checkers only, never at run time)."""
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
-
-
 def _imports(tree: ast.Module):
-    """Every import node of a module, skipping `if __name__ == "__main__":` and `if TYPE_CHECKING:`."""
+    """Every import node of a module (`if TYPE_CHECKING:` blocks included), skipping `if __name__ ==
+    "__main__":`."""
     stack = [tree]
     while stack:
         node = stack.pop()
         for child in ast.iter_child_nodes(node):
-            if _is_main_guard(child) or _is_type_checking(child):
+            if _is_main_guard(child):
                 continue
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 yield child
@@ -121,6 +119,11 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
+def test_type_checking_imports_count(tmp_path):
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from amadeus.tokenizer import X\n")
+    assert [n.module for n in _imports(tree) if isinstance(n, ast.ImportFrom)] == ["typing", "amadeus.tokenizer"]
+
+
 def test_cycle_finder_finds_a_planted_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycles(graph) == [["a", "b", "c"]]
@@ -172,3 +175,8 @@ def test_long_functions_are_found():
 
 def test_no_library_function_over_80_lines():
     assert long_functions() == []
+
+
+def test_no_module_over_600_lines():
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}

@@ -12,18 +12,16 @@ from symusic import Score
 
 from amadeus.captions import instrument_present, make_caption, parse_caption
 from amadeus.features import extract_features
-from amadeus.grammar import SYNTAX_ERRORS, syntax_errors
+from amadeus.syntax import SYNTAX_ERRORS, syntax_errors
 from amadeus.metrics import (
     CLAP_MISSING,
     ClapScore,
-    DiffusionNLL,
     GrooveConsistency,
     MetricUnavailable,
     NotesPerSecond,
     PitchClassEntropy,
     SyntaxErrorRate,
     TextAdherence,
-    diffusion_elbo_nll,
 )
 from amadeus.theory import CHORD_QUALITIES, parse_chord, parse_key
 from amadeus.tokenizer import NoteTokenizer, chord_name
@@ -209,7 +207,7 @@ def small_piece_tokens() -> np.ndarray:
 
 def test_syntax_error_rate_counts_rows():
     tok = small_piece_tokens()
-    bad = tok.copy()  # the matrix of test_grammar.py::test_syntax_errors_on_hand_made_matrices
+    bad = tok.copy()  # the matrix of test_syntax.py::test_syntax_errors_on_hand_made_matrices
     bad[5, 1] = bad[4, 1] - 2  # NEW_POSITION going backwards
     bad[2, 1] += 1  # SAME_ONSET moved
     bad[7, 5] = 0  # note row with pitch 0
@@ -260,99 +258,6 @@ def test_notes_per_second():
     m.update(100, 2.0)
     m.update([small_piece_tokens()], 0.14)  # 7 note rows
     assert float(m.compute()) == pytest.approx(107 / 2.14)
-
-
-# ---- diffusion ELBO ---------------------------------------------------------------------------
-
-
-def test_elbo_matches_hand_computation_k2():
-    # slot k's logits: a fixed vector, sharper towards the target when the other slot is visible
-    base = [torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 0.0, -1.0])]
-    bonus = 3.0
-    targets = torch.tensor([[2, 1]])
-
-    def logits_fn(masked):
-        out = []
-        for k in range(2):
-            lg = base[k].repeat(len(masked), 1)
-            lg[:, targets[0, k]] += bonus * (~masked[:, 1 - k]).float()
-            out.append(lg)
-        return out
-
-    def ce(k, other_visible):
-        lg = base[k].clone()
-        lg[targets[0, k]] += bonus * other_visible
-        return float(torch.logsumexp(lg, 0) - lg[targets[0, k]])
-
-    # m = 1: each of the 2 subsets with weight 1/2 (average) * 1/m; m = 2: both slots, weight 1/2
-    want = [0.5 * ce(k, True) + 0.5 * ce(k, False) for k in range(2)]
-    got = diffusion_elbo_nll(logits_fn, targets, num_samples=4)
-    assert got.shape == (1, 2)
-    assert got[0].tolist() == pytest.approx(want, rel=1e-6)
-
-
-def exact_conditional_fn(joint: np.ndarray, targets: torch.Tensor):
-    """logits_fn giving the true conditionals p(x_k | visible slots) of a joint table [V]*K."""
-    K, V = joint.ndim, joint.shape[0]
-
-    def fn(masked):
-        out = [torch.zeros(len(targets), V) for _ in range(K)]
-        for n in range(len(targets)):
-            idx = tuple(slice(None) if masked[n, j] else int(targets[n, j]) for j in range(K))
-            sub = joint[idx]  # over the masked slots
-            hidden = [j for j in range(K) if masked[n, j]]
-            for pos, k in enumerate(hidden):
-                marg = sub.sum(axis=tuple(a for a in range(len(hidden)) if a != pos))
-                out[k][n] = torch.log(torch.tensor(marg / marg.sum()))
-        return out
-
-    return fn
-
-
-@pytest.mark.parametrize("num_samples, tol", [(8, 1e-6), (2, 0.06)])
-def test_elbo_is_tight_for_true_conditionals(num_samples, tol):
-    rng = np.random.default_rng(0)
-    K, V = 3, 3
-    joint = rng.dirichlet(np.ones(V**K)).reshape([V] * K)
-    x = torch.tensor([[0, 2, 1]] * 400)  # one sequence many times: averages the sampled masks
-    fn = exact_conditional_fn(joint, x)
-    terms = diffusion_elbo_nll(fn, x, num_samples=num_samples, seed=1)  # 2 < C(3, 1): masks are sampled
-    nll = -math.log(joint[0, 2, 1])
-    assert float(terms.sum(dim=1).mean()) == pytest.approx(nll, rel=tol)
-
-
-def test_training_estimator_converges_to_its_expectation():
-    rng = np.random.default_rng(1)
-    K, V, eps = 2, 3, 0.1
-    joint = rng.dirichlet(np.ones(V**K)).reshape(V, V)
-    x = torch.tensor([[1, 2]] * 3000)
-    fn = exact_conditional_fn(joint, x)
-    got = float(diffusion_elbo_nll(fn, x, num_samples=8, method="t", eps=eps, seed=3).sum(dim=1).mean())
-    # expectation: E_t[(1/p) (p^2 (CE_0(none) + CE_1(none)) + p (1 - p) (CE_0(x1) + CE_1(x0)))], p = (1-eps) t + eps
-    p0, p1 = joint.sum(axis=1)[1], joint.sum(axis=0)[2]
-    ce_none = -math.log(p0) - math.log(p1)
-    ce_one = -math.log(joint[1, 2] / joint[:, 2].sum()) - math.log(joint[1, 2] / joint[1].sum())
-    mean_p = (1 - eps) / 2 + eps
-    want = mean_p * ce_none + (1 - mean_p) * ce_one
-    assert got == pytest.approx(want, rel=0.03)
-
-
-def test_diffusion_nll_metric_and_valid_mask():
-    rng = np.random.default_rng(2)
-    joint = rng.dirichlet(np.ones(27)).reshape(3, 3, 3)
-    x = torch.tensor([[0, 1, 2], [2, 2, 0]])
-    fn = exact_conditional_fn(joint, x)
-    m = DiffusionNLL(attribute_names=("a", "b", "c"), num_samples=8)
-    m.update(fn, x)
-    out = m.compute()
-    want = -(math.log(joint[0, 1, 2]) + math.log(joint[2, 2, 0])) / 2
-    assert float(out["nll/total"]) == pytest.approx(want, rel=1e-5)
-    assert float(out["nll/total"]) == pytest.approx(sum(float(out[f"nll/{a}"]) for a in "abc"), rel=1e-6)
-    valid = torch.tensor([[True, False, True]] * 2)
-    terms = diffusion_elbo_nll(fn, x, num_samples=8, valid=valid)
-    assert (terms[:, 1] == 0).all() and (terms[:, 0] > 0).all()
-    with pytest.raises(ValueError, match="method"):
-        diffusion_elbo_nll(fn, x, method="bogus")
 
 
 # ---- CLAP --------------------------------------------------------------------------------------

@@ -77,10 +77,10 @@ def test_nonfinite_loss_stops_with_clear_message(tiny_shards, monkeypatch):
     dm = datamodule(tiny_shards)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    import amadeus.module as mod
+    import amadeus.model.head as head
 
-    real = mod.diffusion_loss
-    monkeypatch.setattr(mod, "diffusion_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]))
+    real = head.diffusion_loss
+    monkeypatch.setattr(head, "diffusion_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]))
     with pytest.raises(FloatingPointError, match="non-finite loss at step 0"):
         module.training_step(batch, 0)
 

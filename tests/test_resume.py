@@ -149,14 +149,12 @@ class _SigtermAt:
 def _fit(shards: Path, root: Path, steps: int, ckpt: str | None = None, stop: int | None = None, workers: int = 0,
          ema: bool = False, **trainer):
     import lightning as L
-    from lightning.pytorch.callbacks import EMAWeightAveraging
 
     from amadeus.callbacks import PreemptionCheckpoint
 
     L.seed_everything(7, verbose=False)
-    module = _tiny_module()
+    module = _tiny_module(ema_decay=0.9 if ema else 0.0)  # as configs/profile/cpu.yaml (decay 0.995)
     callbacks = [PreemptionCheckpoint(str(root))] + ([_SigtermAt(stop)] if stop else [])
-    callbacks += [EMAWeightAveraging(decay=0.9)] if ema else []  # as configs/size/tiny.yaml (decay 0.995)
     options = dict(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=True,
                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
                    default_root_dir=root, callbacks=callbacks, gradient_clip_val=1.0)

@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from amadeus.grammar import SYNTAX_ERRORS, syntax_errors
+from amadeus.syntax import SYNTAX_ERRORS, syntax_errors
 from amadeus.model.config import ModelConfig
 from amadeus.model.head import AttributeDiffusionHead
+from amadeus.model.note_decoder import NoteDecoder
 from amadeus.model.transformer import NoteTransformer
 from amadeus.module import AmadeusModule
 from amadeus.sampling import (
     DEFAULT_ORDER,
     DEFAULT_STEPS,
+    TEXT_GUIDANCE,
     SamplingOptions,
     filter_probs,
     generate,
@@ -317,13 +319,15 @@ def test_classifier_free_guidance_with_a_random_prefix():
     prefix = torch.randn(2, 5, 16, dtype=torch.float64) * 3
     mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
     kw = dict(max_notes=30, min_notes=30, steps=2, seed=0)
-    cond = generate(parts, 2, prefix=prefix, prefix_mask=mask, **kw)
+    default = generate(parts, 2, prefix=prefix, prefix_mask=mask, **kw)
     plain = generate(parts, 2, **kw)
-    same = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=1.0, **kw)
+    cond = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=1.0, **kw)
+    same = generate(parts, 2, prefix=prefix, prefix_mask=mask, options=SamplingOptions(guidance=TEXT_GUIDANCE), **kw)
     uncond = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=0.0, **kw)
     strong = generate(parts, 2, prefix=prefix, prefix_mask=mask, guidance=4.0, **kw)
+    assert default.settings["guidance"] == TEXT_GUIDANCE and plain.settings["guidance"] == 1.0
     for i in range(2):
-        np.testing.assert_array_equal(cond.tokens[i], same.tokens[i])  # g = 1 is the conditional model
+        np.testing.assert_array_equal(default.tokens[i], same.tokens[i])  # with a prefix the default is TEXT_GUIDANCE
         np.testing.assert_array_equal(uncond.tokens[i], plain.tokens[i])  # g = 0: masked prefix == no prefix
         assert_well_formed(tok, strong.tokens[i])
     assert any(not np.array_equal(a, b) for a, b in zip(cond.tokens, plain.tokens))
@@ -397,8 +401,8 @@ def test_text_conditioning_end_to_end():
         generate(module, 3, text=captions)
 
 
-class _PositionStub(torch.nn.Module):
-    """A head whose logits we control: the metric is a time-signature change; position 0 (an empty bar)
+class _PositionStub(NoteDecoder):
+    """A diffusion head (the note-decoder interface) whose logits we control: the metric is a time-signature change; position 0 (an empty bar)
     has probability 0.5 while the metric is masked and 0.05 once it is revealed; position 1 otherwise."""
 
     def __init__(self, tokenizer: NoteTokenizer):

@@ -90,6 +90,32 @@ def test_generate_writes_midi_roll_and_figures(text_model, tmp_path):
     assert (gen.wav is None) == bool(gen.note)  # either audio or a note saying why not
 
 
+def _note_list(path: str | Path) -> list[tuple[int, ...]]:
+    from symusic import Score
+
+    score = Score(str(path))
+    return sorted((t.program, t.is_drum, n.time, n.duration, n.pitch, n.velocity) for t in score.tracks for n in t.notes)
+
+
+def test_cli_api_and_studio_write_the_same_notes(text_model, tmp_path):
+    """One policy per setting: the same caption, seed and length give the same notes from `amadeus generate`,
+    `Amadeus.generate` and the studio, at their defaults (guidance TEXT_GUIDANCE with a caption)."""
+    from amadeus import Amadeus
+    from amadeus.cli import main
+    from amadeus.studio import studio_generate
+
+    folder = text_model.export(tmp_path / "model")
+    assert main(["generate", "--ckpt", str(folder), "--text", CAPTION, "--seed", "5", "--num", "1",
+                 "--max-notes", "24", "--min-notes", "24", "--out", str(tmp_path / "cli")]) == 0
+    api = Amadeus.load(folder)
+    api.generate(1, text=CAPTION, seed=5, max_notes=24, min_notes=24)[0].dump_midi(str(tmp_path / "api.mid"))
+    studio = studio_generate(api, CAPTION, length_unit="notes", length=24, seed=5, out_dir=tmp_path / "studio")
+    cli_notes = _note_list(tmp_path / "cli" / "sample_000.mid")
+    assert len(cli_notes) > 0
+    assert cli_notes == _note_list(tmp_path / "api.mid") == _note_list(studio.midi)
+    assert api.last_result.settings["guidance"] == 1.5  # the caption's default, TEXT_GUIDANCE
+
+
 def test_continue_and_regenerate_an_upload(plain_model, tmp_path):
     from amadeus.studio import studio_generate
 

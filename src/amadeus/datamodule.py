@@ -42,7 +42,6 @@ from amadeus.shards import load_manifest, read_shard
 from amadeus.tokenizer import NoteTokenizer, TokenizerConfig
 
 STAGES = ("pretrain", "finetune")
-CORPORA = ("bach", "music21", "folk")  # embedded corpora (amadeus.corpus)
 COLUMNS = ["id", "tokens", "n_rows", "caption"]
 
 
@@ -362,9 +361,8 @@ class MusicDataModule(L.LightningDataModule):
         val_windows: number of (deterministic) windows used for validation and for test.
         tokenizer_hash: expected tokenizer hash; a manifest with another one is an error.
         corpus: the embedded corpus read when data_dir is None (a data_dir wins, so that a config
-            naming a corpus still takes --data.data_dir): "bach" (the default: 409 chorales) or
-            "music21" (the collections of music21's corpus, about 14,000 pieces) or "folk" (its tune
-            books only, about 11,000 folk songs and dance tunes).
+            naming a corpus still takes --data.data_dir): a name of `amadeus.corpus.CORPORA`, "bach" (the
+            default), "folk" or "music21".
     """
 
     def __init__(self, data_dir: str | list[str] | None = None, stage: str = "pretrain", max_notes: int = 256,
@@ -372,8 +370,10 @@ class MusicDataModule(L.LightningDataModule):
                  transpose: tuple[int, int] | None = (-5, 6), seed: int = 0, val_windows: int = 256,
                  tokenizer_hash: str | None = None, corpus: str | None = None) -> None:
         super().__init__()
+        from amadeus.corpus import CORPORA
+
         if corpus is not None and corpus not in CORPORA:
-            raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
+            raise ValueError(f"corpus must be one of {', '.join(CORPORA)}, got {corpus!r}")
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if max_notes < 1 or batch_size < 1 or num_workers < 0 or val_windows < 0:
@@ -415,13 +415,10 @@ class MusicDataModule(L.LightningDataModule):
 
     def _embedded(self) -> tuple[Path, Callable[[], Path]]:
         """(default shard folder, function that builds it when missing) of the embedded corpus."""
-        import amadeus.corpus as corpora
+        from amadeus.corpus import CORPORA
 
-        if self.corpus == "music21":
-            return corpora.default_music21_dir() / "shards", corpora.ensure_music21_shards
-        if self.corpus == "folk":
-            return corpora.default_folk_dir() / "shards", corpora.ensure_folk_shards
-        return corpora.default_bach_dir() / "shards", corpora.ensure_bach_shards
+        corpus = CORPORA[self.corpus or "bach"]
+        return corpus.shards_dir(), corpus.ensure_shards
 
     @property
     def manifests(self) -> list[tuple[str, dict[str, Any]]]:

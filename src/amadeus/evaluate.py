@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,9 +63,7 @@ from amadeus.metrics import (
     SyntaxErrorRate,
     TextAdherence,
 )
-from amadeus.model.baselines import decoder_ce
-from amadeus.model.diffusion import chain_rule_nll
-from amadeus.sampling import PLAUSIBILITY, plain_setting
+from amadeus.sampling.options import SamplingOptions
 
 SPLITS = ("train", "validation", "test")
 HELD_OUT = ("validation", "test")  # the real pieces generated music is compared with
@@ -162,52 +161,44 @@ def structure_metrics(tokens: Sequence[np.ndarray], tokenizer) -> dict[str, Any]
 @torch.no_grad()
 def diffusion_nll(module, windows, *, text: bool, batch_size: int = 8, num_samples: int = 4,
                   method: str = "subsets", seed: int = 0) -> dict[str, Any]:
-    """Likelihood of the evaluation windows in nats per note: `nll_per_note` (exact) and, for the
-    Amadeus decoder, `elbo_per_note` (the masked-diffusion ELBO, an upper bound) with its terms per
-    attribute as `nll/<attribute>` and `nll/total` (= elbo_per_note).
-
-    For each batch the backbone runs once (with the windows' captions as prefix when `text`), the
-    head's context once, and `logits_fn(masked)` reruns only the head's denoiser on the real target
-    rows with the chosen slots hidden; amadeus.metrics.DiffusionNLL sums the ELBO terms. The exact NLL
-    is the chain rule in column order (`amadeus.model.diffusion.chain_rule_nll`: for Amadeus the head
-    read as an autoregressive model revealing one slot at a time, metric first; for the flat, nested
-    and parallel decoders their own factorisation, whose terms are then `nll/<attribute>`).
+    """Likelihood of the evaluation windows in nats per note: `nll_per_note` (exact: the chain rule in
+    column order, `NoteDecoder.exact_nll`) and, for a diffusion decoder, `elbo_per_note` (the
+    masked-diffusion ELBO, `NoteDecoder.elbo_nll`) with its terms per attribute as `nll/<attribute>` and
+    `nll/total` (= elbo_per_note); for the autoregressive decoders `nll/<attribute>` are the exact terms.
+    With `text` the windows' captions are the prefix. Batch i of the ELBO uses seed `seed + i`.
     """
     from torch.utils.data import DataLoader
 
     from amadeus.datamodule import collate_windows
 
     names = module.tokenizer.attribute_names
-    metric = DiffusionNLL(names, num_samples=num_samples, method=method, seed=seed)
+    head, backbone = module.head, module.backbone
     dev = next(module.parameters()).device
-    diffusion = getattr(module, "decoder", "amadeus") == "amadeus"
+    elbo = DiffusionNLL(names)
     exact = torch.zeros(len(names), dtype=torch.float64)
+    notes_seen = 0
     module.eval()
-    for batch in DataLoader(windows, batch_size=batch_size, shuffle=False, collate_fn=collate_windows):
+    loader = DataLoader(windows, batch_size=batch_size, shuffle=False, collate_fn=collate_windows)
+    for i, batch in enumerate(loader):
         notes, mask = batch["notes"].to(dev), batch["mask"].to(dev)  # [B, T+1, K], [B, T+1]
-        inputs, targets = notes[:, :-1], notes[:, 1:]  # [B, T, K]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T]: the same rows training scores
         prefix, prefix_mask = module.encode_text(list(batch["caption"])) if text else (None, None)
-        tv = targets[valid]  # [N, K]
-        if not diffusion:
-            exact += decoder_ce(module.backbone, module.head, notes, prefix, prefix_mask)[0][valid].sum(0).cpu().double()
-            metric.notes += len(tv)
-            continue
-        z = module.backbone(inputs, prefix=prefix, prefix_mask=prefix_mask).z  # [B, T, d]
-        C = module.head.context(z, prefix, prefix_mask)[valid]  # [N, K, w]
-        metric.update(lambda masked: module.head.logits(C, tv, masked), tv)
-        exact += chain_rule_nll(lambda masked: module.head.logits(C, tv, masked), tv).sum(0).cpu().double()
+        exact += head.exact_nll(backbone, notes, valid, prefix, prefix_mask).sum(0).cpu().double()
+        notes_seen += int(valid.sum())
+        terms = head.elbo_nll(backbone, notes, valid, prefix, prefix_mask, num_samples=num_samples,
+                              method=method, seed=seed + i)
+        if terms is not None:
+            elbo.update(terms)
     if not len(windows):
         return {}
-    notes_seen = max(1, int(metric.notes))
-    if diffusion:
-        out = {k: _num(v) for k, v in metric.compute().items()}
+    per_note = exact / max(1, notes_seen)
+    if not head.autoregressive:
+        out = {k: _num(v) for k, v in elbo.compute().items()}
         out.update(elbo_per_note=out["nll/total"], num_samples=num_samples, method=method)
     else:
-        out = {f"nll/{name}": _num(exact[i] / notes_seen) for i, name in enumerate(names)}
-        out["nll/total"] = _num(exact.sum() / notes_seen)
-    out.update(nll_per_note=_num(exact.sum() / notes_seen), nll_order="column", windows=len(windows),
-               notes=int(metric.notes))
+        out = {f"nll/{name}": _num(per_note[i]) for i, name in enumerate(names)}
+        out["nll/total"] = _num(per_note.sum())
+    out.update(nll_per_note=_num(per_note.sum()), nll_order="column", windows=len(windows), notes=notes_seen)
     return out
 
 
@@ -351,22 +342,20 @@ def _nll(module, dm, split: str, nll_windows: int, nll_length: int, nll_samples:
                           if module.text_encoder is not None else None)}
 
 
-def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = None, split: str = "test",
-             num: int = 16, max_notes: int = 256, steps: int | None = None, seed: int = 0,
+def evaluate(ckpt: str | Path, *, options: SamplingOptions | None = None, data: str | Path | None = None,
+             split: str = "test", num: int = 16, max_notes: int = 256, seed: int = 0,
              clap: str | Path | None = None, nll_windows: int = 16, nll_length: int = 128, nll_samples: int = 4,
              device: str = "cpu", adherence: str = "amadeus", style_model: str | Path | None = None,
-             plausibility: float = PLAUSIBILITY, stratify: bool = True, sampling: dict[str, Any] | None = None,
-             log=print) -> dict[str, Any]:
+             stratify: bool = True, log=print) -> dict[str, Any]:
     """Run every metric; returns the report (what `amadeus evaluate` writes as JSON).
 
-    `guidance` is the classifier-free guidance scale of the text rows (the command's default is
-    amadeus.commands._common.TEXT_GUIDANCE). `adherence`: the feature convention of the adherence
-    metrics, one of amadeus.features.FEATURE_CONVENTIONS (see the module docstring). `style_model`:
-    where the style classifier is cached (default DATA/style-classifier.json). `plausibility`: the
-    guidance's plausibility constraint (amadeus.sampling.guide). `stratify`: prompts round-robin over
-    styles (see `read_pieces`). `sampling`: other sampler settings of both modes (temperature, top_p,
-    ...; default the sampler's). Raises ValueError / OSError (checkpoint, data) or MetricUnavailable
-    (clap) with a clear message.
+    `options`: how both modes sample (default the sampler's; its guidance applies to the text rows, the
+    rows without text are the plain model); every piece has at most `max_notes` generated rows and the
+    real pieces it is compared with are cut to as many. `adherence`: the feature convention of the
+    adherence metrics, one of amadeus.features.FEATURE_CONVENTIONS (see the module docstring).
+    `style_model`: where the style classifier is cached (default DATA/style-classifier.json).
+    `stratify`: prompts round-robin over styles (see `read_pieces`). Raises ValueError / OSError
+    (checkpoint, data) or MetricUnavailable (clap) with a clear message.
     """
     from amadeus.features import FEATURE_CONVENTIONS
 
@@ -395,14 +384,13 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
     n = len(pieces)
 
     # -- generation: with text (guided) and without, same seeds
-    options = dict(sampling or {}, max_notes=max_notes, steps=steps, seed=seed)
+    options = replace(options or SamplingOptions(), max_notes=max_notes)
     results = {}
     if text_model:
-        log(f"generating {n} pieces from their captions (guidance {guidance}) ...")
-        results["with_text"] = model.sample(n, text=[p["caption"] for p in pieces], guidance=guidance,
-                                            plausibility=plausibility, **options)
+        log(f"generating {n} pieces from their captions (guidance {options.guidance_for(True):g}) ...")
+        results["with_text"] = model.sample(n, text=[p["caption"] for p in pieces], options=options, seed=seed)
     log(f"generating {n} pieces without text ...")
-    results["without_text"] = model.sample(n, **options)
+    results["without_text"] = model.sample(n, options=replace(options, guidance=None), seed=seed)
     classifier, styles, style_report = style_targets(data, pieces, tokenizer, max_notes=max_notes,
                                                      style_model=style_model, log=log)
     scored = _adherence(model, pieces, results, clap_metric, convention=adherence, styles=(classifier, styles))
@@ -411,9 +399,9 @@ def evaluate(ckpt: str | Path, *, guidance: float, data: str | Path | None = Non
         "checkpoint": str(ckpt), "data": str(data), "split": split, "device": str(model.device),
         "threads": torch.get_num_threads(),
         "tokenizer_hash": tokenizer.config_hash, "text_conditioned": text_model,
-        "settings": {"num": n, "max_notes": max_notes, "steps": steps, "guidance": guidance if text_model else None,
-                     "plausibility": plausibility if text_model else None, "stratify": stratify,
-                     **{k: plain_setting(v) for k, v in (sampling or {}).items()},
+        "settings": {"num": n, **options.as_dict(), "steps": options.steps_for(tokenizer.K),
+                     "guidance": options.guidance_for(True) if text_model else None,
+                     "plausibility": options.plausibility if text_model else None, "stratify": stratify,
                      "seed": seed, "nll_windows": nll_windows, "nll_length": nll_length, "nll_samples": nll_samples,
                      "adherence": adherence},
         "pieces": [{"id": p["id"], "caption": p["caption"], "seed": seed + i} for i, p in enumerate(pieces)],

@@ -7,20 +7,18 @@ compares the features of a generated piece (amadeus.features) with those stated 
 Structure of generated token matrices: `SyntaxErrorRate`, `PitchClassEntropy`,
 `GrooveConsistency`, and generation speed `NotesPerSecond`.
 
-Likelihood: `diffusion_elbo_nll` / `DiffusionNLL` give the masked-diffusion ELBO per attribute, the
-proper bound on the NLL (scoring random-mask training forwards instead counts the unmasked slots,
-which the model sees, and so understates the NLL).
+Likelihood: `DiffusionNLL` accumulates the masked-diffusion ELBO per attribute
+(`amadeus.model.diffusion.diffusion_elbo_nll`) over batches.
 
 Audio-text: `ClapScore`, only with a local CLAP checkpoint (nothing is downloaded).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +29,8 @@ from torchmetrics import Metric
 from amadeus.captions import instrument_present, instrument_words, parse_caption
 from amadeus.features import extract_features, tempo_bin
 from amadeus.theory import parse_chord, parse_key
-from amadeus.grammar import SYNTAX_ERRORS, cut_at_eos, is_bar_start, note_rows, syntax_errors, ts_per_row
+from amadeus.grammar import cut_at_eos, is_bar_start, note_rows, ts_per_row
+from amadeus.syntax import SYNTAX_ERRORS, syntax_errors
 from amadeus.tokenizer import (
     ATTRIBUTES,
     COL_INSTRUMENT,
@@ -376,131 +375,33 @@ class NotesPerSecond(Metric):
         return (self.notes / self.seconds).float()
 
 
-# ================================================================================================
-# masked-diffusion ELBO
-
-
-def diffusion_elbo_nll(
-    logits_fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
-    targets: torch.Tensor,
-    num_samples: int = 16,
-    *,
-    method: str = "subsets",
-    eps: float = 0.0,
-    seed: int = 0,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-note, per-attribute terms of the masked-diffusion ELBO, in nats: float64 [N, K].
-
-    logits_fn(masked BoolTensor[N, K]) -> K tensors [N, V_k]: the head's logits when the slots
-    marked True are hidden ([MASK]) and the others show their target value. targets: LongTensor
-    [N, K]. valid: BoolTensor [N, K] of slots to score (default all; masking is unchanged).
-
-    The ELBO of masked diffusion with the linear schedule (p = t, t ~ U(0, 1)) is
-        -log p(x) <= E_t E_{M ~ Bernoulli(t)^K} [ sum_{k in M} CE_k(x | x_not_M) / t ]
-                   = sum_{m=1..K} (1/m) E_{|M| = m} [ sum_{k in M} CE_k(x | x_not_M) ],
-    (integrating t out: C(K, m) * Beta(m, K - m + 1) = 1/m). The sum over notes of row.sum() is an
-    upper bound on the NLL of the notes, tight when the head's conditionals are exact. Column k is
-    attribute k's share (its masked-slot terms); it is not the NLL of attribute k alone.
-
-    method 'subsets' (default): for each m, every subset of size m when there are at most
-        num_samples of them (exact), else num_samples uniformly drawn subsets per note. Unbiased for
-        the ELBO above with bounded variance; sum_m min(C(K, m), num_samples) calls of logits_fn.
-    method 't': the training estimator, p = (1 - eps) t + eps, each slot masked with probability p,
-        weight 1/p, t stratified over num_samples draws per note. Its mean is the training loss
-        (1/(1 - eps)) * integral_eps^1 S(p)/p dp, within O(eps) of the ELBO (equal at eps = 0,
-        where its variance is unbounded: prefer 'subsets' for reporting).
-    Draws use a CPU generator seeded with `seed`, so numbers are reproducible on any device.
-    """
-    if targets.ndim != 2:
-        raise ValueError(f"targets must be [N, K], got shape {tuple(targets.shape)}")
-    if num_samples < 1:
-        raise ValueError("num_samples must be >= 1")
-    N, K = targets.shape
-    device = targets.device
-    gen = torch.Generator().manual_seed(int(seed))
-    out = torch.zeros(N, K, dtype=torch.float64, device=device)
-
-    def masked_ce(masked: torch.Tensor) -> torch.Tensor:
-        """CE of every masked slot (0 elsewhere): float64 [N, K]."""
-        logits = logits_fn(masked)
-        if len(logits) != K:
-            raise ValueError(f"logits_fn returned {len(logits)} tensors for K = {K} attributes")
-        ce = torch.zeros(N, K, dtype=torch.float64, device=device)
-        for k in range(K):
-            if masked[:, k].any():
-                ce[:, k] = F.cross_entropy(logits[k].float(), targets[:, k], reduction="none").double()
-        return ce * masked
-
-    if method == "subsets":
-        for m in range(1, K + 1):
-            n_sub = math.comb(K, m)
-            if n_sub <= num_samples:
-                for combo in itertools.combinations(range(K), m):
-                    masked = torch.zeros(N, K, dtype=torch.bool, device=device)
-                    masked[:, list(combo)] = True
-                    out += masked_ce(masked) / (m * n_sub)
-            else:
-                for _ in range(num_samples):
-                    rank = torch.rand(N, K, generator=gen).argsort(dim=1).argsort(dim=1)  # random permutation
-                    out += masked_ce((rank < m).to(device)) / (m * num_samples)
-    elif method == "t":
-        if not 0.0 <= eps < 1.0:
-            raise ValueError(f"eps must be in [0, 1), got {eps}")
-        offset = torch.rand(N, 1, generator=gen)
-        for s in range(num_samples):
-            t = (s + offset) / num_samples  # [N, 1] stratified
-            p = (1.0 - eps) * t + eps
-            masked = torch.rand(N, K, generator=gen) < p
-            out += masked_ce(masked.to(device)) / (p.to(device).double() * num_samples)
-    else:
-        raise ValueError(f"method must be 'subsets' or 't', got {method!r}")
-    if valid is not None:
-        out = out * valid.to(device)
-    return out
-
-
 class DiffusionNLL(Metric):
     """Per-attribute masked-diffusion ELBO (nats per note), accumulated over batches.
 
-    update(logits_fn, targets [N, K], valid=None): see `diffusion_elbo_nll`; each call uses the
-    seed `seed + number of previous calls`, so a fixed evaluation order gives fixed numbers.
-    compute() -> {'nll/<attribute>': nats per note, 'nll/total': their sum, an upper bound on the
-    NLL per note}.
+    update(terms [N, K]): the ELBO terms of N notes (`amadeus.model.diffusion.diffusion_elbo_nll`, or a
+    decoder's `elbo_nll`). compute() -> {'nll/<attribute>': nats per note, 'nll/total': their sum}.
     """
 
     full_state_update = False
     higher_is_better = False
 
-    def __init__(self, attribute_names: Sequence[str] = ATTRIBUTES, num_samples: int = 16, method: str = "subsets",
-                 eps: float = 0.0, seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, attribute_names: Sequence[str] = ATTRIBUTES, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.attribute_names = tuple(attribute_names)
-        self.num_samples, self.method, self.eps, self.seed = num_samples, method, eps, seed
-        self._calls = 0
         self.add_state("nll", torch.zeros(len(self.attribute_names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("notes", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, logits_fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], targets: torch.Tensor,
-               valid: torch.Tensor | None = None) -> None:
-        if targets.shape[1] != len(self.attribute_names):
-            raise ValueError(f"DiffusionNLL: targets have {targets.shape[1]} attributes, expected "
-                             f"{len(self.attribute_names)}")
-        terms = diffusion_elbo_nll(logits_fn, targets, self.num_samples, method=self.method, eps=self.eps,
-                                   seed=self.seed + self._calls, valid=valid)
-        self._calls += 1
-        self.nll += terms.sum(dim=0).to(self.nll.device)
-        self.notes += targets.shape[0]
+    def update(self, terms: torch.Tensor) -> None:
+        if terms.ndim != 2 or terms.shape[1] != len(self.attribute_names):
+            raise ValueError(f"DiffusionNLL: terms must be [N, {len(self.attribute_names)}], got {tuple(terms.shape)}")
+        self.nll += terms.sum(dim=0).to(self.nll)
+        self.notes += terms.shape[0]
 
     def compute(self) -> dict[str, torch.Tensor]:
         per = self.nll / self.notes
         out = {f"nll/{name}": per[i].float() for i, name in enumerate(self.attribute_names)}
         out["nll/total"] = per.sum().float()
         return out
-
-    def reset(self) -> None:
-        super().reset()
-        self._calls = 0
 
 
 # ================================================================================================

@@ -21,9 +21,8 @@ from torchmetrics import MeanMetric
 
 from amadeus.checkpoint import read_checkpoint
 from amadeus.losses import mlsdes_loss
+from amadeus.model.baselines import DECODERS, build_decoder
 from amadeus.model.config import ModelConfig
-from amadeus.model.baselines import DECODERS, build_decoder, decoder_ce
-from amadeus.model.diffusion import chain_rule_nll, corrupt, diffusion_loss
 from amadeus.tokenizer import COL_METRIC, METRIC_SOS, NoteTokenizer, TokenizerConfig
 
 
@@ -43,17 +42,6 @@ def _model_config(network: ModelConfig | dict | None, tokenizer: NoteTokenizer, 
     values = {f.name: getattr(model, f.name) for f in fields(model)}
     values.update(vocab_sizes=list(vocab), prefix_dim=prefix_dim)
     return ModelConfig(**values)
-
-
-def _exact_loss(ce: Tensor, valid: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor]:
-    """An autoregressive decoder's loss from its chain-rule terms ce [B, T, K]: (mean over valid notes
-    (weighted by `weight` [B, T] in training) of the NLL per note / K, i.e. per attribute slot like the
-    diffusion loss; per-attribute means [K] over the valid notes = the NLL's terms in nats per note)."""
-    w = valid.float() if weight is None else valid.float() * weight
-    loss = (ce.sum(-1) * w).sum() / (w.sum().clamp_min(1e-8) * ce.shape[-1])
-    v = valid.float()[..., None]
-    per_attr = (ce * v).sum((0, 1)) / v.sum((0, 1)).clamp_min(1)
-    return loss, per_attr
 
 
 def _step_seed(epoch: int, batch_idx: int, rank: int) -> int:
@@ -89,6 +77,9 @@ class AmadeusModule(L.LightningModule):
             report the plain ELBO). A caption's meter, tempo and instruments are decided by the first
             notes and then copied, so with few pieces their share of the loss (1/T) is too small for
             the text to take hold; see configs/tiny-text.yaml.
+        ema_decay: 0 = off; else validation, test and the checkpoints' `state_dict` use an exponential moving
+            average of the weights with this decay (Lightning's EMAWeightAveraging, attached by
+            `configure_callbacks`; the raw weights travel beside it for resumption).
         decoder: how a note is decoded from the backbone's latent: "amadeus" (masked diffusion head),
             "flat" (one token per attribute), "nested" (small causal head over the attributes) or
             "parallel" (independent heads); see `amadeus.model.baselines`. Saved in the checkpoint.
@@ -121,10 +112,13 @@ class AmadeusModule(L.LightningModule):
         opening_weight: float = 1.0,
         opening_notes: int = 1,
         decoder: str = "amadeus",
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {ema_decay}")
         if opening_weight <= 0 or opening_notes < 0:
             raise ValueError(f"need opening_weight > 0 and opening_notes >= 0, got {opening_weight}, {opening_notes}")
         self.tokenizer = NoteTokenizer(TokenizerConfig.from_dict(tokenizer) if tokenizer else None)
@@ -158,6 +152,7 @@ class AmadeusModule(L.LightningModule):
                 "opening_weight": opening_weight,
                 "opening_notes": opening_notes,
                 "decoder": decoder,
+                "ema_decay": ema_decay,
             }
         )
         self.decoder = decoder
@@ -165,7 +160,7 @@ class AmadeusModule(L.LightningModule):
         self.K = len(self.config.vocab_sizes)
         names = self.tokenizer.attribute_names
         # One metric object per stage and attribute (torchmetrics handles DDP reduction).
-        ce_kind = "masked_ce" if decoder == "amadeus" else "nll"
+        ce_kind = self.head.per_attribute_metric
         self.stage_metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
@@ -225,53 +220,31 @@ class AmadeusModule(L.LightningModule):
         in_mask = mask[:, :-1]
         valid = mask[:, 1:] & in_mask  # [B, T]: a target row exists and so does its input
         prefix, prefix_mask = self.encode_text(batch.get("caption"), train=stage == "train")
-        weight = self._opening_weight(inputs, stage)
-        if self.decoder == "amadeus":
-            out = self.backbone(inputs, prefix=prefix, prefix_mask=prefix_mask)
-            mid = out.mid
-            # The head runs on the whole [B, T] grid (the prefix is shared per row, never copied per
-            # note); padding rows are excluded from the loss by `valid`.
-            masked, p = corrupt(targets.shape, eps=self.config.diffusion_eps, device=targets.device)
-            logits = self.head(out.z, targets, masked, prefix_states=prefix, prefix_mask=prefix_mask)
-            diff, per_attr = diffusion_loss(logits, targets, masked, p, valid, weight)
-        else:
-            ce, logits, mid = decoder_ce(self.backbone, self.head, notes, prefix, prefix_mask)
-            masked = torch.ones_like(targets, dtype=torch.bool)  # every slot is scored
-            diff, per_attr = _exact_loss(ce, valid, weight)
+        out = self.head.loss(self.backbone, notes, valid, prefix, prefix_mask, self._opening_weight(inputs, stage))
         if stage != "test":
-            mlsdes = mlsdes_loss(mid, in_mask, self.config)
+            mlsdes = mlsdes_loss(out.mid, in_mask, self.config)
         else:
-            mlsdes = diff.new_zeros(())
-        loss = diff + self.config.mlsdes_weight * mlsdes
-        result = {"loss": loss, "diffusion": diff, "mlsdes": mlsdes, "notes": valid.sum()}
+            mlsdes = out.loss.new_zeros(())
+        loss = out.loss + self.config.mlsdes_weight * mlsdes
+        result = {"loss": loss, "diffusion": out.loss, "mlsdes": mlsdes, "notes": valid.sum()}
 
         metrics = self.stage_metrics[_metric_key(stage)]
-        ce_kind = "masked_ce" if self.decoder == "amadeus" else "nll"
         with torch.no_grad():
-            # Weighted means over the masked real slots; no host sync (count 0 -> weight 0).
+            # Weighted means over the scored real slots; no host sync (count 0 -> weight 0).
             for k, name in enumerate(self.tokenizer.attribute_names):
-                m = (masked[..., k] & valid).float()
+                m = (out.scored[..., k] & valid).float()
                 count = m.sum()
-                correct = ((logits[k].argmax(-1) == targets[..., k]).float() * m).sum()
+                correct = ((out.logits[k].argmax(-1) == targets[..., k]).float() * m).sum()
                 metrics[f"acc__{name}"].update(correct / count.clamp_min(1), weight=count)
-                metrics[f"{ce_kind}__{name}"].update(per_attr[k].detach(), weight=count)
+                metrics[f"{self.head.per_attribute_metric}__{name}"].update(out.per_attribute[k].detach(), weight=count)
             if stage != "train":
-                result.update(self._per_note(notes, valid, prefix, prefix_mask, diff, per_attr))
+                # likelihoods in nats per note: exact (the chain rule in column order) and, for a diffusion
+                # decoder, this batch's ELBO estimate (the loss is per attribute slot: times K)
+                terms = self.head.exact_nll(self.backbone, notes, valid, prefix, prefix_mask)
+                result["nll_per_note"] = terms.sum(1).mean() if len(terms) else out.loss.new_zeros(())
+                if not self.head.autoregressive:
+                    result["elbo_per_note"] = out.loss * self.K
         return result
-
-    @torch.no_grad()
-    def _per_note(self, notes: Tensor, valid: Tensor, prefix: Tensor | None, prefix_mask: Tensor | None,
-                  diff: Tensor, per_attr: Tensor) -> dict[str, Tensor]:
-        """Likelihoods in nats per note (validation / test): `nll_per_note` (exact, column order) and,
-        for amadeus, `elbo_per_note` (this batch's diffusion ELBO estimate, summed over the K slots)."""
-        if self.decoder != "amadeus":
-            return {"nll_per_note": per_attr.sum()}  # the chain rule's terms are the per-attribute means
-        targets = notes[:, 1:][valid]  # [N, K]
-        out = self.backbone(notes[:, :-1], prefix=prefix, prefix_mask=prefix_mask)
-        C = self.head.context(out.z, prefix, prefix_mask)[valid]  # [N, K, w]
-        terms = chain_rule_nll(lambda masked: self.head.logits(C, targets, masked), targets)
-        return {"nll_per_note": terms.sum(1).mean() if len(targets) else diff.new_zeros(()),
-                "elbo_per_note": diff * self.K}
 
     def _opening_weight(self, inputs: Tensor, stage: str) -> Tensor | None:
         """Per-target-row loss weights [B, T] (training only): opening_weight on the first
@@ -284,6 +257,14 @@ class AmadeusModule(L.LightningModule):
         return torch.where(opens[:, None] & first[None, :], w, 1.0)
 
     # ------------------------------------------------------------------ Lightning hooks
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The weight averaging of `ema_decay` (a training recipe setting, so it lives with the model)."""
+        if not self.hparams.ema_decay:
+            return []
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        return [EMAWeightAveraging(decay=float(self.hparams.ema_decay))]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.shared_step(batch, "train")
         if not torch.isfinite(out["loss"]):

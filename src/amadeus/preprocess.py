@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from filelock import FileLock
 
-from amadeus.captions import Captions, load_captions
+from amadeus.captions import DEFAULT_TEXT_ENCODER, Captions, load_captions
 from amadeus.shards import SHARD_FORMAT, SPLITS, finish_shard, finished_shard, json_default, remove_stale, write_manifest
 from amadeus.tokenizer import MIDI_SUFFIXES, NoteTokenizer
 from amadeus.workers import SkipFile, WorkerPool, default_workers
@@ -278,7 +278,7 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
                tokenizer: NoteTokenizer | None = None, shard_size: int = 1000, val_fraction: float = 0.05,
                test_fraction: float = 0.05, auto_captions: bool = True, timeout: float | None = 120.0,
                progress: bool = True, splits: Mapping[str, str] | None = None, text_max_length: int | None = None,
-               text_encoder: str = "all-MiniLM-L6-v2") -> PreprocessReport:
+               text_encoder: str = DEFAULT_TEXT_ENCODER) -> PreprocessReport:
     """Tokenize every MIDI file of SRC into OUT/shards/*.parquet and write OUT/manifest.json.
 
     captions: a MidiCaps JSON/JSONL file (or a {location: caption} dict); files it does not cover get
@@ -339,7 +339,7 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
         return report
 
 
-def caption_token_report(out: str | os.PathLike, limit: int, text_encoder: str = "all-MiniLM-L6-v2") -> dict[str, Any]:
+def caption_token_report(out: str | os.PathLike, limit: int, text_encoder: str = DEFAULT_TEXT_ENCODER) -> dict[str, Any]:
     """How many non-empty captions of the shards in OUT exceed `limit` tokens of the text encoder's
     tokenizer: {"encoder", "limit", "captions", "over", "median", "max"}."""
     from amadeus.model.text import caption_token_counts

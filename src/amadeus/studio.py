@@ -18,11 +18,11 @@ import json
 import os
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from amadeus.sampling import PerAttribute, SamplingOptions, setting_text
+from amadeus.sampling.options import TEXT_GUIDANCE, SamplingOptions, setting_text
 from amadeus.theory import GM_PROGRAM_NAMES, MAJOR_TONICS, MINOR_TONICS
 
 DEFAULTS = SamplingOptions()  # the sampler's defaults are the page's
@@ -36,6 +36,7 @@ UPLOAD_MODES = ("continue", "regenerate")
 MAX_LENGTH = {"bars": 64, "notes": 2048}
 NOTE_CAP = 1024  # generated rows when the length is given in bars
 BENCHMARK = Path("benchmarks") / "results" / "generate.json"
+WIDGETS = {"steps": "denoising steps S", "temperature": "temperature", "top_p": "top-p", "guidance": "guidance"}
 
 
 class StudioError(ValueError):
@@ -106,26 +107,23 @@ def _others(setting: float | Mapping[str, float]) -> float:
     return float(setting.get("*", 1.0)) if isinstance(setting, Mapping) else float(setting)
 
 
-def _with_others(setting: float | Mapping[str, float], value: float) -> float | PerAttribute:
-    """`setting` with `value` for every attribute it does not name: the per-attribute values stay (the
-    page's one slider sets the rest)."""
-    return PerAttribute({**setting, "*": value}) if isinstance(setting, Mapping) else value
-
-
-def _check_ranges(length_unit: str, length: int, steps: int, K: int, temperature: float, top_p: float) -> None:
+def _options(length_unit: str, length: int, steps: int | None, temperature: float, top_p: float,
+             guidance: float | None) -> SamplingOptions:
+    """The page's sampler settings as SamplingOptions (which validates them): the temperature and top-p
+    sliders set "*", every attribute without a value of its own (amadeus.sampling.options)."""
     if length_unit not in LENGTH_UNITS:
         raise StudioError(f"length unit {length_unit!r}: choose bars or notes")
     if not 1 <= int(length) <= MAX_LENGTH[length_unit]:
         raise StudioError(f"length {length} {length_unit}: choose 1 to {MAX_LENGTH[length_unit]}")
-    if not 1 <= int(steps) <= K:
-        raise StudioError(f"denoising steps S = {steps}: choose 1 to {K} (the number of attributes)")
-    if not 0 <= float(temperature) <= 5:
-        raise StudioError(f"temperature {temperature}: choose 0 (greedy) to 5")
-    if not 0 < float(top_p) <= 1:
-        raise StudioError(f"top-p {top_p}: choose a value above 0 and at most 1")
+    try:
+        return SamplingOptions(steps=None if steps is None else int(steps), temperature={"*": float(temperature)},
+                               top_p={"*": float(top_p)}, guidance=guidance, **_length(length_unit, int(length)))
+    except ValueError as e:  # SamplingOptions names the setting first: say which widget it is
+        name = str(e).split(" ", 1)[0]
+        raise StudioError(f"{WIDGETS[name]}: {e}" if name in WIDGETS else str(e)) from None
 
 
-def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instruments: Sequence[str] = (),
+def studio_generate(model: Any, caption: str = "", guidance: float | None = None, instruments: Sequence[str] = (),
                     tempo: float = 0, time_signature: str = ANY, key: str = ANY, pitch_low: int = 0,
                     pitch_high: int = 127, velocity_low: int = 1, velocity_high: int = 127,
                     length_unit: str = "bars", length: int = 8, steps: int | None = None,
@@ -135,7 +133,8 @@ def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instru
                     regenerate: Sequence[str] = ("velocity",), out_dir: str | Path | None = None) -> Generation:
     """One generation with the page's settings (a loaded `Amadeus` model); files go to `out_dir`
     (default: a fresh folder under the temp dir). `temperature` and `top_p` set every attribute that the
-    sampler's defaults do not set apart (pitch and chord keep theirs: `_with_others`).
+    sampler's defaults do not set apart (pitch and chord keep theirs); `guidance` None is the sampler's
+    default, and without a caption guidance has nothing to do and is not used.
     StudioError on input the model cannot honour."""
     from amadeus.controls import ControlError, parse_controls
 
@@ -144,33 +143,28 @@ def studio_generate(model: Any, caption: str = "", guidance: float = 1.0, instru
     if caption and not reads_text:
         raise StudioError("this model was trained without text, so it cannot read a caption: clear the caption "
                           "box, or start the studio with a text model (e.g. outputs/demo/model-text.ckpt)")
-    if guidance != 1.0 and not caption:
-        guidance = 1.0  # guidance mixes with/without the caption: without one it has nothing to do
-    steps = DEFAULTS.steps_for(model.tokenizer.K) if steps is None else steps
-    _check_ranges(length_unit, length, steps, model.tokenizer.K, temperature, top_p)
+    options = _options(length_unit, length, steps, temperature, top_p, guidance if caption else None)
     specs = control_specs(instruments, tempo, time_signature, key, pitch_low, pitch_high, velocity_low, velocity_high)
     try:
         parse_controls(specs, model.tokenizer)
     except ControlError as e:
         raise StudioError(f"impossible control: {e}") from None
-    common = dict(steps=int(steps), temperature=_with_others(DEFAULTS.temperature, float(temperature)),
-                  top_p=_with_others(DEFAULTS.top_p, float(top_p)), seed=int(seed),
-                  controls=specs, text=caption or None, guidance=float(guidance))
+    common = dict(options=options, seed=int(seed), controls=specs, text=caption or None)
     try:
         if upload is None:
-            score = model.generate(1, **common, **_length(length_unit, int(length)))[0]
+            score = model.generate(1, **common)[0]
         elif upload_mode == "continue":
             piece = _read_upload(upload)
             if int(prompt_bars) < 1:
                 raise StudioError(f"continue from the first {prompt_bars} bars: choose at least 1 bar")
-            score = model.generate(1, prompt=piece, prompt_bars=int(prompt_bars), **common,
-                                   **_length(length_unit, int(length)))[0]
+            score = model.generate(1, prompt=piece, prompt_bars=int(prompt_bars), **common)[0]
         elif upload_mode == "regenerate":
             piece = _read_upload(upload)
             if not regenerate:
                 raise StudioError("regenerate: tick the attributes to re-sample (e.g. instrument to re-orchestrate, "
                                   "velocity to re-voice the dynamics)")
-            score = model.regenerate(piece, list(regenerate), **common)[0]
+            whole = replace(options, max_bars=None, min_notes=0)  # the piece's own length, every bar of it
+            score = model.regenerate(piece, list(regenerate), **{**common, "options": whole})[0]
         else:
             raise StudioError(f"upload mode {upload_mode!r}: choose continue or regenerate")
     except StudioError:
@@ -285,7 +279,9 @@ def _inputs(gr: Any, model: Any, examples: list[str]) -> list[Any]:
                              if reads_text else "this model reads no text: leave empty")
         if examples and reads_text:
             gr.Examples(examples=[[c] for c in examples], inputs=[caption], label="Captions from the corpus")
-        guidance = gr.Slider(1.0, 6.0, value=1.0, step=0.5, label="Guidance (1 = caption only, higher = follow it more)")
+        guidance = gr.Slider(1.0, 6.0, value=TEXT_GUIDANCE, step=0.5,
+                             label=f"Guidance with a caption (default {TEXT_GUIDANCE:g}; 1 = the conditional model alone, "
+                                   "higher = follow it more)")
         instruments = gr.Dropdown(list(INSTRUMENT_CHOICES), value=[], multiselect=True, filterable=True,
                                   label="Instruments (type to search the General MIDI names; empty = free)")
         with gr.Row():
@@ -335,7 +331,7 @@ def build_app(model_or_path: Any, captions: str | Path | None = None) -> Any:
     model = load_model(model_or_path)
     reads_text = getattr(model.module, "text_encoder", None) is not None
 
-    def generate(caption: str = "", guidance: float = 1.0, instruments: list[str] | None = None, tempo: float = 0,
+    def generate(caption: str = "", guidance: float = TEXT_GUIDANCE, instruments: list[str] | None = None, tempo: float = 0,
                  time_signature: str = ANY, key: str = ANY, pitch_low: int = 0, pitch_high: int = 127,
                  velocity_low: int = 1, velocity_high: int = 127, length_unit: str = "bars", length: int = 8,
                  steps: int = DEFAULTS.steps_for(model.tokenizer.K),

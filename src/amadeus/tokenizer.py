@@ -3,30 +3,30 @@
 Every note becomes one row of K = 8 attribute indices (metric, position, chord, tempo, instrument,
 pitch, duration, velocity); SOS / EOS / empty-bar rows frame them. The layout is the contract in
 docs/interfaces.md ("Token matrix"). What the grid or the bins cannot hold is counted, never dropped
-silently (notes of zero length, silent in the source, are dropped and counted): `encode_with_stats` returns EncodeStats, `decode_with_stats` DecodeStats, and `fidelity`
-compares the notes of a file with the notes of its encode -> decode round trip.
+silently (notes of zero length, silent in the source, are dropped and counted): `encode_with_stats`
+returns EncodeStats, `decode_with_stats` DecodeStats, and `fidelity` compares the notes of a file with the
+notes of its encode -> decode round trip (`amadeus.fidelity`; `amadeus fidelity FILE_OR_DIR` prints it).
+
+The vocabularies are `amadeus.vocabulary.TokenizerConfig`'s, the chord column `amadeus.chords`', the row
+layout `amadeus.grammar`'s; the names below are re-exported, as part of the tokenizer's API.
 
 Encoding and decoding are vectorised numpy over whole note arrays; the only Python loops run over
 tracks, time-signature events and instruments.
-
-Run `python -m amadeus.tokenizer FILE_OR_DIR...` to print the fidelity of MIDI/ABC files.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import sys
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from symusic import Note, Score, Tempo, TimeSignature, TimeUnit, Track
 
-from amadeus.theory import CHORD_INTERVALS, CHORD_QUALITIES, CHORD_SUFFIXES, GM_PROGRAM_NAMES, PITCH_CLASS_NAMES
+from amadeus.chords import CHORD_NONE, chord_name, detect_chords, pitch_class_profile  # noqa: F401
+from amadeus.fidelity import LOSS_REASONS, DecodeStats, EncodeStats, FidelityReport, compare_notes  # noqa: F401
+from amadeus.theory import CHORD_QUALITIES, GM_PROGRAM_NAMES
+from amadeus.vocabulary import DECODE_TPQ, FORMAT_VERSION, TokenizerConfig
 # the matrix layout is the grammar's; these names are part of the tokenizer's API too (docs/interfaces.md)
 from amadeus.grammar import (  # noqa: F401
     ATTRIBUTES,
@@ -55,13 +55,9 @@ from amadeus.grammar import (  # noqa: F401
     ts_per_row,
 )
 
-FORMAT_VERSION = 2  # 2: tempo ladder anchored at 120 bpm
-
 DEFAULT_TEMPO = 120.0
-DECODE_TPQ = 480
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".abc")
 
-CHORD_NONE = 1  # chord column value for "no chord"
 
 class TokenizerError(ValueError):
     """A file or a saved tokenizer that cannot be used; the message names the file and the problem."""
@@ -72,305 +68,6 @@ def instrument_name(instrument: int) -> str:
     if instrument == DRUM_INSTRUMENT:
         return "Drums"
     return GM_PROGRAM_NAMES[instrument - 1]
-
-
-# ----------------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    """Everything that fixes the vocabularies; saved (with its hash) beside every shard and checkpoint.
-
-    resolution: grid steps per quarter note (must divide 480, the tick rate of decoded MIDI).
-    max_bar_quarters: longest bar; time signatures longer than this are replaced by 4/4.
-    tempo_min / tempo_max / tempo_bins: geometric tempo ladder (bpm), nearest bin in log space.
-    velocity_bins: equal-width bins over velocities 1..127, decoded to the bin centre.
-    max_duration_quarters: longest duration; durations are every grid step up to 4 quarters, every
-        half quarter up to 8 quarters, then every quarter.
-    max_bars: guard against pathological files (a clear error beyond it).
-    """
-
-    resolution: int = 12
-    max_bar_quarters: int = 8
-    tempo_min: float = 24.0
-    tempo_max: float = 320.0
-    tempo_bins: int = 64
-    velocity_bins: int = 32
-    max_duration_quarters: int = 32
-    max_bars: int = 20000
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.resolution < 1 or DECODE_TPQ % self.resolution:
-            problems.append(f"resolution={self.resolution} must divide {DECODE_TPQ}")
-        if self.max_bar_quarters < 4:
-            problems.append("max_bar_quarters must be >= 4 (4/4 is the default signature)")
-        if not 0 < self.tempo_min < self.tempo_max or self.tempo_bins < 2:
-            problems.append("need 0 < tempo_min < tempo_max and tempo_bins >= 2")
-        if not 1 <= self.velocity_bins <= 127:
-            problems.append("velocity_bins must be in 1..127")
-        if self.max_duration_quarters < 1 or self.max_bars < 1:
-            problems.append("max_duration_quarters and max_bars must be >= 1")
-        if problems:
-            raise ValueError("invalid TokenizerConfig: " + "; ".join(problems))
-
-    @cached_property
-    def time_signatures(self) -> tuple[tuple[int, int], ...]:
-        """Every n/d (d in 1,2,4,8,16) whose bar fits max_bar_quarters and the grid; ordered by d, n."""
-        out = []
-        for d in (1, 2, 4, 8, 16):
-            for n in range(1, self.max_bar_quarters * d // 4 + 1):
-                if (n * 4 * self.resolution) % d == 0:
-                    out.append((n, d))
-        return tuple(out)
-
-    def bar_lengths(self) -> np.ndarray:
-        """Bar length in grid steps of each time signature: int64 [n_time_signatures]."""
-        return np.array([n * 4 * self.resolution // d for n, d in self.time_signatures], dtype=np.int64)
-
-    def _tempo_ladder(self) -> tuple[float, int]:
-        """(ratio, first exponent): the ladder is 120 * ratio**(k0 + i), i < tempo_bins.
-
-        Geometric from about tempo_min to tempo_max, anchored so that 120 bpm (MIDI's default)
-        is a ladder value and decodes exactly.
-        """
-        ratio = (self.tempo_max / self.tempo_min) ** (1.0 / (self.tempo_bins - 1))
-        return ratio, int(round(np.log(self.tempo_min / 120.0) / np.log(ratio)))
-
-    def tempo_values(self) -> np.ndarray:
-        """The tempo ladder in bpm: float64 [tempo_bins]."""
-        ratio, k0 = self._tempo_ladder()
-        return 120.0 * ratio ** (k0 + np.arange(self.tempo_bins, dtype=np.float64))
-
-    def tempo_index(self, bpm: np.ndarray) -> np.ndarray:
-        """Nearest ladder bin (in log space) of each tempo; out-of-range tempos clip to the ends."""
-        ratio, k0 = self._tempo_ladder()
-        bpm = np.clip(np.asarray(bpm, dtype=np.float64), 1e-6, None)
-        x = np.log(bpm / 120.0) / np.log(ratio) - k0
-        return np.clip(np.rint(x), 0, self.tempo_bins - 1).astype(np.int64)
-
-    def velocity_index(self, velocity: np.ndarray) -> np.ndarray:
-        """Equal-width bin of each velocity (0 counts as 1)."""
-        v = np.clip(np.asarray(velocity, dtype=np.int64), 1, 127)
-        return (v - 1) * self.velocity_bins // 127
-
-    def velocity_values(self) -> np.ndarray:
-        """Decoded velocity of each bin: the middle integer of the bin, int64 [velocity_bins]."""
-        v = np.arange(1, 128)
-        idx = self.velocity_index(v)
-        bins = np.arange(self.velocity_bins)
-        lo = v[np.searchsorted(idx, bins, side="left")]
-        hi = v[np.searchsorted(idx, bins, side="right") - 1]
-        return (lo + hi) // 2
-
-    def duration_values(self) -> np.ndarray:
-        """Duration bins in grid steps, ascending: int64 [n_durations]."""
-        r = self.resolution
-        half = max(1, r // 2)
-        top = self.max_duration_quarters * r
-        vals = np.concatenate([np.arange(1, 4 * r + 1), np.arange(4 * r + half, 8 * r + 1, half),
-                               np.arange(9 * r, top + 1, r)])
-        return np.unique(vals[vals <= top]).astype(np.int64)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown TokenizerConfig keys: {sorted(unknown)}")
-        return cls(**d)
-
-    @property
-    def config_hash(self) -> str:
-        """First 16 hex digits of sha256 over the canonical JSON of the config and the format version."""
-        blob = json.dumps({"format_version": FORMAT_VERSION, **self.to_dict()}, sort_keys=True,
-                          separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------------------------
-# statistics
-
-
-@dataclass
-class _Counts:
-    """Integer counters that add up across files and print as a dict."""
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    def __add__(self, other: _Counts) -> _Counts:
-        return type(self)(**{k: v + getattr(other, k) for k, v in self.as_dict().items()})
-
-
-@dataclass
-class EncodeStats(_Counts):
-    """What encoding saw and what the grid/bins changed (all counts; only zero-length notes are dropped)."""
-
-    notes: int = 0
-    drum_notes: int = 0
-    rows: int = 0
-    bars: int = 0
-    empty_bars: int = 0
-    off_grid_onset: int = 0  # onset not on the grid (rounded to the nearest step)
-    off_grid_duration: int = 0  # duration not a whole number of grid steps (rounded)
-    zero_duration: int = 0  # duration 0 ticks (silent: dropped, the only notes encoding drops)
-    duration_snapped: int = 0  # grid duration not a bin (too long or between bins): nearest bin
-    time_signature_changes: int = 0  # NEW_BAR_TS rows written after bar 0
-    time_signature_moved: int = 0  # change not on a bar line (or off the grid): moved to the next one
-    time_signature_replaced: int = 0  # unsupported signature replaced (same bar length, else 4/4)
-    tempo_changes: int = 0  # tempo-bin changes in the file (the initial tempo counts as one)
-    tempo_change_off_onset: int = 0  # of those, not reproduced at their time (no onset there)
-    tempo_out_of_range: int = 0  # tempo events outside [tempo_min, tempo_max] (clipped)
-
-
-@dataclass
-class DecodeStats(_Counts):
-    """What decoding produced and which rows it skipped (and why)."""
-
-    rows: int = 0
-    notes: int = 0
-    bars: int = 0
-    after_eos: int = 0  # rows after the first EOS (not decoded)
-    unknown_id: int = 0  # a value outside its attribute's vocabulary
-    pad_row: int = 0  # metric 0
-    misplaced_sos: int = 0  # SOS anywhere but the first row
-    no_pitch: int = 0  # SAME_ONSET / NEW_POSITION row with pitch 0
-    no_position: int = 0
-    position_beyond_bar: int = 0
-    no_instrument: int = 0
-    no_duration: int = 0
-    no_velocity: int = 0
-    no_tempo: int = 0  # note rows with tempo 0 (decoded with the previous tempo; not skipped)
-
-    @property
-    def skipped(self) -> int:
-        return (self.unknown_id + self.pad_row + self.misplaced_sos + self.no_pitch + self.no_position
-                + self.position_beyond_bar + self.no_instrument + self.no_duration + self.no_velocity)
-
-
-LOSS_REASONS = ("zero_duration", "off_grid_onset", "off_grid_duration", "duration_snapped", "unexplained")
-
-
-@dataclass
-class FidelityReport:
-    """Original notes vs the notes of encode -> decode (onset, duration, pitch, instrument, velocity bin)."""
-
-    source: str
-    notes: int
-    exact: int
-    lost: dict[str, int]
-    extra: int  # decoded notes with no original counterpart
-    stats: EncodeStats = field(default_factory=EncodeStats)
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.exact / self.notes if self.notes else 100.0
-
-    def __add__(self, other: FidelityReport) -> FidelityReport:
-        lost = {k: self.lost.get(k, 0) + other.lost.get(k, 0) for k in {*self.lost, *other.lost}}
-        return FidelityReport("total", self.notes + other.notes, self.exact + other.exact, lost,
-                              self.extra + other.extra, self.stats + other.stats)
-
-    def summary(self) -> str:
-        lost = ", ".join(f"{k}={v}" for k, v in sorted(self.lost.items()) if v) or "none"
-        return f"{self.percent:7.3f}%  {self.exact}/{self.notes} exact  lost: {lost}  {self.source}"
-
-
-# ----------------------------------------------------------------------------------------------
-# chords
-
-
-def _chord_templates() -> tuple[np.ndarray, np.ndarray]:
-    """Binary pitch-class templates [12 * Q, 12] in chord-id order (root-major) and their roots."""
-    q = len(CHORD_QUALITIES)
-    templates = np.zeros((12 * q, 12))
-    for root in range(12):
-        for qi, quality in enumerate(CHORD_QUALITIES):
-            templates[root * q + qi, [(root + i) % 12 for i in CHORD_INTERVALS[quality]]] = 1.0
-    return templates, np.repeat(np.arange(12), q)
-
-
-_TEMPLATES, _TEMPLATE_ROOTS = _chord_templates()
-
-
-def pitch_class_profile(starts: np.ndarray, ends: np.ndarray, pitches: np.ndarray, times: np.ndarray,
-                        window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pitch classes around each query time, from note intervals [start, end).
-
-    Returns (sounding [U, 12]: notes sounding at t, i.e. start <= t < end; weight [U, 12]: note-time
-    of each pitch class inside [t, t + window)). Built from a start/end difference array on the
-    compressed time axis (bincount + cumsum), so memory is O(notes), not O(time span).
-    """
-    times = np.asarray(times, dtype=np.int64)
-    if len(starts) == 0 or len(times) == 0:
-        return np.zeros((len(times), 12), np.int64), np.zeros((len(times), 12), np.float64)
-    starts = np.asarray(starts, dtype=np.int64)
-    ends = np.asarray(ends, dtype=np.int64)
-    pcs = np.asarray(pitches, dtype=np.int64) % 12
-    coords = np.unique(np.concatenate([starts, ends, times, times + window]))
-    size = len(coords) * 12
-    diff = (np.bincount(np.searchsorted(coords, starts) * 12 + pcs, minlength=size)
-            - np.bincount(np.searchsorted(coords, ends) * 12 + pcs, minlength=size))  # np.add.at, faster
-    count = np.cumsum(diff.reshape(-1, 12), axis=0)  # count[j] = notes sounding on [coords[j], coords[j+1])
-    widths = np.diff(coords, append=coords[-1]).astype(np.float64)
-    integral = np.concatenate([np.zeros((1, 12)), np.cumsum(count * widths[:, None], axis=0)])
-    ti = np.searchsorted(coords, times)
-    tw = np.searchsorted(coords, times + window)
-    return count[ti], integral[tw] - integral[ti]
-
-
-def detect_chords(starts: np.ndarray, ends: np.ndarray, pitches: np.ndarray, times: np.ndarray,
-                  window: int) -> np.ndarray:
-    """Chord id at each query time (chord column values: 1 = none, 2 + root * Q + quality).
-
-    Pass pitched notes only (no drums). Weights = note-time of each pitch class over the next
-    `window` (a beat); the template of 12 roots x CHORD_QUALITIES that best explains them wins:
-    score = weight inside the template - 0.5 * fraction of template tones missing
-    (+ 0.05 if the root is the lowest pitch starting at t; ties go to the lower id). No chord when
-    fewer than 2 pitch classes sound at t, when the root is absent, when fewer than 2 tones match,
-    or when less than 60 % of the weight lies inside the template.
-    """
-    times = np.asarray(times, dtype=np.int64)
-    out = np.full(len(times), CHORD_NONE, dtype=np.int64)
-    if len(starts) == 0 or len(times) == 0:
-        return out
-    sounding, weight = pitch_class_profile(starts, ends, pitches, times, window)
-    w = weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-9)  # [U, 12]
-    tones = (sounding > 0) | (w >= 0.15)  # [U, 12] pitch classes that count as present
-    # bass: lowest pitch among notes starting exactly at t
-    order = np.lexsort((pitches, starts))
-    s_sorted, p_sorted = np.asarray(starts)[order], np.asarray(pitches)[order] % 12
-    i = np.minimum(np.searchsorted(s_sorted, times), len(s_sorted) - 1)
-    bass = np.where(s_sorted[i] == times, p_sorted[i], -1)
-    bass_onehot = bass[:, None] == np.arange(12)[None, :]  # [U, 12]
-    # one matmul: inside + 0.5 * covered / size + 0.05 * (root == bass)  (= score + 0.5)
-    size = _TEMPLATES.sum(axis=1)  # [C]
-    feats = np.concatenate([w, 0.5 * tones, 0.05 * bass_onehot], axis=1).astype(np.float32)  # [U, 36]
-    root_onehot = (_TEMPLATE_ROOTS[:, None] == np.arange(12)[None, :]).astype(np.float64)  # [C, 12]
-    proj = np.concatenate([_TEMPLATES, _TEMPLATES / size[:, None], root_onehot], axis=1).T  # [36, C]
-    best = np.argmax(feats @ proj.astype(np.float32), axis=1)  # [U]
-    tmpl = _TEMPLATES[best]  # [U, 12]
-    inside = (w * tmpl).sum(axis=1)
-    covered = (tones * tmpl).sum(axis=1)
-    rows = np.arange(len(times))
-    ok = ((sounding > 0).sum(axis=1) >= 2) & (inside >= 0.6) & (covered >= 2)
-    ok &= tones[rows, _TEMPLATE_ROOTS[best]]
-    out[ok] = 2 + best[ok]
-    return out
-
-
-def chord_name(chord_id: int) -> str | None:
-    """Chord column value -> name like "G", "Em", "D7", "Bdim" (None for n/a or no chord)."""
-    q = len(CHORD_QUALITIES)
-    if not 2 <= chord_id < 2 + 12 * q:
-        return None
-    root, quality = divmod(int(chord_id) - 2, q)
-    return PITCH_CLASS_NAMES[root] + CHORD_SUFFIXES[CHORD_QUALITIES[quality]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,10 +173,6 @@ class NoteTokenizer:
             1 + len(self._durations),
             1 + c.velocity_bins,
         )
-
-    def bar_length(self, ts_index: int) -> int:
-        """Bar length in grid steps of config.time_signatures[ts_index]."""
-        return int(self._bar_lengths[ts_index])
 
     def sos_row(self) -> np.ndarray:
         row = np.zeros(self.K, np.int64)
@@ -820,39 +513,11 @@ class NoteTokenizer:
     # -- fidelity --------------------------------------------------------------------------------
 
     def fidelity(self, score_or_path: Score | str | Path) -> FidelityReport:
-        """Compare the multiset of original notes with the notes of encode -> decode.
-
-        A note matches when onset and duration (in quarters), pitch, instrument (drums apart) and
-        velocity bin are equal. Lost notes are attributed to the first reason that applies to them
-        (zero_duration, off_grid_onset, off_grid_duration, duration_snapped, else unexplained).
-        """
+        """Compare the multiset of original notes with the notes of encode -> decode (`compare_notes`)."""
         score, label = load_score(score_or_path)
         tokens, stats, reason = self._encode(score, label)
-        decoded = self.decode(tokens)
-        tpq = score.ticks_per_quarter
-        o = note_table(score)
-        d = note_table(decoded)
-        c = self.config
-        ok = np.stack([np.maximum(o["time"], 0) * DECODE_TPQ, np.maximum(o["duration"], 0) * DECODE_TPQ,
-                       o["pitch"], o["instrument"], c.velocity_index(o["velocity"])], axis=1)
-        dk = np.stack([d["time"] * tpq, d["duration"] * tpq, d["pitch"], d["instrument"],
-                       c.velocity_index(d["velocity"])], axis=1)
-        n = len(ok)
-        lost = {k: 0 for k in LOSS_REASONS}
-        if n + len(dk) == 0:
-            return FidelityReport(label, 0, 0, lost, 0, stats)
-        _, inv = np.unique(np.concatenate([ok, dk]), axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        u = int(inv.max()) + 1
-        co = np.bincount(inv[:n], minlength=u)
-        cd = np.bincount(inv[n:], minlength=u)
-        matched = np.minimum(co, cd)
-        excess = co - matched
-        key_reason = np.full(u, len(LOSS_REASONS) - 1, np.int64)
-        key_reason[inv[:n]] = np.where(reason >= 0, reason, len(LOSS_REASONS) - 1)
-        per = np.bincount(key_reason, weights=excess, minlength=len(LOSS_REASONS))
-        lost = {k: int(v) for k, v in zip(LOSS_REASONS, per)}
-        return FidelityReport(label, n, int(matched.sum()), lost, int((cd - matched).sum()), stats)
+        return compare_notes(note_table(score), score.ticks_per_quarter, note_table(self.decode(tokens)),
+                             self.config.velocity_index, reason, label, stats)
 
     # -- augmentation ----------------------------------------------------------------------------
 
@@ -912,13 +577,3 @@ class NoteTokenizer:
             return cls.from_dict(d)
         except TokenizerError as e:
             raise TokenizerError(f"{path}: {e}") from None
-
-
-# ----------------------------------------------------------------------------------------------
-# command line: fidelity of files
-
-
-if __name__ == "__main__":  # `python -m amadeus.tokenizer FILE_OR_DIR...`: see amadeus.commands.tokenizer
-    from amadeus.commands.tokenizer import main
-
-    sys.exit(main())

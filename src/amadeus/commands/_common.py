@@ -1,34 +1,28 @@
-"""What several commands share: device and thread set-up, argument checks, command-line defaults.
+"""What several commands share: the sampler's flags, device and thread set-up, argument checks.
 
-Each default of the command line is defined once here and used by the flags and help texts of every
-command that offers it. Library functions take these values as arguments.
+The sampler's defaults live in `amadeus.sampling.options` (torch-free, so that the data commands that
+import this module stay free of torch); the flags read them and SamplingOptions validates the values.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
-from amadeus.sampling import (  # noqa: F401 (re-exported)
+from amadeus.grammar import ATTRIBUTES
+from amadeus.sampling.options import (
     DEFAULT_STEPS,
     REVEAL_ORDERS,
     TEXT_GUIDANCE,
     SamplingOptions,
+    merge_setting,
     setting_text,
 )
-from amadeus.tokenizer import ATTRIBUTES
 
-# Sampler settings of the command line: the library's defaults, defined once in SamplingOptions.
-# TEXT_GUIDANCE: the guidance scale used with a caption when none is asked for.
+# The sampler's settings and their defaults are SamplingOptions' (amadeus.sampling.options); the flags
+# below only read them, and SamplingOptions validates what the flags give (`sampling_options`).
 _DEFAULTS = SamplingOptions()
-TEMPERATURE = _DEFAULTS.temperature
-TOP_P = _DEFAULTS.top_p
-TOP_K = _DEFAULTS.top_k
-ORDER = _DEFAULTS.order
-REVEAL_THRESHOLD = _DEFAULTS.reveal_threshold
-PLAUSIBILITY = _DEFAULTS.plausibility
-GENERATE_MAX_NOTES = _DEFAULTS.max_notes  # `amadeus generate --max-notes`
 # Sampling budgets of the commands.
 DEMO_MAX_NOTES = 256  # the demo's samples
 # torch CPU threads: 0 = torch's default. `amadeus evaluate` defaults to 1 because its sampler's
@@ -42,69 +36,64 @@ class UsageError(ValueError):
     """A bad command-line argument: printed as one line on stderr, exit code 2."""
 
 
-def add_truncation_arguments(parser: argparse.ArgumentParser, top_k: bool = False) -> None:
-    """--temperature and --top-p (and --top-k), global or per attribute, as every sampling command
-    offers them (`truncation_options` reads them)."""
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampler's flags, as every sampling command offers them (`sampling_options` reads them)."""
+    d = _DEFAULTS
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"denoising steps per note, 1..{len(ATTRIBUTES)} (default {DEFAULT_STEPS}; more steps "
+                             "cost a head pass each)")
+    parser.add_argument("--order", default=d.order,
+                        help=f"which slots a denoising step reveals: confidence, {', '.join(REVEAL_ORDERS)}, or a "
+                             f"comma-separated list of every attribute (default {d.order})")
+    parser.add_argument("--reveal-threshold", type=float, default=d.reveal_threshold,
+                        help="a slot whose drawn value is at least this likely is revealed at once, outside the "
+                             f"step budget; > 1 = off (default {d.reveal_threshold:g})")
     parser.add_argument("--temperature", action="append", metavar="[ATTR=]T",
-                        help="sampling temperature, global or per attribute (repeatable: --temperature 1.1 "
-                             "--temperature pitch=0.9); a global value sets every attribute, ATTR=T changes that "
-                             f"one and keeps the others' defaults; 0 = greedy; default {setting_text(TEMPERATURE)}")
+                        help="sampling temperature, global or per attribute, repeatable and applied left to right: "
+                             "T sets every attribute, ATTR=T one of them (the others keep their values), *=T every "
+                             f"attribute without a value of its own; 0 = greedy; default {setting_text(d.temperature)}")
     parser.add_argument("--top-p", action="append", metavar="[ATTR=]P",
-                        help=f"nucleus threshold, as --temperature (default {setting_text(TOP_P)})")
-    if top_k:
-        parser.add_argument("--top-k", action="append", metavar="[ATTR=]K",
-                            help=f"top-k, as --temperature (default {setting_text(TOP_K)} = off)")
-
-
-def add_plausibility_argument(parser: argparse.ArgumentParser) -> None:
-    """--plausibility, the guidance's plausibility constraint (amadeus.sampling.guide); checked by
-    `check_plausibility`."""
-    parser.add_argument("--plausibility", type=float, default=PLAUSIBILITY,
+                        help=f"nucleus threshold, as --temperature (default {setting_text(d.top_p)})")
+    parser.add_argument("--top-k", action="append", metavar="[ATTR=]K",
+                        help=f"top-k, as --temperature (default {setting_text(d.top_k)} = off)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help=f"classifier-free guidance scale with --text (default {TEXT_GUIDANCE:g}; 1 = the "
+                             "conditional model alone)")
+    parser.add_argument("--plausibility", type=float, default=d.plausibility,
                         help="guidance re-weights only values at least this share as likely as the conditional "
-                             f"model's top value (default {PLAUSIBILITY:g}; 0 = plain guidance over every value)")
+                             f"model's top value (default {d.plausibility:g}; 0 = plain guidance over every value)")
 
 
-def check_plausibility(value: float) -> None:
-    """--plausibility must be in [0, 1)."""
-    if not 0 <= value < 1:
-        raise UsageError(f"--plausibility must be in [0, 1), got {value}")
+def sampling_options(args: argparse.Namespace, **fixed: Any) -> SamplingOptions:
+    """SamplingOptions from the flags of `add_sampling_arguments` (and `fixed` settings such as
+    max_notes); UsageError with SamplingOptions' own message when a value is out of range."""
+    values: dict[str, Any] = dict(steps=args.steps, order=args.order, reveal_threshold=args.reveal_threshold,
+                                  guidance=args.guidance, plausibility=args.plausibility, **fixed)
+    for name, flag, cast in (("temperature", "temperature", float), ("top_p", "top-p", float),
+                             ("top_k", "top-k", int)):
+        setting = getattr(_DEFAULTS, name)
+        for item in getattr(args, name) or ():
+            setting = merge_setting(setting, _flag_value(item, flag, cast))
+        values[name] = setting
+    try:
+        return SamplingOptions(**values)
+    except ValueError as e:  # SamplingOptions names the setting first: "steps must be ..."
+        name = str(e).split(" ", 1)[0].rstrip(":")
+        flag = f"--{name.replace('_', '-')}: " if name in values else ""
+        raise UsageError(f"{flag}{e}") from None
 
 
-def truncation_options(args: argparse.Namespace) -> dict[str, Any]:
-    """{temperature, top_p(, top_k)} from the flags of `add_truncation_arguments`, over the defaults."""
-    out: dict[str, Any] = {}
-    for name, flag, cast, default in (("temperature", "temperature", float, TEMPERATURE),
-                                      ("top_p", "top-p", float, TOP_P), ("top_k", "top-k", int, TOP_K)):
-        if hasattr(args, name):
-            value = _setting(getattr(args, name), flag, cast)
-            out[name] = default if value is None else _over(default, value)
-    return out
-
-
-def _setting(values: list[str] | None, name: str, cast) -> Any:
-    """Repeated --NAME values, each "X" (all attributes) or "attr=X" -> a number or {attr: X, "*": X}."""
-    if not values:
-        return None
-    out: dict[str, Any] = {}
-    for v in values:
-        key, _, val = v.rpartition("=")
-        key = key.strip() or "*"
-        if key != "*" and key not in ATTRIBUTES:
-            raise UsageError(f"--{name} {v}: unknown attribute {key!r}; known: {', '.join(ATTRIBUTES)}")
-        try:
-            out[key] = cast(val)
-        except ValueError:
-            raise UsageError(f"--{name} {v}: {val!r} is not a number") from None
-    return out["*"] if list(out) == ["*"] else out
-
-
-def _over(default: Any, value: Any) -> Any:
-    """A setting from the flags over the default: a global value replaces it, {attr: x} (no "*")
-    changes those attributes of a per-attribute default and keeps the rest."""
-    if isinstance(value, dict) and "*" not in value:
-        base = dict(default) if isinstance(default, Mapping) else {"*": default}
-        return {**base, **value}
-    return value
+def _flag_value(text: str, name: str, cast) -> Any:
+    """One --NAME value: "X" (every attribute) -> X, "attr=X" or "*=X" -> {attr: X}."""
+    key, _, val = text.rpartition("=")
+    key = key.strip()
+    if key and key != "*" and key not in ATTRIBUTES:
+        raise UsageError(f"--{name} {text}: unknown attribute {key!r}; known: {', '.join(ATTRIBUTES)}")
+    try:
+        value = cast(val)
+    except ValueError:
+        raise UsageError(f"--{name} {text}: {val!r} is not a number") from None
+    return {key: value} if key else value
 
 
 def fail(command: str, error: Exception | str, prefix: str = "error: ") -> int:
@@ -117,13 +106,6 @@ def add_device_arguments(parser: argparse.ArgumentParser, threads: int, threads_
     """--device and --threads, as every sampling command offers them."""
     parser.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=threads, help=threads_help)
-
-
-def check_steps(steps: int | None) -> None:
-    """--steps must be None (the sampler's default) or 1..K."""
-    K = len(ATTRIBUTES)
-    if steps is not None and not 1 <= steps <= K:
-        raise UsageError(f"--steps {steps}: must be in 1..{K} (the number of attributes)")
 
 
 def check_at_least(args: argparse.Namespace, names: tuple[str, ...], minimum: int) -> None:

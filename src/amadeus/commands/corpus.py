@@ -4,6 +4,8 @@
     amadeus corpus music21 --collections oneills1850,airdsAirs
                                               every readable piece of music21's corpus, styled and captioned
     amadeus corpus folk                       its tune books only (about a minute: the demo's text corpus)
+
+The corpora are `amadeus.corpus.CORPORA`; what each build holds is printed (and in docs/results.md).
 """
 from __future__ import annotations
 
@@ -12,20 +14,16 @@ from pathlib import Path
 
 from amadeus.commands._common import fail
 
-CORPORA = ("bach", "music21", "folk")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `amadeus corpus`."""
-    from amadeus.corpus import (DEFAULT_COLLECTIONS, MUSIC21_COLLECTIONS, default_bach_dir, default_folk_dir,
-                                default_music21_dir)
+    from amadeus.corpus import CORPORA, DEFAULT_COLLECTIONS, MUSIC21_COLLECTIONS
 
-    parser.add_argument("name", choices=CORPORA,
-                        help="which embedded corpus: bach (the 409 chorales), music21 (the whole corpus) or folk "
-                             "(its ABC tune books)")
+    parser.add_argument("name", choices=list(CORPORA),
+                        help="which embedded corpus: " + "; ".join(f"{c.name}: {c.description}" for c in CORPORA.values()))
     parser.add_argument("out", nargs="?", default=None,
-                        help=f"output folder: OUT/midi and OUT/shards (default {default_bach_dir()}, "
-                             f"{default_music21_dir()} or {default_folk_dir()})")
+                        help="output folder: OUT/midi and OUT/shards (default: "
+                             + ", ".join(str(c.default_dir()) for c in CORPORA.values()) + ")")
     parser.add_argument("--collections", default=None,
                         help=f"music21 only: comma-separated subset of {', '.join(MUSIC21_COLLECTIONS)} "
                              f"(default: {', '.join(DEFAULT_COLLECTIONS)})")
@@ -60,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _bach(args: argparse.Namespace) -> int:
-    from amadeus.corpus import BACH_SHARD_SIZE, build_bach_corpus, corpus_statistics, default_bach_dir
+    from amadeus.corpus import BACH_SHARD_SIZE, CORPORA, build_bach_corpus, corpus_statistics
     from amadeus.preprocess import preprocess
 
-    root = Path(args.out) if args.out else default_bach_dir()
+    root = Path(args.out) if args.out else CORPORA["bach"].default_dir()
     report = build_bach_corpus(root / "midi", workers=args.workers, timeout=args.timeout or 60.0, limit=args.limit,
                                progress=not args.quiet)
     how = "cached" if report.cached else f"built in {report.seconds:.1f} s"
@@ -79,11 +77,10 @@ def _bach(args: argparse.Namespace) -> int:
 
 
 def _music21(args: argparse.Namespace) -> int:
-    from amadeus.corpus import (FOLK_COLLECTIONS, build_music21_corpus, build_music21_shards, default_folk_dir,
-                                default_music21_dir, format_music21_report)
+    from amadeus.corpus import CORPORA, FOLK_COLLECTIONS, build_music21_corpus, build_music21_shards, format_music21_report
 
     folk = args.name == "folk"
-    root = Path(args.out) if args.out else default_folk_dir() if folk else default_music21_dir()
+    root = Path(args.out) if args.out else CORPORA[args.name].default_dir()
     collections = ([c.strip() for c in args.collections.split(",") if c.strip()] if args.collections
                    else FOLK_COLLECTIONS if folk else None)
     options = dict(collections=collections, workers=args.workers, timeout=args.timeout or 120.0,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amadeus.commands._common import DEMO_MAX_NOTES, TEXT_GUIDANCE, fail
+from amadeus.commands._common import DEMO_MAX_NOTES, fail
 
 EVAL_PROMPTS = 96  # held-out captions of the text stage, round-robin over styles (at least 48: issue 12)
 EVAL_MAX_NOTES = 128  # rows per generated piece in the text evaluation (folk tunes: 50-150 notes)
@@ -114,13 +114,15 @@ def _sample(ckpt: Path, out: Path, num: int) -> list[Path]:
 
 
 def _text_stage(ckpt: Path, out: Path, data: Path, prompts: int, max_notes: int = EVAL_MAX_NOTES,
-                guidance: float = TEXT_GUIDANCE, **options: Any) -> dict[str, Any]:
-    """Evaluate the text model on `prompts` held-out captions of `data` (with and without the text) into
-    OUT/evaluation.json, print the report, write two pieces from the first two captions."""
+                **evaluation: Any) -> dict[str, Any]:
+    """Evaluate the text model on `prompts` held-out captions of `data` (with and without the text, at the
+    sampler's defaults unless `evaluation` holds other `evaluate` arguments) into OUT/evaluation.json, print
+    the report, write two pieces from the first two captions."""
     from amadeus.api import Amadeus
     from amadeus.evaluate import evaluate, format_report
 
-    report = evaluate(ckpt, data=data, split="test", num=prompts, max_notes=max_notes, guidance=guidance, **options)
+    report = evaluate(ckpt, data=data, split="test", num=prompts, max_notes=max_notes, **evaluation)
+    guidance = report["settings"]["guidance"]
     (out / "evaluation.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     print(format_report(report))
     features = report["adherence"]["features"]
@@ -131,7 +133,7 @@ def _text_stage(ckpt: Path, out: Path, data: Path, prompts: int, max_notes: int 
               for m in HEADLINE))
     model = Amadeus.load(ckpt)
     for i, piece in enumerate(report["pieces"][:2]):
-        scores = model.generate(num=1, text=piece["caption"], guidance=guidance, max_notes=max_notes,
+        scores = model.generate(num=1, text=piece["caption"], options=evaluation.get("options"), max_notes=max_notes,
                                 seed=piece["seed"])
         _write_samples(scores, out, f"text{i}")
         print(f"  {out}/text{i}_0.mid  from: {piece['caption']}")

@@ -10,25 +10,19 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import sys
 from pathlib import Path
 
 from amadeus.commands._common import (
-    DEFAULT_STEPS,
     EVAL_THREADS,
-    TEXT_GUIDANCE,
     UsageError,
     add_device_arguments,
-    add_plausibility_argument,
-    add_truncation_arguments,
+    add_sampling_arguments,
     check_at_least,
-    check_plausibility,
-    check_steps,
     check_threads,
     fail,
+    sampling_options,
     torch_runtime,
-    truncation_options,
 )
 
 
@@ -54,13 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"captioned pieces used as prompts (default {d['num']})")
     parser.add_argument("--max-notes", type=int, default=d["max_notes"],
                         help="at most this many generated rows per piece")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"denoising steps per note (default: the sampler's, {DEFAULT_STEPS})")
-    parser.add_argument("--guidance", type=float, default=TEXT_GUIDANCE,
-                        help=f"classifier-free guidance scale for the text rows (default {TEXT_GUIDANCE:g}; "
-                             "1 = plain conditional)")
-    add_truncation_arguments(parser)
-    add_plausibility_argument(parser)
+    add_sampling_arguments(parser)
     parser.add_argument("--first", action="store_true",
                         help="prompts: the first NUM captioned pieces in shard order (default: round-robin over "
                              "the split's styles when the data has styles)")
@@ -101,11 +89,7 @@ def _validate(args: argparse.Namespace) -> None:
     check_at_least(args, ("num", "max_notes", "nll_samples"), 1)
     check_at_least(args, ("nll_windows",), 0)
     check_at_least(args, ("nll_length",), 2)
-    check_steps(args.steps)
     check_threads(args.threads)
-    if not math.isfinite(args.guidance) or args.guidance < 0:
-        raise UsageError(f"--guidance must be a number >= 0, got {args.guidance}")
-    check_plausibility(args.plausibility)
     if args.clap is not None and not Path(args.clap).exists():
         raise UsageError(f"--clap {args.clap}: no such local CLAP checkpoint (nothing is downloaded)")
 
@@ -122,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _validate(args)
+        options = sampling_options(args)
         with torch_runtime(args.device, args.threads) as device:
-            report = evaluate(args.ckpt, data=args.data, split=args.split, num=args.num, max_notes=args.max_notes,
-                              steps=args.steps, guidance=args.guidance, seed=args.seed, clap=args.clap,
+            report = evaluate(args.ckpt, options=options, data=args.data, split=args.split, num=args.num,
+                              max_notes=args.max_notes, seed=args.seed, clap=args.clap,
                               nll_windows=args.nll_windows, nll_length=args.nll_length,
                               nll_samples=args.nll_samples, device=device, adherence=args.adherence,
-                              style_model=args.style_model, plausibility=args.plausibility,
-                              sampling=truncation_options(args),
-                              stratify=not args.first, log=lambda msg: print(msg, file=sys.stderr))
+                              style_model=args.style_model, stratify=not args.first,
+                              log=lambda msg: print(msg, file=sys.stderr))
     except (ValueError, OSError, MetricUnavailable) as e:  # checkpoint, data, tokenizer and CLAP errors
         return fail("evaluate", e)
     out = Path(args.out) if args.out else _default_out(args.ckpt)

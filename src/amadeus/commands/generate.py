@@ -7,6 +7,9 @@
     amadeus generate --ckpt CKPT --prompt-midi song.mid --regenerate velocity --out samples/revoiced
     amadeus generate --ckpt CKPT --text "A calm piano piece in D minor" --guidance 2 --out samples/text
 
+The sampler's flags and defaults are `amadeus.sampling.options.SamplingOptions`' (the same for the Python
+API and the studio: the same seed and settings write the same notes).
+
 Writes sample_000.mid ... (+ .wav, .png) and generation.json (settings, seeds, time taken, notes/s,
 guard interventions). Bad arguments print one line on stderr and exit with code 2.
 """
@@ -18,29 +21,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from amadeus.commands._common import (
-    DEFAULT_STEPS,
-    GENERATE_MAX_NOTES,
     GENERATE_THREADS,
-    ORDER,
-    REVEAL_ORDERS,
-    REVEAL_THRESHOLD,
-    TEXT_GUIDANCE,
     UsageError,
     add_device_arguments,
-    add_plausibility_argument,
-    add_truncation_arguments,
+    add_sampling_arguments,
     check_at_least,
-    check_plausibility,
-    check_steps,
     check_threads,
     fail,
+    sampling_options,
     torch_runtime,
-    truncation_options,
 )
-from amadeus.tokenizer import ATTRIBUTES
+from amadeus.sampling.options import SamplingOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,20 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="Lightning .ckpt or exported folder (amadeus export)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num", type=int, default=4, help="pieces to generate (default 4)")
-    parser.add_argument("--max-notes", type=int, default=GENERATE_MAX_NOTES,
+    parser.add_argument("--max-notes", type=int, default=SamplingOptions.max_notes,
                         help="at most this many generated rows per piece")
     parser.add_argument("--max-bars", type=int, default=None, help="at most this many generated bars per piece")
     parser.add_argument("--min-notes", type=int, default=0, help="no EOS before this many generated rows")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"denoising steps per note, 1..{len(ATTRIBUTES)} (default {DEFAULT_STEPS}: measured the "
-                             "closest to the corpus with the default truncation; more steps cost a head pass each)")
-    parser.add_argument("--order", default=ORDER,
-                        help=f"which slots a denoising step reveals: confidence, {', '.join(REVEAL_ORDERS)}, or a "
-                             f"comma-separated list of every attribute (default {ORDER})")
-    parser.add_argument("--reveal-threshold", type=float, default=REVEAL_THRESHOLD,
-                        help="a slot whose drawn value is at least this likely is revealed at once, outside the "
-                             f"step budget; > 1 = off (default {REVEAL_THRESHOLD:g})")
-    add_truncation_arguments(parser, top_k=True)
+    add_sampling_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="piece i uses seed + i (default 0)")
     parser.add_argument("--prompt-midi", default=None,
                         help="MIDI file to continue (or to regenerate with --regenerate)")
@@ -75,9 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "time_signature=3/4 pitch=48-72 key=Dm velocity=60-100 duration=0.5-2 "
                              "chord=C,G,Am,F density=4-8; add @bars=A-B to restrict to bars")
     parser.add_argument("--text", default=None, help="caption (needs a text-conditioned checkpoint)")
-    parser.add_argument("--guidance", type=float, default=None,
-                        help=f"classifier-free guidance scale (default {TEXT_GUIDANCE:g} with --text, else 1 = off)")
-    add_plausibility_argument(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="pieces decoded together (default: all)")
     add_device_arguments(parser, GENERATE_THREADS,
                          f"torch CPU threads (default {GENERATE_THREADS} = torch's default; 1 is fastest for small "
@@ -86,60 +67,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png", action="store_true", help="also draw piano-roll PNGs")
 
 
-def _validate(args: argparse.Namespace) -> None:
-    check_steps(args.steps)
+def _validate(args: argparse.Namespace) -> SamplingOptions:
+    """Check the flags; the sampler's settings as SamplingOptions."""
     check_at_least(args, ("num", "max_notes", "max_bars"), 1)
     if (args.prompt_bars or args.prompt_notes or args.regenerate) and not args.prompt_midi:
         raise UsageError("--prompt-bars / --prompt-notes / --regenerate need --prompt-midi FILE")
     if args.prompt_midi and not Path(args.prompt_midi).is_file():
         raise UsageError(f"--prompt-midi {args.prompt_midi}: no such file")
-    if args.guidance is not None and args.guidance != 1.0 and not args.text:
-        raise UsageError("--guidance needs --text")
-    check_plausibility(args.plausibility)
     check_threads(args.threads)
     ckpt = Path(args.ckpt)
     if not ckpt.exists():
         raise UsageError(f"--ckpt {ckpt}: no such checkpoint file or exported folder")
-
-
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """Sampler keyword arguments from the flags."""
-    options: dict[str, Any] = dict(
-        max_notes=args.max_notes, max_bars=args.max_bars, min_notes=args.min_notes, steps=args.steps,
-        order=args.order, reveal_threshold=args.reveal_threshold, seed=args.seed, controls=args.control,
-        batch_size=args.batch_size)
-    options.update(truncation_options(args))
-    if args.text:
-        options.update(text=args.text, guidance=TEXT_GUIDANCE if args.guidance is None else args.guidance,
-                       plausibility=args.plausibility)
+    options = sampling_options(args, max_notes=args.max_notes, max_bars=args.max_bars, min_notes=args.min_notes,
+                               batch_size=args.batch_size)
+    try:
+        options.guidance_for(bool(args.text))
+    except ValueError:
+        raise UsageError("--guidance needs --text") from None
     return options
 
 
-def _sample(args: argparse.Namespace, device: str):
+def _sample(args: argparse.Namespace, options: SamplingOptions, device: str):
     """Load the model and sample; returns (model, scores, seconds since the start)."""
     from amadeus.api import Amadeus
     from amadeus.sampling import prompt_from_midi
 
-    options = _options(args)
     model = Amadeus.load(args.ckpt, device=device)
     start = time.perf_counter()
+    common = dict(options=options, seed=args.seed, controls=args.control, text=args.text)
     if args.regenerate:
         attrs = [a.strip() for a in args.regenerate.split(",") if a.strip()]
         piece = prompt_from_midi(model.tokenizer, args.prompt_midi, bars=args.prompt_bars, notes=args.prompt_notes)
-        options.pop("max_notes")
-        scores = model.regenerate(piece, attrs, num=args.num, **options)
+        scores = model.regenerate(piece, attrs, num=args.num, **common)
     else:
         scores = model.generate(args.num, prompt=args.prompt_midi, prompt_bars=args.prompt_bars,
-                                prompt_notes=args.prompt_notes, **options)
+                                prompt_notes=args.prompt_notes, **common)
     return model, scores, start
 
 
 def run(args: argparse.Namespace) -> int:
     """Sample, write the files and generation.json; 2 on bad arguments or an unusable checkpoint."""
     try:
-        _validate(args)
+        options = _validate(args)
         with torch_runtime(args.device, args.threads) as device:
-            model, scores, start = _sample(args, device)
+            model, scores, start = _sample(args, options, device)
         result = model.last_result
     except (ValueError, OSError) as e:  # our errors (checkpoint, control, tokenizer) are ValueErrors
         return fail("generate", e)
@@ -170,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         "tokenizer_hash": model.tokenizer.config_hash,
         "device": str(model.device),
         "settings": {k: v for k, v in vars(args).items() if k not in ("func",)},
+        "sampling": result.settings,
         "seed": args.seed,
         "seeds": result.seeds,
         "seconds_sampling": round(result.seconds, 4),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from amadeus.captions import DEFAULT_TEXT_ENCODER
 from amadeus.commands._common import fail
 
 
@@ -23,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-max-length", type=int, default=None, metavar="N",
                         help="report how many captions exceed N tokens of the text encoder (e.g. the run's "
                              "model.text_max_length; counted after the shards are written)")
-    parser.add_argument("--text-encoder", default="all-MiniLM-L6-v2",
-                        help="text encoder whose tokenizer counts caption tokens (local only; default all-MiniLM-L6-v2)")
+    parser.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER,
+                        help=f"text encoder whose tokenizer counts caption tokens (local only; default {DEFAULT_TEXT_ENCODER})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amadeus.corpus.common import CAPTIONS, STAMP, _read_stamp, _write_jsonl, cache_root
+from amadeus.corpus.common import CAPTIONS, STAMP, CorpusBuild, _read_stamp, _write_jsonl, cache_root
 
 CORPUS_FORMAT = 1  # bump when the conversion changes: cached corpora are rebuilt
 BACH_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn")
@@ -222,20 +222,11 @@ def convert_chorale(task: tuple[str, str]) -> dict[str, Any]:
 
 
 @dataclass
-class CorpusReport:
-    """A corpus build: where it is, what it holds, what failed, and whether it came from the cache."""
+class CorpusReport(CorpusBuild):
+    """A Bach corpus build (CorpusBuild) and the chorales it holds."""
 
-    out_dir: Path
     pieces: list[str] = field(default_factory=list)  # MIDI file names
     notes: int = 0
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
-    music21: str = ""
-    seconds: float = 0.0
-    cached: bool = False
-
-    @property
-    def captions(self) -> Path:
-        return self.out_dir / CAPTIONS
 
 
 def _config(limit: int | None) -> dict[str, Any]:
@@ -260,8 +251,8 @@ def build_bach_corpus(out_dir: str | os.PathLike | None = None, workers: int | N
     cached = _read_stamp(stamp_path)
     if (cached and cached.get("music21") == music21.__version__ and cached.get("config") == config
             and (out / CAPTIONS).is_file() and all((out / n).is_file() for n in cached["pieces"])):
-        return CorpusReport(out, cached["pieces"], cached["notes"], cached["skipped"], cached["music21"],
-                            time.perf_counter() - t0, cached=True)
+        return CorpusReport(out, cached["skipped"], cached["music21"], time.perf_counter() - t0, cached=True,
+                            pieces=cached["pieces"], notes=cached["notes"])
 
     out.mkdir(parents=True, exist_ok=True)
     paths = bach_chorale_paths()[: limit if limit is not None else None]
@@ -298,7 +289,7 @@ def build_bach_corpus(out_dir: str | os.PathLike | None = None, workers: int | N
         tmp = stamp_path.with_name(STAMP + ".tmp")
         tmp.write_text(json.dumps(stamp, indent=1) + "\n")
         os.replace(tmp, stamp_path)
-    return CorpusReport(out, pieces, notes, skipped, music21.__version__, time.perf_counter() - t0)
+    return CorpusReport(out, skipped, music21.__version__, time.perf_counter() - t0, pieces=pieces, notes=notes)
 
 
 def _corpus_relative(path: str) -> str:

@@ -1,8 +1,10 @@
-"""What the embedded corpora share: the cache root, the stamp and captions file names, JSON(L) I/O."""
+"""What the embedded corpora share: the cache root, the stamp and captions file names, JSON(L) I/O, and
+the report of a build."""
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,19 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
         for r in records:
             f.write(json.dumps(r, sort_keys=True, default=json_default) + "\n")
     os.replace(tmp, path)
+
+
+@dataclass
+class CorpusBuild:
+    """A corpus build: where its MIDI files and captions.jsonl are, what failed, with which music21, how long
+    it took, and whether it came from the cache. Each corpus adds what it counts."""
+
+    out_dir: Path
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"} (+ "style")
+    music21: str = ""
+    seconds: float = 0.0
+    cached: bool = False
+
+    @property
+    def captions(self) -> Path:
+        return self.out_dir / CAPTIONS

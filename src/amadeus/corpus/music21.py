@@ -32,8 +32,6 @@ split.
 """
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import random
 import re
@@ -44,12 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from amadeus.corpus.common import CAPTIONS, STAMP, _read_stamp, _write_jsonl, _write_stamp, cache_root
+from amadeus.corpus.abc import (DANCE_TEMPO, SONG_BEAT, TUNE_BEAT, abc_fields, abc_fraction, abc_metre, beat_quarters,
+                                dance_kind, essen_style, parse_abc_tempo, split_abc, strip_ornaments)
+from amadeus.corpus.common import CAPTIONS, STAMP, CorpusBuild, _read_stamp, _write_jsonl, _write_stamp, cache_root
+from amadeus.corpus.splits import assign_splits, content_key
 
 MUSIC21_FORMAT = 1  # bump when the conversion changes: cached corpora are rebuilt
 MUSIC21_SHARD_SIZE = 500
 PIECES = "pieces.txt"
-TEST_MIN_SHARE = 0.03  # every style keeps at least this share of its pieces in the test split
 VOICE, VIOLIN, VIOLA, CELLO, PICCOLO = 53, 40, 41, 42, 72
 POLYPHONY_TEMPO = 120.0
 
@@ -86,31 +86,12 @@ MUSIC21_COLLECTIONS: dict[str, Collection] = {c.name: c for c in (
 )}
 DEFAULT_COLLECTIONS = tuple(n for n in MUSIC21_COLLECTIONS if n != "quartets")  # quartets: slow, opt-in
 FOLK_COLLECTIONS = tuple(n for n, c in MUSIC21_COLLECTIONS.items() if c.kind == "abc")
-"""The tune books (ABC, read by symusic): about 11,000 folk songs and dance tunes in about 45 styles, many
-metres and (for the Scottish books) real tempi, built in about a minute on 2 cores: the `folk` corpus of
-the demo's text stage (the score collections take five minutes more, most of it the Palestrina masses)."""
+"""The tune books (ABC, read by symusic): folk songs and dance tunes in many styles and metres and (for the
+Scottish books) real tempi, built in about a minute on 2 cores: the `folk` corpus of the demo's text stage
+(the score collections take five minutes more, most of it the Palestrina masses). Its size: docs/results.md."""
 QUARTET_PROGRAMS = (VIOLIN, VIOLIN, VIOLA, CELLO)
 QUARTET_WORKS = {"beethoven": "Ludwig van Beethoven", "mozart": "Wolfgang Amadeus Mozart", "haydn": "Joseph Haydn"}
 NOT_QUARTETS = ("k545", "opus133")  # a piano sonata and the Grosse Fuge file of the same folders
-
-# dances named by ABC R: fields or titles -> default tempo in quarter notes per minute
-DANCE_TEMPO = {"reel": 200, "jig": 168, "slip jig": 168, "slide": 180, "hornpipe": 144, "clog": 144,
-               "strathspey": 128, "highland fling": 128, "polka": 152, "waltz": 144, "march": 120,
-               "walkaround": 120, "gavotte": 120, "set dance": 144, "schottische": 128, "quickstep": 152,
-               "minuet": 120, "country dance": 160, "air": None}
-DANCE_ALIASES = {"double jig": "jig", "single jig": "jig", "slipjig": "slip jig", "fling": "highland fling",
-                 "slow air": "air", "jigg": "jig", "hornpipes": "hornpipe", "reels": "reel", "jigs": "jig"}
-SONG_BEAT, TUNE_BEAT = 76.0, 96.0  # default beats per minute of songs and airs / of dance tunes
-
-# Essen `O:` words -> style of the song (first match in this order wins; else "European folk song")
-ESSEN_REGIONS = (("china", "Chinese"), ("asien", "Chinese"), ("yunnan", "Chinese"), ("irland", "Irish"),
-                 ("lothringen", "Lorraine"), ("luxemburg", "Luxembourg"), ("deutschland", "German"),
-                 ("oesterreich", "Austrian"), ("schweiz", "Swiss"), ("tirol", "Austrian"),
-                 ("steiermark", "Austrian"), ("niederlande", "Dutch"), ("frankreich", "French"),
-                 ("ungarn", "Hungarian"), ("polen", "Polish"), ("schweden", "Swedish"),
-                 ("jugoslawien", "Yugoslav"), ("rumaenien", "Romanian"), ("udssr", "Russian"),
-                 ("mexiko", "Mexican"), ("amerika", "American"), ("mitteleuropa", "German"))
-
 
 def default_music21_dir() -> Path:
     """Where the music21 corpus lives by default: cache_root()/music21 (midi/ and shards/ inside)."""
@@ -129,144 +110,13 @@ def music21_corpus_dir() -> Path:
     return Path(music21.__file__).parent / "corpus"
 
 
-# ----------------------------------------------------------------------------------------------
-# ABC: tunes, fields, styles, tempo
-
-
-def split_abc(text: str) -> list[str]:
-    """The tunes of an ABC file, each starting at its `X:` line, with the file header's fields.
-
-    Fields before the first `X:` (the file header: L:, M:, Q:, R:, O:, %%MIDI ...) apply to every
-    tune that does not set them itself; they are inserted after its `X:` line. A `K:` in the file
-    header would end the tune header early and is left out.
-    """
-    parts = re.split(r"(?m)^(?=X:)", text.replace("\r\n", "\n").replace("\r", "\n"))
-    header = [ln for ln in parts[0].splitlines()
-              if re.match(r"[A-JL-WYZa-jl-wyz]:|%%", ln) and not ln.startswith("K:")]
-    tunes = []
-    for part in parts[1:]:
-        if not part.strip():
-            continue
-        first, _, rest = part.partition("\n")
-        own = set(abc_fields(part))
-        inherited = [ln for ln in header if ln.startswith("%%") or ln[0] not in own]
-        tunes.append("\n".join([first, *inherited, rest]) if inherited else part)
-    return tunes
-
-
-_ORNAMENT = re.compile(r"\{[^}]*\}|![^!\n]*!|[~TMPRHJLSOuv]+(?=[\^_=]*[A-Ga-gz\[(\.])|\.(?=[\^_=]*[A-Ga-g])")
-
-
-def strip_ornaments(tune: str) -> str:
-    """A tune without grace notes ({...}), decorations (!trill!, ~ rolls, T trills, mordents, bowings)
-    and staccato dots, in the music lines only (not in fields, chord symbols or annotations).
-
-    abc2midi plays ornaments as runs of very short notes and staccato as shortened ones, off every
-    rhythmic grid; the corpus keeps the written notes and leaves the ornaments to the player.
-    """
-    out, body = [], False
-    for line in tune.split("\n"):
-        if not body or re.match(r"[A-Za-z]:|%", line):
-            body = body or line.startswith("K:")
-            out.append(line)
-            continue
-        parts = re.split(r'("[^"]*"|\[[A-Za-z]:[^\]]*\])', line)  # chord symbols, inline fields: kept
-        out.append("".join(p if i % 2 else _ORNAMENT.sub("", p) for i, p in enumerate(parts)))
-    return "\n".join(out)
-
-
-def abc_fields(tune: str) -> dict[str, list[str]]:
-    """Header fields of one tune (lines up to the first K:), e.g. {"T": ["Title", "Subtitle"], "M": ["6/8"]}."""
-    fields: dict[str, list[str]] = {}
-    for line in tune.splitlines():
-        m = re.match(r"([A-Za-z]):\s*(.*?)\s*$", line)
-        if not m:
-            continue
-        fields.setdefault(m.group(1).upper() if m.group(1) in "tT" else m.group(1), []).append(m.group(2))
-        if m.group(1) == "K":
-            break
-    return fields
-
-
-def _fraction(text: str) -> float | None:
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    return int(m.group(1)) / int(m.group(2)) if m and int(m.group(2)) else None
-
-
-def parse_abc_tempo(q: str | None, unit: float = 1 / 8) -> float | None:
-    """Quarter notes per minute of an ABC `Q:` field; None when it states no number.
-
-    Forms: "1/4=120", "3/8=112" (dotted quarter: 168 quarters), "1/8 3/8=60" (beat lengths add up),
-    "C=120" / "C2=60" (C is the unit note length L, as abc2midi reads it), "120" (quarters), with an
-    optional quoted text ("Allegro" 1/4=140).
-    """
-    if not q:
-        return None
-    q = re.sub(r'"[^"]*"', " ", q).strip()
-    m = re.fullmatch(r"(.*?)=\s*(\d+(?:\.\d+)?)", q)
-    if m is None:
-        bare = re.fullmatch(r"(\d+(?:\.\d+)?)", q)
-        return float(bare.group(1)) if bare and float(bare.group(1)) > 0 else None
-    beat, bpm = m.group(1).strip(), float(m.group(2))
-    c = re.fullmatch(r"C(\d*)", beat)
-    if c:
-        length = unit * (int(c.group(1)) if c.group(1) else 1)
-    else:
-        lengths = [_fraction(x) for x in beat.split()]
-        if not lengths or any(x is None for x in lengths):
-            return None
-        length = sum(lengths)
-    return bpm * length * 4 if bpm > 0 and length > 0 else None
-
-
-def _metre(fields: Mapping[str, list[str]]) -> tuple[int, int]:
-    m = (fields.get("M") or ["4/4"])[0].strip()
-    if m in ("C", ""):
-        return 4, 4
-    if m == "C|":
-        return 2, 2
-    f = re.fullmatch(r"\(?(\d+)(?:\+\d+)*\)?\s*/\s*(\d+)", m)
-    return (int(f.group(1)), int(f.group(2))) if f else (4, 4)
-
-
-def beat_quarters(numerator: int, denominator: int) -> float:
-    """Quarter notes per beat of a metre: a dotted beat in compound metres (6/8, 9/8, 12/8), else the
-    denominator's note."""
-    if denominator >= 8 and numerator % 3 == 0 and numerator > 3:
-        return 1.5 * 8 / denominator
-    return 4 / denominator
-
-
-def dance_kind(fields: Mapping[str, list[str]]) -> str | None:
-    """The dance of a tune from its `R:` field, else from the words of its first title; None if none."""
-    for text in [*(fields.get("R") or [])[:1], *(fields.get("T") or [])[:1]]:
-        words = re.sub(r"[^a-z ]", " ", re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()).split()
-        for n in (2, 1):  # two-word names first ("slip jig", "highland fling")
-            for j in range(len(words) - n + 1):
-                w = " ".join(words[j:j + n])
-                w = DANCE_ALIASES.get(w, w)
-                if w in DANCE_TEMPO:
-                    return w
-    return None
-
-
-def essen_style(origin: str | None) -> tuple[str, str | None]:
-    """(style, region) of an Essen folk song from its `O:` field ("Europa, Mitteleuropa, Deutschland")."""
-    text = (origin or "").lower()
-    for word, adjective in ESSEN_REGIONS:
-        if word in text:
-            parts = [p.strip() for p in (origin or "").split(",") if p.strip()]
-            return f"{adjective} folk song", parts[-1] if parts else None
-    return "European folk song", (origin or "").strip() or None
-
-
 def abc_metadata(collection: str, file_stem: str, tune: str) -> dict[str, Any]:
     """Style, region, title, dance and tempo (with its source) of one ABC tune of a collection."""
     coll = MUSIC21_COLLECTIONS[collection]
     fields = abc_fields(tune)
     title = (fields.get("T") or [""])[0] or None
-    num, den = _metre(fields)
-    unit = _fraction((fields.get("L") or [""])[0]) or (1 / 16 if num / den < 0.75 else 1 / 8)
+    num, den = abc_metre(fields)
+    unit = abc_fraction((fields.get("L") or [""])[0]) or (1 / 16 if num / den < 0.75 else 1 / 8)
     meta: dict[str, Any] = {"collection": collection, "title": title, "region": coll.region,
                             "composer": ((fields.get("C") or [None])[0]) or coll.composer, "dance": None}
     program = coll.program
@@ -442,23 +292,6 @@ def _load_music21(path: str, meta: dict[str, Any]):
     return score
 
 
-def content_key(score) -> str:
-    """Hash of the note content (onsets and durations in quarters, pitches relative to the lowest),
-    the same for a tune in any key, tempo, instrument or tick resolution."""
-    import numpy as np
-
-    from amadeus.tokenizer import note_table
-
-    t = note_table(score)
-    if not len(t["time"]):
-        return ""
-    tpq = score.ticks_per_quarter
-    start = int(t["time"].min())
-    rows = np.stack([(t["time"] - start) * 96 // tpq, t["duration"] * 96 // tpq, t["pitch"] - t["pitch"].min()], 1)
-    rows = rows[np.lexsort((rows[:, 2], rows[:, 0]))]
-    return hashlib.sha1(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
 def convert_piece(task: dict[str, Any]) -> dict[str, Any]:
     """One piece -> OUT/<location> (MIDI, written atomically) and its captions.jsonl record with the
     statistics of the build (notes, fidelity, content key)."""
@@ -491,62 +324,17 @@ def convert_piece(task: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# splits: duplicates together, every style in the test split
-
-
-def _unit(key: str) -> float:
-    return int(hashlib.sha1(key.encode()).hexdigest()[:15], 16) / 16 ** 15
-
-
-def assign_splits(records: Sequence[Mapping[str, Any]], val_fraction: float = 0.05, test_fraction: float = 0.05,
-                  test_min_share: float = TEST_MIN_SHARE) -> dict[str, str]:
-    """{location: split}: pieces with the same content key form one group with one split (by a hash of
-    the key); then, style by style, whole training groups move to the test split (in hash order) until
-    the style has at least ceil(test_min_share * its pieces) test pieces."""
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for r in records:
-        groups.setdefault(r.get("content_key") or r["location"], []).append(r)
-    split: dict[str, str] = {}
-    for key, members in groups.items():
-        u = _unit(key)
-        split[key] = "validation" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"
-    by_style: dict[str, list[str]] = {}
-    for key, members in groups.items():
-        for r in members:
-            by_style.setdefault(r["style"], []).append(key)
-    for style in sorted(by_style):
-        keys = by_style[style]
-        need = math.ceil(test_min_share * len(keys))
-        have = sum(split[k] == "test" for k in keys)
-        for key in sorted({k for k in keys if split[k] == "train"}, key=_unit):
-            if have >= need:
-                break
-            split[key] = "test"
-            have += sum(r["style"] == style for r in groups[key])
-    return {r["location"]: split[key] for key, members in groups.items() for r in members}
-
-
-# ----------------------------------------------------------------------------------------------
 # the build
 
 
 @dataclass
-class Music21Report:
-    """A music21 corpus build: where, what per style, what failed, and whether it came from the cache."""
+class Music21Report(CorpusBuild):
+    """A music21 corpus build (CorpusBuild): its collections and what it holds per style."""
 
-    out_dir: Path
-    collections: list[str]
+    collections: list[str] = field(default_factory=list)
     pieces: int = 0
     notes: int = 0
     styles: dict[str, dict[str, Any]] = field(default_factory=dict)  # style -> statistics (STYLE_STATS)
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "style", "reason"}
-    music21: str = ""
-    seconds: float = 0.0
-    cached: bool = False
-
-    @property
-    def captions(self) -> Path:
-        return self.out_dir / CAPTIONS
 
     @property
     def pieces_list(self) -> Path:
@@ -615,8 +403,9 @@ def _cached(out: Path, config: dict[str, Any], version: str, t0: float) -> Music
             or not (out / CAPTIONS).is_file() or not (out / PIECES).is_file() \
             or not all((out / n).is_file() for n in stamp["locations"]):
         return None
-    return Music21Report(out, config["collections"], stamp["pieces"], stamp["notes"], stamp["styles"],
-                         stamp["skipped"], version, time.perf_counter() - t0, cached=True)
+    return Music21Report(out, stamp["skipped"], version, time.perf_counter() - t0, cached=True,
+                         collections=config["collections"], pieces=stamp["pieces"], notes=stamp["notes"],
+                         styles=stamp["styles"])
 
 
 def _convert_all(tasks: list[tuple[str, dict[str, Any]]], workers: int, timeout: float, progress: bool,
@@ -719,8 +508,8 @@ def build_music21_corpus(out_dir: str | os.PathLike | None = None, collections: 
     (out / PIECES).write_text("".join(f"{loc}\n" for loc in sorted(kept)))  # what preprocess reads
     styles = _style_stats(records, skipped, split)
     notes = sum(s["notes"] for s in styles.values())
-    report = Music21Report(out, names, len(records), notes, styles, skipped, music21.__version__,
-                           time.perf_counter() - t0)
+    report = Music21Report(out, skipped, music21.__version__, time.perf_counter() - t0, collections=names,
+                           pieces=len(records), notes=notes, styles=styles)
     _write_stamp(out / STAMP, {"music21": music21.__version__, "config": config, "pieces": len(records),
                                "notes": notes, "styles": styles, "skipped": skipped, "seconds": report.seconds,
                                "locations": sorted(kept)})

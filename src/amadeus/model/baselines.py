@@ -1,7 +1,8 @@
-"""The comparison decoders on the NoteTransformer backbone, trainable and sampled like Amadeus.
+"""The comparison decoders on the NoteTransformer backbone, trained, scored and sampled like Amadeus.
 
 A decoder is a (backbone, head) pair (`build_decoder`); `AmadeusModule(decoder=...)` trains any of them
-with the same data, optimiser and logging, and `amadeus.sampling.generate` samples any of them:
+with the same data, optimiser and logging, and `amadeus.sampling.generate` samples any of them through
+the interface of `amadeus.model.note_decoder`:
 
 - "amadeus": NoteTransformer + AttributeDiffusionHead (masked diffusion over the K slots; `head.py`).
 - "flat" (REMI-like): the note matrix flattened row-major into one token stream over a shared vocabulary
@@ -12,19 +13,15 @@ with the same data, optimiser and logging, and `amadeus.sampling.generate` sampl
 - "parallel": K independent linear heads on z: one step per note, attributes independent given z
   (`ParallelDecoder`).
 
-The autoregressive heads share one interface: `context(z, prefix_states, prefix_mask) -> C` (z itself)
-and `attribute_logits(C, tokens [..., K], k) -> [..., V_k]`, the logits of attribute k given the
-attributes < k of `tokens` (later columns are ignored); `decoder_ce` gives the exact per-attribute
-cross-entropy of the chain rule in column order (their NLL).
-
-Also here, for the speed benchmark (`benchmarks/generate.py`): `FlatBaseline`, `NestedHead`,
-`ParallelHead`, self-contained models with `loss(notes, mask) -> (loss, per_attribute [K])`,
-`start(notes) -> state` and `generate_note(state, temperature, generator) -> [B, K]` (no grammar).
+The three are autoregressive over the attributes (`AutoregressiveDecoder`): `teacher_forced` gives the
+logits of every attribute given the earlier rows and the attributes before it, whose cross-entropy is both
+their training loss and their exact NLL (the chain rule in column order); the sampler calls
+`attribute_logits(C, tokens [..., K], k) -> [..., V_k]` (attribute k given the attributes < k of `tokens`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -33,15 +30,67 @@ from torch import nn
 from amadeus.model.config import ModelConfig
 from amadeus.model.embedding import AttributeTables
 from amadeus.model.head import AttributeDiffusionHead, SlotBlock
+from amadeus.model.note_decoder import DecoderLoss, NoteDecoder
 from amadeus.model.transformer import KVCache, NoteTransformer, RMSNorm, TransformerOutput, init_weights
 
 DECODERS = ("amadeus", "flat", "nested", "parallel")
-AUTOREGRESSIVE = ("flat", "nested", "parallel")
 
 
 def _offsets(vocab_sizes: tuple[int, ...]) -> torch.Tensor:
     sizes = torch.tensor(vocab_sizes)
     return torch.cumsum(sizes, 0) - sizes
+
+
+def cross_entropy(logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """-log p of every target: K logits [..., V_k], targets [..., K] -> [..., K] (float32)."""
+    return torch.stack([F.cross_entropy(lg.float().flatten(0, -2), targets[..., k].flatten(), reduction="none")
+                        for k, lg in enumerate(logits)], -1).reshape(targets.shape)
+
+
+def exact_loss(ce: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An autoregressive decoder's loss from its chain-rule terms ce [B, T, K]: (the mean over valid notes
+    (weighted by `weight` [B, T] in training) of the NLL per note / K, i.e. per attribute slot like the
+    diffusion loss; per-attribute means [K] over the valid notes = the NLL's terms in nats per note)."""
+    w = valid.float() if weight is None else valid.float() * weight
+    loss = (ce.sum(-1) * w).sum() / (w.sum().clamp_min(1e-8) * ce.shape[-1])
+    v = valid.float()[..., None]
+    per_attr = (ce * v).sum((0, 1)) / v.sum((0, 1)).clamp_min(1)
+    return loss, per_attr
+
+
+class AutoregressiveDecoder(NoteDecoder):
+    """A decoder that factorises a note attribute by attribute in column order (flat, nested, parallel)."""
+
+    autoregressive = True
+    per_attribute_metric = "nll"  # the exact chain-rule term of each attribute, nats per note
+
+    def teacher_forced(self, backbone: nn.Module, notes: torch.Tensor, prefix: torch.Tensor | None,
+                       prefix_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(logits K x [B, T, V_k] of rows 1..T of notes [B, T+1, K], attribute k given the earlier rows and
+        the attributes < k; mid [B, T, d], the backbone's MLSDES features, one per input row)."""
+        raise NotImplementedError
+
+    def attribute_logits(self, C: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits [..., V_k] of attribute k given C and the attributes < k of tokens [..., K]."""
+        raise NotImplementedError
+
+    def context(self, z: torch.Tensor, prefix_states: torch.Tensor | None = None,
+                prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z itself: the prefix is already in the backbone."""
+        return z
+
+    def loss(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
+             prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> DecoderLoss:
+        logits, mid = self.teacher_forced(backbone, notes, prefix, prefix_mask)
+        targets = notes[:, 1:]
+        loss, per_attribute = exact_loss(cross_entropy(logits, targets), valid, weight)
+        return DecoderLoss(loss, per_attribute, logits, torch.ones_like(targets, dtype=torch.bool), mid)
+
+    def exact_nll(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
+                  prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits, _ = self.teacher_forced(backbone, notes, prefix, prefix_mask)
+        return cross_entropy(logits, notes[:, 1:])[valid]
 
 
 class FlatBackbone(NoteTransformer):
@@ -55,7 +104,7 @@ class FlatBackbone(NoteTransformer):
     def __init__(self, cfg: ModelConfig):
         cfg.require_vocab()
         super().__init__(replace(cfg, vocab_sizes=(sum(cfg.vocab_sizes),), max_notes=cfg.max_notes * cfg.K))
-        self.K, self.max_rows = cfg.K, cfg.max_notes
+        self.K, self.max_rows, self.tokens_per_note = cfg.K, cfg.max_notes, cfg.K  # max_rows: notes, not tokens
         self.register_buffer("offsets", _offsets(cfg.vocab_sizes), persistent=False)  # [K]
 
     def flatten(self, notes: torch.Tensor, partial: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,8 +134,10 @@ class FlatBackbone(NoteTransformer):
         return NoteTransformer.forward(self, token, cache=cache).z[:, -1]
 
 
-class FlatDecoder(nn.Module):
+class FlatDecoder(AutoregressiveDecoder):
     """The flat decoder's output layer: shared-vocabulary logits restricted to the attribute's range."""
+
+    name = "flat"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -96,18 +147,26 @@ class FlatDecoder(nn.Module):
         init_weights(self.out, 1)
         self.offsets = tuple(int(o) for o in _offsets(cfg.vocab_sizes))
 
-    def context(self, z: torch.Tensor, prefix_states=None, prefix_mask=None) -> torch.Tensor:
-        """The latent after the last fed token (the prefix is already in the backbone)."""
-        return z
-
     def attribute_logits(self, C: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
         """Logits [..., V_k] of attribute k from the latent after attribute k - 1 (C)."""
         o = self.offsets[k]
         return self.out(C)[..., o: o + self.cfg.vocab_sizes[k]]
 
+    def teacher_forced(self, backbone: nn.Module, notes: torch.Tensor, prefix: torch.Tensor | None,
+                       prefix_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        B, T, K = notes.shape[0], notes.shape[1] - 1, notes.shape[2]
+        targets = notes[:, 1:]
+        out = backbone(notes[:, :-1], prefix, prefix_mask, partial=notes[:, -1, :-1])  # z [B, (T+1)K - 1, d]
+        z = out.z[:, K - 1:].reshape(B, T, K, -1)  # z[:, t, k] predicts attribute k of row t + 1
+        logits = [self.attribute_logits(z[:, :, k], targets, k) for k in range(K)]
+        mid = out.mid[:, K - 1:].reshape(B, T, K, -1)[:, :, 0]  # after each input row's last token
+        return logits, mid
 
-class ParallelDecoder(nn.Module):
+
+class ParallelDecoder(AutoregressiveDecoder):
     """K independent linear heads on z (all attributes at once, no dependency between them)."""
+
+    name = "parallel"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -116,19 +175,20 @@ class ParallelDecoder(nn.Module):
         self.out = nn.ModuleList(nn.Linear(cfg.d_model, v) for v in cfg.vocab_sizes)
         init_weights(self.out, 1)
 
-    def context(self, z: torch.Tensor, prefix_states=None, prefix_mask=None) -> torch.Tensor:
-        return z
-
-    def note_logits(self, z: torch.Tensor, targets: torch.Tensor | None = None) -> list[torch.Tensor]:
-        return [head(z) for head in self.out]
-
     def attribute_logits(self, C: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
         return self.out[k](C)
 
+    def teacher_forced(self, backbone: nn.Module, notes: torch.Tensor, prefix: torch.Tensor | None,
+                       prefix_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        out = backbone(notes[:, :-1], prefix, prefix_mask)
+        return [head(out.z) for head in self.out], out.mid
 
-class NestedDecoder(nn.Module):
+
+class NestedDecoder(AutoregressiveDecoder):
     """`head_layers` causal blocks over the K attribute positions (input k: embedding of attribute k-1,
     a learned BOS for k=0), cross-attending to proj(z); K head passes per note when sampling."""
+
+    name = "nested"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -147,9 +207,6 @@ class NestedDecoder(nn.Module):
         nn.init.normal_(self.bos, std=0.02)
         nn.init.normal_(self.slot, std=0.02)
 
-    def context(self, z: torch.Tensor, prefix_states=None, prefix_mask=None) -> torch.Tensor:
-        return z
-
     def note_logits(self, z: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
         """Teacher-forced: logits of attribute k see z and the attributes < k. z [..., d], targets [..., K]."""
         lead = targets.shape[:-1]
@@ -165,8 +222,13 @@ class NestedDecoder(nn.Module):
     def attribute_logits(self, C: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
         return self.note_logits(C, tokens)[k]
 
+    def teacher_forced(self, backbone: nn.Module, notes: torch.Tensor, prefix: torch.Tensor | None,
+                       prefix_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        out = backbone(notes[:, :-1], prefix, prefix_mask)
+        return self.note_logits(out.z, notes[:, 1:]), out.mid
 
-def build_decoder(cfg: ModelConfig, decoder: str = "amadeus") -> tuple[nn.Module, nn.Module]:
+
+def build_decoder(cfg: ModelConfig, decoder: str = "amadeus") -> tuple[NoteTransformer, NoteDecoder]:
     """(backbone, head) of a decoder (one of DECODERS)."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
@@ -174,99 +236,3 @@ def build_decoder(cfg: ModelConfig, decoder: str = "amadeus") -> tuple[nn.Module
         return FlatBackbone(cfg), FlatDecoder(cfg)
     head = {"amadeus": AttributeDiffusionHead, "nested": NestedDecoder, "parallel": ParallelDecoder}[decoder]
     return NoteTransformer(cfg), head(cfg)
-
-
-def cross_entropy(logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    """-log p of every target: K logits [..., V_k], targets [..., K] -> [..., K] (float32)."""
-    return torch.stack([F.cross_entropy(lg.float().flatten(0, -2), targets[..., k].flatten(), reduction="none")
-                        for k, lg in enumerate(logits)], -1).reshape(targets.shape)
-
-
-def decoder_ce(backbone: nn.Module, head: nn.Module, notes: torch.Tensor, prefix: torch.Tensor | None = None,
-               prefix_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-    """Exact chain-rule terms of an autoregressive decoder on rows 1..T of notes [B, T+1, K]:
-    (ce [B, T, K] = -log p(attribute k | earlier rows, attributes < k), logits K x [B, T, V_k],
-    mid [B, T, d] (the backbone's MLSDES features, one per input row)). ce summed over k is the NLL per note."""
-    inputs, targets = notes[:, :-1], notes[:, 1:]
-    B, T, K = targets.shape
-    if isinstance(head, FlatDecoder):
-        out = backbone(inputs, prefix, prefix_mask, partial=notes[:, -1, :-1])  # z [B, (T+1)K - 1, d]
-        z = out.z[:, K - 1:].reshape(B, T, K, -1)  # z[:, t, k] predicts attribute k of row t + 1
-        logits = [head.attribute_logits(z[:, :, k], targets, k) for k in range(K)]
-        mid = out.mid[:, K - 1:].reshape(B, T, K, -1)[:, :, 0]  # after each input row's last token
-    else:
-        out = backbone(inputs, prefix, prefix_mask)
-        logits, mid = head.note_logits(out.z, targets), out.mid
-    return cross_entropy(logits, targets), logits, mid
-
-
-# ----------------------------------------------------------------------------------------------
-# self-contained models for the speed benchmark
-
-
-@dataclass
-class BaselineState:
-    cache: KVCache
-    z: torch.Tensor  # [B, d] backbone output at the last position
-
-
-def sample(logits: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One index per row of logits [B, V] (argmax when temperature <= 0)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def note_loss(ce: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean CE per attribute over valid notes (ce [..., K], valid [...]) -> (their mean, per_attribute [K])."""
-    w = valid.reshape(-1, 1).float()
-    per_attribute = (ce.reshape(-1, ce.shape[-1]) * w).sum(0) / w.sum().clamp_min(1)
-    return per_attribute.mean(), per_attribute
-
-
-class _Baseline(nn.Module):
-    """A decoder's backbone and head with a loss and a plain (grammar-free) note sampler."""
-
-    decoder = ""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.backbone, self.head = build_decoder(cfg, self.decoder)
-
-    def loss(self, notes, mask, prefix=None, prefix_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-        ce, _, _ = decoder_ce(self.backbone, self.head, notes, prefix, prefix_mask)
-        return note_loss(ce, mask[:, 1:] & mask[:, :-1])
-
-    @torch.no_grad()
-    def start(self, notes, prefix=None, prefix_mask=None) -> BaselineState:
-        cache = self.backbone.new_cache(notes.shape[0])
-        return BaselineState(cache, self.backbone(notes, prefix, prefix_mask, cache=cache).z[:, -1])
-
-    @torch.no_grad()
-    def generate_note(self, state: BaselineState, temperature: float = 1.0, generator=None) -> torch.Tensor:
-        note = torch.zeros(state.z.shape[0], self.cfg.K, dtype=torch.long, device=state.z.device)
-        C = state.z
-        for k in range(self.cfg.K):
-            note[:, k] = sample(self.head.attribute_logits(C, note, k), temperature, generator)
-            if self.decoder == "flat":  # K backbone steps per note
-                C = state.z = self.backbone.step(note[:, k], k, state.cache)
-        if self.decoder != "flat":
-            state.z = self.backbone(note[:, None], cache=state.cache).z[:, -1]
-        return note
-
-
-class FlatBaseline(_Baseline):
-    decoder = "flat"
-
-    def flatten(self, notes: torch.Tensor) -> torch.Tensor:
-        return self.backbone.flatten(notes)
-
-
-class NestedHead(_Baseline):
-    decoder = "nested"
-
-
-class ParallelHead(_Baseline):
-    decoder = "parallel"

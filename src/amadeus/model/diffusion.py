@@ -3,12 +3,21 @@
 Forward process: per note draw t ~ U(0, 1), mask every slot independently with p = (1 - eps) t + eps.
 Loss: cross-entropy on masked slots only, weighted by 1/p, summed over slots and divided by K (LLaDA's
 unbiased ELBO estimator, normalised per note, never per masked slot, so no 0/0), mean over valid notes.
-Sampling: S steps; all slots start masked; step s reveals `reveal_schedule(K, S)[s]` slots, the most
-confident masked ones (`confidence_reveal`); revealed slots stay frozen.
+Sampling: all slots start masked; a step reveals some masked slots (`confidence_reveal` chooses the most
+confident ones), which then stay frozen.
+
+Likelihoods of a note under the head, each a function of `logits_fn(masked) -> K logits`:
+  `chain_rule_nll`      exact: the head read as an autoregressive model revealing one slot at a time in a
+                        fixed order (K passes); what a sampler drawing one slot per pass in that order samples.
+  `diffusion_elbo_nll`  the masked-diffusion ELBO, which equals the chain-rule NLL averaged over uniformly
+                        random reveal orders: an upper bound on the NLL of revealing the slots in a random
+                        order, not a bound on the column-order NLL note by note.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -81,15 +90,6 @@ def diffusion_loss(
     return loss, per_attribute
 
 
-def reveal_schedule(num_slots: int, steps: int) -> list[int]:
-    """How many slots to reveal at each of `steps` steps: as even as possible, earlier steps first,
-    summing to num_slots (e.g. K=8, S=3 -> [3, 3, 2]). steps must be in 1..num_slots."""
-    if not 1 <= steps <= num_slots:
-        raise ValueError(f"denoising steps must be in 1..{num_slots} (the number of attributes), got {steps}")
-    base, extra = divmod(num_slots, steps)
-    return [base + (s < extra) for s in range(steps)]
-
-
 def confidence_reveal(
     confidence: torch.Tensor, still_masked: torch.Tensor, count: int | torch.Tensor
 ) -> torch.Tensor:
@@ -135,3 +135,85 @@ def chain_rule_nll(
         masked = masked.clone()
         masked[:, k] = False
     return terms
+
+
+def diffusion_elbo_nll(
+    logits_fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    targets: torch.Tensor,
+    num_samples: int = 16,
+    *,
+    method: str = "subsets",
+    eps: float = 0.0,
+    seed: int = 0,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-note, per-attribute terms of the masked-diffusion ELBO, in nats: float64 [N, K].
+
+    logits_fn(masked BoolTensor[N, K]) -> K tensors [N, V_k]: the head's logits when the slots
+    marked True are hidden ([MASK]) and the others show their target value. targets: LongTensor
+    [N, K]. valid: BoolTensor [N, K] of slots to score (default all; masking is unchanged).
+
+    The ELBO of masked diffusion with the linear schedule (p = t, t ~ U(0, 1)) is
+        E_t E_{M ~ Bernoulli(t)^K} [ sum_{k in M} CE_k(x | x_not_M) / t ]
+          = sum_{m=1..K} (1/m) E_{|M| = m} [ sum_{k in M} CE_k(x | x_not_M) ]
+    (integrating t out: C(K, m) * Beta(m, K - m + 1) = 1/m), which is the chain-rule NLL of the note
+    averaged over uniformly random reveal orders (step i of a random order reveals one of the K - i + 1
+    masked slots, each with probability 1 / (K - i + 1)). So it bounds the NLL of revealing slots in a
+    random order; it is not a bound on the column-order NLL (`chain_rule_nll`) note by note. Column k is
+    attribute k's share (its masked-slot terms); it is not the NLL of attribute k alone.
+
+    method 'subsets' (default): for each m, every subset of size m when there are at most
+        num_samples of them (exact), else num_samples uniformly drawn subsets per note. Unbiased for
+        the ELBO above with bounded variance; sum_m min(C(K, m), num_samples) calls of logits_fn.
+    method 't': the training estimator, p = (1 - eps) t + eps, each slot masked with probability p,
+        weight 1/p, t stratified over num_samples draws per note. Its mean is the training loss
+        (1/(1 - eps)) * integral_eps^1 S(p)/p dp, within O(eps) of the ELBO (equal at eps = 0,
+        where its variance is unbounded: prefer 'subsets' for reporting).
+    Draws use a CPU generator seeded with `seed`, so numbers are reproducible on any device.
+    """
+    if targets.ndim != 2:
+        raise ValueError(f"targets must be [N, K], got shape {tuple(targets.shape)}")
+    if num_samples < 1:
+        raise ValueError("num_samples must be >= 1")
+    N, K = targets.shape
+    device = targets.device
+    gen = torch.Generator().manual_seed(int(seed))
+    out = torch.zeros(N, K, dtype=torch.float64, device=device)
+
+    def masked_ce(masked: torch.Tensor) -> torch.Tensor:
+        """CE of every masked slot (0 elsewhere): float64 [N, K]."""
+        logits = logits_fn(masked)
+        if len(logits) != K:
+            raise ValueError(f"logits_fn returned {len(logits)} tensors for K = {K} attributes")
+        ce = torch.zeros(N, K, dtype=torch.float64, device=device)
+        for k in range(K):
+            if masked[:, k].any():
+                ce[:, k] = F.cross_entropy(logits[k].float(), targets[:, k], reduction="none").double()
+        return ce * masked
+
+    if method == "subsets":
+        for m in range(1, K + 1):
+            n_sub = math.comb(K, m)
+            if n_sub <= num_samples:
+                for combo in itertools.combinations(range(K), m):
+                    masked = torch.zeros(N, K, dtype=torch.bool, device=device)
+                    masked[:, list(combo)] = True
+                    out += masked_ce(masked) / (m * n_sub)
+            else:
+                for _ in range(num_samples):
+                    rank = torch.rand(N, K, generator=gen).argsort(dim=1).argsort(dim=1)  # random permutation
+                    out += masked_ce((rank < m).to(device)) / (m * num_samples)
+    elif method == "t":
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"eps must be in [0, 1), got {eps}")
+        offset = torch.rand(N, 1, generator=gen)
+        for s in range(num_samples):
+            t = (s + offset) / num_samples  # [N, 1] stratified
+            p = (1.0 - eps) * t + eps
+            masked = torch.rand(N, K, generator=gen) < p
+            out += masked_ce(masked.to(device)) / (p.to(device).double() * num_samples)
+    else:
+        raise ValueError(f"method must be 'subsets' or 't', got {method!r}")
+    if valid is not None:
+        out = out * valid.to(device)
+    return out

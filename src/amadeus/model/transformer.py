@@ -232,12 +232,18 @@ def init_weights(module: nn.Module, n_layers: int) -> None:
 
 
 class NoteTransformer(nn.Module):
-    """Causal decoder over notes: embed -> [prefix] + notes -> n_layers blocks -> final norm -> z."""
+    """Causal decoder over notes: embed -> [prefix] + notes -> n_layers blocks -> final norm -> z.
+
+    `tokens_per_note` (1: one step per note) and `max_rows` (the most note rows a sequence may hold) are
+    what the sampler asks of a backbone; the flat decoder's backbone (`FlatBackbone`) differs in both."""
+
+    tokens_per_note = 1
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.require_vocab()
         self.cfg = cfg
+        self.max_rows = cfg.max_notes
         self.head_dim = cfg.d_model // cfg.n_heads
         self.embed = NoteEmbedding(cfg)
         self.prefix_proj = nn.Linear(cfg.prefix_dim, cfg.d_model) if cfg.prefix_dim > 0 else None

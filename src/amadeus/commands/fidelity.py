@@ -1,13 +1,9 @@
-"""`python -m amadeus.tokenizer FILE_OR_DIR...`: fidelity of encode -> decode for MIDI/ABC files."""
+"""`amadeus fidelity FILE_OR_DIR...`: fidelity of encode -> decode for MIDI/ABC files, per file and in total."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-PROG = "python -m amadeus.tokenizer"
-DESCRIPTION = "Fidelity of encode -> decode for MIDI/ABC files."
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of the fidelity report."""
@@ -49,10 +45,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(total.summary() + f"  ({errors} unreadable)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m amadeus.tokenizer`."""
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
