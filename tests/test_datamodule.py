@@ -13,7 +13,9 @@ import pytest
 import torch
 from midi_factory import make_score, part, random_grid_notes, write
 
-from amadeus.datamodule import MusicDataModule, collate_windows, cut_window, n_windows, window_starts
+from amadeus.datamodule import MusicDataModule
+from amadeus.errors import RunSetupError
+from amadeus.windows import assemble_row, collate_windows, cut_window, n_windows, pack_rows, window_starts
 from amadeus.preprocess import preprocess
 from amadeus.tokenizer import COL_CHORD, COL_INSTRUMENT, COL_METRIC, COL_PITCH, DRUM_INSTRUMENT, METRIC_EOS, METRIC_SOS
 
@@ -51,7 +53,10 @@ def _pieces(shards: Path) -> dict[str, dict]:
 
 
 def _dm(shards: Path, **kw) -> MusicDataModule:
-    args = dict(max_notes=T, batch_size=4, num_workers=0, shuffle_buffer=8, transpose=None, seed=0, val_windows=10)
+    """One window per row (pack=False) unless a test asks for packing: the window layout tests read rows as
+    windows."""
+    args = dict(max_notes=T, batch_size=4, num_workers=0, shuffle_buffer=8, transpose=None, seed=0, val_windows=10,
+                pack=False)
     args.update(kw)
     return MusicDataModule(str(shards), **args)
 
@@ -374,3 +379,86 @@ def test_transposed_windows_carry_transposed_captions(tmp_path):
             assert w["caption"] == caption
             kept += 1
     assert moved > 5
+
+
+# ---- packed rows ------------------------------------------------------------------------------
+
+PACKED_T = 64  # rows of 65: the pieces (about 10 to 70 rows) fit two or three to a row
+
+
+def test_pack_rows_first_fit_keeps_order_and_capacity():
+    lengths = np.array([10, 9, 3, 17, 2, 5, 8, 1])
+    rows = pack_rows(lengths, 17)
+    assert sorted(int(w) for r in rows for w in r) == list(range(len(lengths)))  # every window once
+    assert all(int(lengths[r].sum()) <= 17 for r in rows)
+    assert [r.tolist() for r in rows] == [[0, 2, 4, 7], [1, 5], [3], [6]]  # first fit over the open rows
+    assert [r.tolist() for r in pack_rows(lengths, 17, pack=False)] == [[i] for i in range(8)]
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_rows(np.array([18]), 17)
+    notes, segments = assemble_row([np.ones((3, 8), np.int64), 2 * np.ones((2, 8), np.int64)], 7, 8)
+    assert segments.tolist() == [1, 1, 1, 2, 2, 0, 0] and notes[3, 0] == 2 and not notes[5:].any()
+
+
+def test_packed_rows_serve_every_window_once_and_keep_sos_eos(shards):
+    """Packed: each row holds whole windows end to end (each with its own SOS / EOS), and over the 2 x 3
+    streams of an epoch every planned window is served once (all but the rows past the last share)."""
+    pieces = _pieces(shards)
+    dm = _dm(shards, pack=True, max_notes=PACKED_T)  # long enough for several pieces per row
+    W, K = dm.count_train_windows(), dm.tokenizer.K
+    for epoch in (0, 1):
+        rows = len(dm.train_windows().plan(epoch).rows)
+        assert rows < W  # packing saves rows
+        streams = {(r, w): [] for r in (0, 1) for w in range(3)}
+        for (r, w), items in streams.items():
+            ds = dm.train_windows(rank=r, world_size=2, epoch=epoch)
+            ds.worker, ds.num_workers = w, 3
+            items.extend(ds)
+        assert {len(s) for s in streams.values()} == {rows // 6}
+        tags = [t for s in streams.values() for item in s for t in item["window"].split("+")]
+        assert len(tags) == len(set(tags))  # no window twice
+        for item in (i for s in streams.values() for i in s):
+            seg, notes = item["segments"], item["notes"]
+            assert notes.shape == (PACKED_T + 1, K) and (item["mask"] == (seg > 0)).all()
+            for s_id, tag in enumerate(item["window"].split("+"), start=1):
+                pid, start = tag.split(":")
+                part = notes[seg == s_id]
+                np.testing.assert_array_equal(part, pieces[pid]["tokens"][int(start):int(start) + len(part)])
+                assert (part[0, COL_METRIC] == METRIC_SOS) == (int(start) == 0)
+            assert not notes[seg == 0].any()
+    assert dm.count_train_rows() <= min(len(dm.train_windows().plan(e).rows) for e in range(4))
+
+
+def test_packed_loader_fills_rows_and_validation_packs_too(shards):
+    packed = _dm(shards, pack=True, batch_size=2, max_notes=PACKED_T)
+    plain = _dm(shards, pack=False, batch_size=2, max_notes=PACKED_T)
+    fill = [b["mask"].float().mean().item() for b in packed.train_dataloader()]
+    fill_plain = [b["mask"].float().mean().item() for b in plain.train_dataloader()]
+    assert np.mean(fill) > np.mean(fill_plain) + 0.05
+    val = [t for b in packed.val_dataloader() for t in b["window"]]
+    val_plain = [t for b in plain.val_dataloader() for t in b["window"]]
+    assert sorted(x for t in val for x in t.split("+")) == sorted(val_plain)  # the same windows, fewer rows
+    assert len(val) < len(val_plain)
+
+
+def test_too_few_rows_for_the_ranks_and_workers_is_an_error(shards, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "64")
+    with pytest.raises(RunSetupError, match=r"64 ranks x 2 workers x 4 rows per batch"):
+        _dm(shards, num_workers=2).train_dataloader()
+
+
+@pytest.mark.parametrize("change, name", [(dict(shuffle_buffer=16), "shuffle_buffer"),
+                                          (dict(transpose=(-2, 2)), "transpose"), (dict(pack=True), "pack"),
+                                          (dict(num_workers=1), "num_workers"), (dict(max_notes=8), "max_notes")])
+def test_resume_refuses_a_changed_stream_setting(shards, change, name):
+    first = _dm(shards, num_workers=2, batch_size=2)
+    next(iter(first.train_dataloader()))
+    state = first.state_dict()
+    with pytest.raises(RunSetupError, match=f"data.{name} "):
+        _dm(shards, **{"num_workers": 2, "batch_size": 2, **change}).load_state_dict(state)
+    again = _dm(shards, **{"num_workers": 2, "batch_size": 2, "replan": True, **change})
+    with pytest.warns(UserWarning, match="restarts epoch 0"):
+        again.load_state_dict(state)
+    assert again._served == {}  # the epoch's stream restarts
+    old = {k: v for k, v in state.items() if k not in ("pack", "transpose")}  # written by an older version
+    with pytest.raises(RunSetupError, match="data.pack .not recorded"):
+        _dm(shards, num_workers=2, batch_size=2).load_state_dict(old)

@@ -63,11 +63,15 @@ def test_opening_weight_only_on_the_first_notes_of_a_piece_in_training():
     module = AmadeusModule(network=TINY, opening_weight=8.0, opening_notes=2)
     inputs = torch.zeros(3, 5, module.K, dtype=torch.long)
     inputs[0, 0, COL_METRIC] = METRIC_SOS  # row 0 opens a piece; rows 1, 2 are cut from the middle
-    inputs[2, 1, COL_METRIC] = METRIC_SOS  # (an SOS that is not the window's first row changes nothing)
-    w = module._opening_weight(inputs, "train")
+    inputs[2, 1, COL_METRIC] = METRIC_SOS  # (an SOS that is not its window's first row changes nothing)
+    one = torch.ones(3, 5, dtype=torch.long)  # one window per row
+    w = module._opening_weight(inputs, one, "train")
     assert w.tolist() == [[8, 8, 1, 1, 1], [1] * 5, [1] * 5]
-    assert module._opening_weight(inputs, "val") is None  # validation and test report the plain ELBO
-    assert AmadeusModule(network=TINY)._opening_weight(inputs, "train") is None
+    # packed: row 2 holds a window cut from a piece's middle (rows 0..0) and a piece's opening (rows 1..4)
+    w = module._opening_weight(inputs, torch.tensor([[1] * 5, [1] * 5, [1, 2, 2, 2, 2]]), "train")
+    assert w.tolist() == [[8, 8, 1, 1, 1], [1] * 5, [1, 8, 8, 1, 1]]
+    assert module._opening_weight(inputs, one, "val") is None  # validation and test report the plain ELBO
+    assert AmadeusModule(network=TINY)._opening_weight(inputs, one, "train") is None
     with pytest.raises(ValueError, match="opening_weight"):
         AmadeusModule(network=TINY, opening_weight=0.0)
 
@@ -212,3 +216,54 @@ def test_sample_midi_callback_writes_samples_with_its_options(tmp_path):
     assert module.training  # the callback restores the mode
     names = sorted(p.name for p in (tmp_path / "samples" / "epoch=003").iterdir())
     assert names == ["sample_0.mid", "sample_0.png", "sample_1.mid", "sample_1.png"]
+
+
+def _grad_norm(module: AmadeusModule) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()
+                                                       if p.grad is not None])))
+
+
+def test_gradient_clipping_by_norm_on_one_device_and_on_a_sharded_model():
+    """configure_gradient_clipping: Lightning's global-norm clip on one device / DDP; with a sharded strategy
+    (FSDP, whose precision plugin refuses norm clipping) the sharded root module's own clip_grad_norm_."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
+
+    module = AmadeusModule(network=TINY)
+    opt = module.configure_optimizers()["optimizer"]
+    for p in module.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    trainer = L.Trainer(accelerator="cpu", devices=1, gradient_clip_val=1.0, logger=False)
+    trainer.strategy.connect(module)
+    module._trainer = trainer
+    assert _grad_norm(module) > 100
+    module.configure_gradient_clipping(opt, 1.0, "norm")
+    assert _grad_norm(module) == pytest.approx(1.0, rel=1e-4)  # the global norm, as torch's clip_grad_norm_
+
+    calls = []
+    sharded = FSDPStrategy()
+    sharded.model = SimpleNamespace(clip_grad_norm_=lambda value: calls.append(value))
+    module._trainer = SimpleNamespace(strategy=sharded)
+    module.configure_gradient_clipping(opt, 0.5, "norm")
+    assert calls == [0.5]  # the sharded model's own norm over every rank's shards
+    module._trainer = SimpleNamespace(strategy=SingleDeviceStrategy("cpu"))
+    assert isinstance(module.configure_callbacks(), list)
+
+
+def test_weight_averaging_with_a_sharded_strategy_is_refused_at_start():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+    from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
+
+    from amadeus.errors import RunSetupError
+
+    module = AmadeusModule(network=TINY, ema_decay=0.99)
+    module._trainer = SimpleNamespace(strategy=SingleDeviceStrategy("cpu"))
+    (ema,) = module.configure_callbacks()
+    assert isinstance(ema, EMAWeightAveraging)
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(RunSetupError, match="--model.ema_decay 0"):
+        module.configure_callbacks()
+    assert AmadeusModule(network=TINY).configure_callbacks() == []  # ema_decay 0: no averaging

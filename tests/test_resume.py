@@ -2,7 +2,7 @@
 SIGTERM and resumed with `--ckpt_path last` and with a file; exact continuation on one process;
 checkpoints written before `tokenizer_hash` became a constructor argument; bf16 and FSDP on CPU.
 
-The subprocess runs use the README's "Training at scale" commands on configs/tiny.yaml, made smaller
+The subprocess runs use the commands of docs/training.md ("Interruption and resumption") on configs/tiny.yaml, made smaller
 by tests/resume-small.yaml (sizes only) and pointed at the synthetic shards."""
 from __future__ import annotations
 
@@ -94,8 +94,10 @@ def test_resume_from_a_file_written_before_this_change(preempted, tiny_shards, t
     path = tmp_path / "old.ckpt"
     torch.save(old, path)
     run = tmp_path / "run"
-    done = _run(_fit_args(tiny_shards, run, "--ckpt_path", str(path), "--trainer.max_steps", str(step + 2),
-                          "--trainer.val_check_interval", "100", devices=1))
+    args = ["--ckpt_path", str(path), "--trainer.max_steps", str(step + 2), "--trainer.val_check_interval", "100"]
+    refused = _run(_fit_args(tiny_shards, run, *args, devices=1))  # 1 process resuming 2 processes' stream
+    assert refused.returncode == 2 and "data.world_size (2 -> 1)" in refused.stderr
+    done = _run(_fit_args(tiny_shards, run, *args, "--data.replan", "true", devices=1))
     assert done.returncode == 0, done.stderr[-3000:]
     assert _step(run / "checkpoints" / "last.ckpt") == step + 2
     assert _first_logged_step(run) >= step
@@ -104,6 +106,16 @@ def test_resume_from_a_file_written_before_this_change(preempted, tiny_shards, t
     torch.save(old, path)
     bad = _run(_fit_args(tiny_shards, tmp_path / "bad", "--ckpt_path", str(path), devices=1))
     assert bad.returncode != 0 and "tokenizer_hash 0123456789abcdef" in bad.stderr
+
+
+def test_resume_with_another_shuffle_buffer_is_refused(preempted, tiny_shards, tmp_path):
+    root, _ = preempted
+    run = tmp_path / "run"
+    shutil.copytree(root / "checkpoints", run / "checkpoints")
+    done = _run(_fit_args(tiny_shards, run, "--ckpt_path", "last", "--data.shuffle_buffer", "3"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = [ln for ln in done.stderr.splitlines() if "error:" in ln]
+    assert len(line) >= 1 and "data.shuffle_buffer (256 -> 3)" in line[0] and "--data.replan true" in line[0]
 
 
 def test_last_with_nothing_to_resume_is_an_error(tiny_shards, tmp_path):
@@ -211,10 +223,43 @@ def test_bf16_mixed_trains_on_cpu(tiny_shards, tmp_path, one_thread):
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="Lightning 2.6 runs FSDP only on CUDA ('The strategy `fsdp` requires a GPU accelerator')")
 def test_fsdp_fit_and_resume_on_gpu(tiny_shards, tmp_path):
+    """FSDP trains with gradient clipping by norm (base.yaml's gradient_clip_val 1.0, through the sharded
+    model's clip_grad_norm_) and resumes with --ckpt_path last; weight averaging is refused at start."""
     gpu = ["--trainer.strategy", "fsdp", "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
-           "--trainer.devices", str(min(2, torch.cuda.device_count()))]
+           "--trainer.devices", str(min(2, torch.cuda.device_count())), "--model.ema_decay", "0"]  # no EMA sharded
     first = _run(_fit_args(tiny_shards, tmp_path, "--trainer.max_steps", "6", *gpu))
     assert first.returncode == 0, first.stderr[-3000:]
     again = _run(_fit_args(tiny_shards, tmp_path, "--trainer.max_steps", "9", "--ckpt_path", "last", *gpu))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _step(tmp_path / "checkpoints" / "last.ckpt") == 9 and _first_logged_step(tmp_path) >= 6
+    ema = _run(_fit_args(tiny_shards, tmp_path / "ema", "--trainer.max_steps", "2", *gpu[:-2]))  # EMA 0.995
+    assert ema.returncode == 2 and "--model.ema_decay 0" in ema.stderr
+
+
+def test_checkpoint_names_carry_their_own_validation(tiny_shards, tmp_path):
+    """The configs' ModelCheckpoint saves after each validation: the value in a file's name (and what top-k
+    ranks) is the validation of the weights in that file, as logged at that step and as re-validated."""
+    import csv
+    import re
+
+    import lightning as L
+
+    from amadeus.api import load_module
+    from amadeus.cli import main as cli_main
+    from amadeus.datamodule import MusicDataModule
+
+    cli_main(["fit", "-c", str(ROOT / "configs" / "tiny.yaml"), "-c", str(SMALL), "--data.data_dir", str(tiny_shards),
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+              "--trainer.max_steps", "12", "--trainer.val_check_interval", "4"])
+    with open(next((tmp_path / "logs").glob("version_*")) / "metrics.csv") as f:
+        logged = {int(r["step"]): float(r["val/diffusion"]) for r in csv.DictReader(f) if r.get("val/diffusion")}
+    names = sorted((tmp_path / "checkpoints").glob("step=*-val_diffusion=*.ckpt"))
+    assert len(names) >= 2
+    dm = MusicDataModule(str(tiny_shards), max_notes=16, batch_size=2, num_workers=0, val_windows=4)
+    for path in names:
+        step, value = re.fullmatch(r"step=(\d+)-val_diffusion=([\d.]+)\.ckpt", path.name).groups()
+        assert _step(path) == int(step)
+        assert logged[int(step) - 1] == pytest.approx(float(value), abs=6e-4)  # logged at that step
+        again = L.Trainer(accelerator="cpu", devices=1, logger=False, limit_val_batches=1, enable_progress_bar=False,
+                          enable_model_summary=False).validate(load_module(path), dm, verbose=False)[0]
+        assert again["val/diffusion"] == pytest.approx(float(value), abs=6e-4)  # and what its weights give

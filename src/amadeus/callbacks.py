@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from amadeus.losses import (
     dispersive_loss,
     effective_rank,
-    masked_mean_pool,
+    segment_mean_pool,
     pairwise_cosine_stats,
     uniformity,
 )
@@ -55,7 +55,8 @@ class MLSDESMonitor(L.Callback):
         if loader is None:
             return windows
         for batch in loader:
-            windows.append({"notes": batch["notes"].cpu(), "mask": batch["mask"].cpu(),
+            segments = batch.get("segments", batch["mask"].long())
+            windows.append({"notes": batch["notes"].cpu(), "segments": segments.cpu(),
                             "caption": list(batch.get("caption", []))})
             count += batch["notes"].shape[0]
             if count >= self.num_windows:
@@ -64,14 +65,17 @@ class MLSDESMonitor(L.Callback):
 
     @torch.no_grad()
     def features(self, pl_module: L.LightningModule) -> torch.Tensor:
-        """Mean-pooled mid-depth latents [W, d] of the fixed windows."""
+        """Mean-pooled mid-depth latents [W, d] of the fixed windows (of each piece of a packed row)."""
         pooled = []
         for batch in self._windows or []:
             notes = batch["notes"].to(pl_module.device)[:, :-1]
-            mask = batch["mask"].to(pl_module.device)[:, :-1]
-            prefix, prefix_mask = pl_module.encode_text(batch["caption"] or None)
-            out = pl_module.backbone(notes, prefix=prefix, prefix_mask=prefix_mask)
-            pooled.append(masked_mean_pool(out.mid.float(), mask))
+            segments = batch["segments"].to(pl_module.device)[:, :-1]
+            if bool((segments > 1).any()):  # packed rows: one feature per piece
+                out = pl_module.backbone(notes, segments=segments)
+            else:
+                prefix, prefix_mask = pl_module.encode_text(batch["caption"] or None)
+                out = pl_module.backbone(notes, prefix=prefix, prefix_mask=prefix_mask)
+            pooled.append(segment_mean_pool(out.mid.float(), segments))
         return torch.cat(pooled)[: self.num_windows] if pooled else torch.empty(0)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

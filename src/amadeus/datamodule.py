@@ -1,100 +1,57 @@
 """MusicDataModule: tokenized Parquet shards -> batches of note windows, streamed and DDP-sharded.
 
-Training streams the `train` split row group by row group (local folders or any fsspec URL, read
-with pyarrow): an epoch's plan orders the row groups by a seeded shuffle and cuts every piece into
-ceil(N / T) windows of T+1 rows (the first starts at the piece's SOS row, the last ends at its EOS
-row, the others start at random rows); the plan's windows are split into equal consecutive shares,
-one per (rank, DataLoader worker), so every stream serves each of its windows exactly once per epoch
-and reads only the row groups its share touches (`TrainWindows`). Each stream shuffles its windows in
-a buffer and transposes them by a random number of semitones (never drums; the caption's key and
-chords are transposed with the notes). Memory does not grow with the corpus: one row group and the
-buffer are held.
+Training streams the `train` split row group by row group (local folders or any fsspec URL, read with
+pyarrow). An epoch's plan orders the row groups by a seeded shuffle, cuts every piece into windows
+(`amadeus.windows`: one when it fits, else ceil(N / T) of T+1 rows) and packs the windows into batch
+rows (several pieces per row, each with its SOS / EOS, so that rows hold music instead of padding; or
+one per row). The plan's rows are split into equal consecutive shares, one per (rank, DataLoader
+worker), so every stream serves each of its rows exactly once per epoch and reads only the row groups
+its share touches (`TrainWindows`). Each stream shuffles its rows in a buffer and transposes every
+window by a random number of semitones (never drums; the caption's key and chords move with the
+notes). Memory does not grow with the corpus: the row groups being read and the buffer are held.
 
-An epoch is a fixed number of full batches, the same on every rank and worker (the plan's last
-W mod (streams x batch) windows wait for another epoch; the shuffled order changes which), so DDP
-ranks never wait for each other at the end of an epoch. The stream of each (rank, worker) is a pure
-function of (seed, epoch, rank, worker), so `state_dict()` only records how many windows each worker
-has served in the current epoch, and a resumed run regenerates its streams and skips exactly those
-windows.
+An epoch is a fixed number of full batches, the same on every rank and worker (the plan's last rows
+wait for another epoch; the shuffled order changes which), so DDP ranks never wait for each other at
+the end of an epoch. The stream of each (rank, worker) is a pure function of (seed, epoch, rank,
+worker), so `state_dict()` records how many rows each worker has served in the current epoch (and the
+settings the streams were planned with: a resume with others is refused, `STREAM_SETTINGS`), and a
+resumed run regenerates its streams and skips exactly those rows.
 
 Validation and test use the `validation` / `test` splits: the first `val_windows` windows, cut
-consecutively from each piece in shard order (no shuffle, no transposition), held in memory.
+consecutively from each piece in shard order (no shuffle, no transposition), packed like the training
+rows, held in memory.
 
 Batches (docs/interfaces.md "Batches"): notes LongTensor [B, T+1, K], mask BoolTensor [B, T+1]
-(False = padding row, all zeros), caption list[str]; plus bookkeeping: window list[str]
-("<piece id>:<first row>"), worker int, epoch int, split str.
+(False = padding row, all zeros), segments LongTensor [B, T+1] (the window of its row each row belongs
+to, 1..n; 0 = padding), caption list[str]; plus bookkeeping: window list[str] (each row's
+"<piece id>:<first row>" tags joined by "+"), worker int, epoch int, split str.
 """
 from __future__ import annotations
 
-import math
+import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from amadeus.captions import transpose_caption
+from amadeus.errors import RunSetupError
 from amadeus.shards import load_manifest, read_shard
 from amadeus.tokenizer import NoteTokenizer, TokenizerConfig
+from amadeus.windows import (assemble_row, collate_windows, cut_window, eval_starts, n_windows, pack_rows,  # noqa: F401
+                             window_lengths, window_starts)
 
 STAGES = ("pretrain", "finetune")
+# what fixes the training stream besides the epoch; a resume compares them (MusicDataModule.load_state_dict)
+STREAM_SETTINGS = ("stage", "max_notes", "pack", "transpose", "shuffle_buffer", "seed", "train_files",
+                   "num_workers", "batch_size", "world_size")
+_MISSING = object()
 COLUMNS = ["id", "tokens", "n_rows", "caption"]
-
-
-# ----------------------------------------------------------------------------------------------
-# windows
-
-
-def window_starts(n_rows: int, max_notes: int, rng: np.random.Generator | None) -> np.ndarray:
-    """First rows of the training windows (T+1 rows each) of a piece of n_rows rows.
-
-    One window when the piece fits; else ceil(n_rows / T) windows: the first at row 0 (SOS), the
-    last ending at the final row (EOS), the rest at distinct random rows between them (rng None:
-    evenly spaced).
-    """
-    length = max_notes + 1
-    if n_rows <= length:
-        return np.zeros(1, np.int64)
-    k = math.ceil(n_rows / max_notes)
-    last = n_rows - length
-    if rng is None:
-        return np.rint(np.linspace(0, last, k)).astype(np.int64)
-    pool = last - 1  # rows 1 .. last-1: distinct from each other and from the two ends
-    middle = 1 + rng.choice(pool, size=k - 2, replace=pool < k - 2) if k > 2 else np.zeros(0, np.int64)
-    return np.concatenate([[0], np.sort(middle), [last]]).astype(np.int64)
-
-
-def eval_starts(n_rows: int, max_notes: int) -> np.ndarray:
-    """Deterministic windows for evaluation: consecutive, overlapping by one row, the last padded."""
-    return np.arange(0, max(n_rows - 1, 1), max_notes, dtype=np.int64)
-
-
-def cut_window(tokens: np.ndarray, start: int, max_notes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows [start, start+T+1) of a [N, K] piece, zero-padded: (notes [T+1, K] int64, mask [T+1] bool)."""
-    length = max_notes + 1
-    piece = tokens[start:start + length]
-    notes = np.zeros((length, tokens.shape[1]), np.int64)
-    notes[: len(piece)] = piece
-    mask = np.zeros(length, bool)
-    mask[: len(piece)] = True
-    return notes, mask
-
-
-def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Window dicts -> a batch (see the module docstring)."""
-    return {
-        "notes": torch.from_numpy(np.stack([it["notes"] for it in items])),  # [B, T+1, K]
-        "mask": torch.from_numpy(np.stack([it["mask"] for it in items])),  # [B, T+1]
-        "caption": [it["caption"] for it in items],
-        "window": [it["window"] for it in items],
-        "worker": items[0]["worker"],
-        "epoch": items[0]["epoch"],
-        "split": items[0]["split"],
-    }
 
 
 def _filters(split: str, stage: str) -> list[tuple]:
@@ -115,12 +72,6 @@ def _stream_pieces(files: list[str], split: str, stage: str, storage_options: di
     return ds.with_format("numpy")
 
 
-def n_windows(n_rows: np.ndarray, max_notes: int) -> np.ndarray:
-    """Training windows per piece (what `window_starts` cuts): 1 when it fits, else ceil(N / T)."""
-    n_rows = np.asarray(n_rows, np.int64)
-    return np.where(n_rows <= max_notes + 1, 1, -(-n_rows // max_notes))
-
-
 def _open_parquet(file: str, storage_options: dict | None):
     import fsspec
     import pyarrow.parquet as pq
@@ -137,20 +88,31 @@ def _keep(table, stage: str) -> np.ndarray:
     return keep
 
 
+class _Plan(NamedTuple):
+    """An epoch's plan: its windows in order (row group, piece within the group, window of the piece,
+    rows) and the batch rows they are packed into (window indices per row)."""
+
+    group: np.ndarray  # [W] index into TrainWindows.groups()
+    piece: np.ndarray  # [W] the piece's place among the group's training pieces
+    window: np.ndarray  # [W] which window of the piece
+    rows: list[np.ndarray]  # window indices of each batch row
+
+
 class TrainWindows(IterableDataset):
-    """Training windows of one (rank, DataLoader worker): its share of an epoch's windows, each once.
+    """Training rows of one (rank, DataLoader worker): its share of an epoch's rows, each once.
 
     The epoch's plan: the row groups of the train shards in an order shuffled by (seed, epoch), their
-    training pieces in shard order, each piece's ceil(N / T) windows (starts drawn from (seed, epoch,
-    piece)) in order: one sequence of W windows. Of the S = world_size x workers streams, stream s
-    serves windows [s * C, (s + 1) * C) of it, C = min(limit, W // S): every stream the same number,
-    each of its windows exactly once, reading only the row groups its range touches. The W - S * C
-    windows past the last stream wait for another epoch (the shuffled order changes which).
-    Within a stream, windows pass a shuffle buffer and are transposed by a generator of (seed, epoch,
-    rank, worker), so the stream is a pure function of those numbers: `skip[worker]` windows are
-    dropped from its start (resumption). With `limit` > W // S the stream runs on into its share of
-    epoch e + 1, e + 2, ... until it has served `limit` windows; without `limit`, one epoch.
-    `worker` / `num_workers` override the DataLoader's worker info (tests simulate workers in-process).
+    training pieces in shard order, each piece's windows (`amadeus.windows`; starts drawn from (seed,
+    epoch, piece)) in order: W windows, packed into R batch rows (`pack_rows`: one window per row without
+    `pack`). Of the S = world_size x workers streams, stream s serves rows [s * C, (s + 1) * C) of the
+    plan, C = min(limit, R // S): every stream the same number, each of its rows exactly once, reading only
+    the row groups its rows touch. The R - S * C rows past the last stream wait for another epoch (the
+    shuffled order changes which). Within a stream, rows pass a shuffle buffer and every window is
+    transposed by a generator of (seed, epoch, rank, worker), so the stream is a pure function of those
+    numbers: `skip[worker]` rows are dropped from its start (resumption). With `limit` > R // S the stream
+    runs on into its share of epoch e + 1, e + 2, ... until it has served `limit` rows; without `limit`,
+    one epoch. `worker` / `num_workers` override the DataLoader's worker info (tests simulate workers
+    in-process).
     """
 
     def __init__(self, files: list[str], tokenizer: NoteTokenizer, max_notes: int, stage: str = "pretrain",
@@ -158,16 +120,17 @@ class TrainWindows(IterableDataset):
                  rank: int = 0, world_size: int = 1, skip: dict[int, int] | None = None,
                  limit: int | None = None, storage_options: dict | None = None,
                  worker: int | None = None, num_workers: int | None = None,
-                 groups: list[tuple[int, int, np.ndarray]] | None = None) -> None:
+                 groups: list[tuple[int, int, np.ndarray]] | None = None, pack: bool = False) -> None:
         super().__init__()
         self.files, self.tokenizer, self.max_notes, self.stage = files, tokenizer, max_notes, stage
         self.seed, self.epoch, self.shuffle_buffer, self.transpose = seed, epoch, shuffle_buffer, transpose
         self.rank, self.world_size, self.skip, self.limit = rank, world_size, dict(skip or {}), limit
         self.storage_options, self.worker, self.num_workers = storage_options, worker, num_workers
+        self.pack = pack
         self._groups = groups  # None: read on first use (MusicDataModule reads them once, for every worker)
 
     def groups(self) -> list[tuple[int, int, np.ndarray]]:
-        """(file index, row group, windows of each training piece in it), read once."""
+        """(file index, row group, rows of each training piece in it), read once."""
         if self._groups is None:
             columns = ["split", "n_rows"] + (["caption"] if self.stage == "finetune" else [])
             found = []
@@ -175,10 +138,23 @@ class TrainWindows(IterableDataset):
                 pf = _open_parquet(file, self.storage_options)
                 for g in range(pf.num_row_groups):
                     t = pf.read_row_group(g, columns=columns)
-                    n = t.column("n_rows").to_numpy()[_keep(t, self.stage)]
-                    found.append((f, g, n_windows(n, self.max_notes).astype(np.int32)))
+                    found.append((f, g, t.column("n_rows").to_numpy()[_keep(t, self.stage)].astype(np.int64)))
             self._groups = found
         return self._groups
+
+    def plan(self, epoch: int) -> _Plan:
+        """The windows of `epoch` in plan order and the rows they are packed into (from metadata only)."""
+        groups = self.groups()
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(groups))
+        parts = [(g, n_windows(groups[g][2], self.max_notes)) for g in order.tolist()]
+        counts = np.concatenate([c for _, c in parts]) if parts else np.zeros(0, np.int64)
+        group = np.concatenate([np.repeat(g, c.sum()) for g, c in parts]) if parts else np.zeros(0, np.int64)
+        piece = np.concatenate([np.repeat(np.arange(len(c)), c) for _, c in parts]) if parts else group
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        window = np.arange(len(group)) - first
+        n_rows = np.concatenate([groups[g][2] for g, _ in parts]) if parts else group
+        lengths = window_lengths(n_rows, self.max_notes)
+        return _Plan(group, piece, window, pack_rows(lengths, self.max_notes + 1, self.pack))
 
     def _stream(self) -> tuple[int, int]:
         """(this stream's index s, number of streams S)."""
@@ -187,54 +163,65 @@ class TrainWindows(IterableDataset):
         workers = self.num_workers if self.num_workers is not None else (info.num_workers if info is not None else 1)
         return self.rank * workers + worker, self.world_size * workers
 
-    def share(self, epoch: int) -> Iterator[tuple[str, str, np.ndarray, int]]:
-        """This stream's windows of `epoch` in plan order: (piece id, caption, tokens [N, K], start)."""
+    def share(self, epoch: int) -> Iterator[list[tuple[str, str, np.ndarray, int]]]:
+        """This stream's rows of `epoch`, as they complete: each a list of windows (piece id, caption,
+        tokens [N, K], start)."""
         s, S = self._stream()
-        groups = self.groups()
-        total = int(sum(int(w.sum()) for _, _, w in groups))
-        size = total // S if self.limit is None else min(self.limit, total // S)
+        plan = self.plan(epoch)
+        size = len(plan.rows) // S if self.limit is None else min(self.limit, len(plan.rows) // S)
         if size == 0:
             return
-        lo, hi, offset = s * size, (s + 1) * size, 0
-        for i in np.random.default_rng([self.seed, epoch]).permutation(len(groups)).tolist():
-            f, g, counts = groups[i]
-            end = offset + int(counts.sum())
-            if end > lo and offset < hi:
-                yield from self._group_windows(f, g, counts, offset, lo, hi, epoch)
-            offset = end
-            if offset >= hi:
-                return
+        mine = plan.rows[s * size:(s + 1) * size]
+        row_of = {int(w): r for r, ws in enumerate(mine) for w in ws}  # window -> row of this share
+        got: dict[int, list] = {}
+        wanted = np.fromiter(row_of, np.int64, len(row_of))
+        groups = self.groups()
+        for g in np.unique(plan.group[wanted]).tolist() if len(wanted) else []:
+            needed = wanted[plan.group[wanted] == g]
+            f, rg, _ = groups[g]
+            for w, item in zip(needed.tolist(), self._windows(f, rg, plan.piece[needed], plan.window[needed], epoch)):
+                r = row_of[w]
+                got.setdefault(r, []).append((w, item))
+                if len(got[r]) == len(mine[r]):
+                    yield [item for _, item in sorted(got.pop(r), key=lambda x: x[0])]
 
-    def _group_windows(self, f: int, g: int, counts: np.ndarray, offset: int, lo: int, hi: int,
-                       epoch: int) -> Iterator[tuple[str, str, np.ndarray, int]]:
+    def _windows(self, f: int, g: int, pieces: np.ndarray, windows: np.ndarray,
+                 epoch: int) -> Iterator[tuple[str, str, np.ndarray, int]]:
+        """The windows (piece, window number) of row group g of file f, read once."""
         t = _open_parquet(self.files[f], self.storage_options).read_row_group(g, columns=COLUMNS + ["split"])
         rows = np.flatnonzero(_keep(t, self.stage))
         K = self.tokenizer.K
-        for j, row in enumerate(rows.tolist()):
-            first, k = offset, int(counts[j])
-            offset += k
-            if offset <= lo or first >= hi:
-                continue
+        for j, w in zip(pieces.tolist(), windows.tolist()):
+            row = int(rows[j])
             n = int(t.column("n_rows")[row].as_py())
             tokens = np.asarray(t.column("tokens")[row].values, dtype=np.int64).reshape(n, K)
-            starts = window_starts(n, self.max_notes, np.random.default_rng([self.seed, epoch, f, g, row]))
-            for w, start in enumerate(starts.tolist()):
-                if lo <= first + w < hi:
-                    yield str(t.column("id")[row].as_py()), str(t.column("caption")[row].as_py()), tokens, start
+            start = window_starts(n, self.max_notes, np.random.default_rng([self.seed, epoch, f, g, row]))[w]
+            yield str(t.column("id")[row].as_py()), str(t.column("caption")[row].as_py()), tokens, int(start)
+
+    def _row(self, windows: list[tuple[str, str, np.ndarray, int]], rng: np.random.Generator) -> dict[str, Any]:
+        """One batch row from its windows, each transposed by its own draw (never drums; the caption's
+        key and chords move with the notes)."""
+        parts, captions, tags = [], [], []
+        for piece, caption, tokens, start in windows:
+            part = tokens[start:start + self.max_notes + 1]
+            if self.transpose is not None:
+                shift = int(rng.integers(self.transpose[0], self.transpose[1] + 1))
+                moved = self.tokenizer.transpose(part, shift) if shift else None
+                if moved is not None:
+                    part, caption = moved, transpose_caption(caption, shift)
+            parts.append(part)
+            captions.append(caption)
+            tags.append(f"{piece}:{start}")
+        notes, segments = assemble_row(parts, self.max_notes + 1, self.tokenizer.K)
+        return {"notes": notes, "mask": segments > 0, "segments": segments, "caption": captions[0],
+                "window": "+".join(tags), "split": "train"}
 
     def _pass(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         buffer: list[dict[str, Any]] = []
         size = max(1, self.shuffle_buffer)
-        for piece, caption, tokens, start in self.share(epoch):
-            notes, mask = cut_window(tokens, start, self.max_notes)
-            if self.transpose is not None:
-                shift = int(rng.integers(self.transpose[0], self.transpose[1] + 1))
-                moved = self.tokenizer.transpose(notes, shift) if shift else None
-                if moved is not None:  # the caption's key and chords move with the notes
-                    notes, caption = moved, transpose_caption(caption, shift)
-            buffer.append({"notes": notes, "mask": mask, "caption": caption,
-                           "window": f"{piece}:{start}", "split": "train"})
+        for windows in self.share(epoch):
+            buffer.append(self._row(windows, rng))
             if len(buffer) >= size:
                 i = int(rng.integers(len(buffer)))
                 buffer[i], buffer[-1] = buffer[-1], buffer[i]
@@ -257,28 +244,33 @@ class TrainWindows(IterableDataset):
                 index += 1
                 if limit is not None and index >= limit:
                     return
-            if limit is None or produced == 0:  # produced == 0: fewer windows than streams
+            if limit is None or produced == 0:  # produced == 0: fewer rows than streams
                 return
             epoch += 1
 
 
 class EvalWindows(Dataset):
-    """The first `limit` deterministic windows of a split, cut consecutively from each piece."""
+    """The first `limit` deterministic windows of a split, cut consecutively from each piece (no shuffle,
+    no transposition), one per row or packed (`pack`) like the training rows."""
 
     def __init__(self, files: list[str], split: str, stage: str, tokenizer: NoteTokenizer, max_notes: int,
-                 limit: int, storage_options: dict | None = None) -> None:
+                 limit: int, storage_options: dict | None = None, pack: bool = False) -> None:
         self.items: list[dict[str, Any]] = []
-        if limit <= 0 or not files:
-            return
+        windows: list[tuple[np.ndarray, str, str]] = []  # (rows, caption, tag)
         K = tokenizer.K
-        for piece in _stream_pieces(files, split, stage, storage_options):
+        for piece in _stream_pieces(files, split, stage, storage_options) if limit > 0 and files else ():
             tokens = np.asarray(piece["tokens"], dtype=np.int64).reshape(-1, K)
             for start in eval_starts(len(tokens), max_notes).tolist():
-                notes, mask = cut_window(tokens, start, max_notes)
-                self.items.append({"notes": notes, "mask": mask, "caption": str(piece["caption"]),
-                                   "window": f"{piece['id']}:{start}", "split": split, "worker": 0, "epoch": 0})
-                if len(self.items) >= limit:
-                    return
+                windows.append((tokens[start:start + max_notes + 1], str(piece["caption"]), f"{piece['id']}:{start}"))
+                if len(windows) >= limit:
+                    break
+            if len(windows) >= limit:
+                break
+        for row in pack_rows(np.array([len(w[0]) for w in windows], np.int64), max_notes + 1, pack):
+            notes, segments = assemble_row([windows[w][0] for w in row], max_notes + 1, K)
+            self.items.append({"notes": notes, "mask": segments > 0, "segments": segments,
+                               "caption": windows[row[0]][1], "window": "+".join(windows[w][2] for w in row),
+                               "split": split, "worker": 0, "epoch": 0})
 
     def __len__(self) -> int:
         return len(self.items)
@@ -352,7 +344,11 @@ class MusicDataModule(L.LightningDataModule):
             embedded corpus (`corpus`), built and cached on first use (amadeus.corpus).
         stage: "pretrain" (every piece) or "finetune" (only pieces with a non-empty caption).
         max_notes: window length T; batches carry T+1 rows (model input rows[:-1], target rows[1:]).
-        batch_size: windows per batch (per rank).
+        batch_size: batch rows per batch (per rank).
+        pack: lay several windows end to end in one batch row (each keeps its SOS / EOS; `segments` keeps
+            attention, positions and MLSDES within a piece: `amadeus.windows`), so that rows hold music,
+            not padding; False: one window per row, zero-padded. Validation and test pack the same way. A
+            text model reads one caption per row: text fine-tuning runs with pack False.
         num_workers: DataLoader worker processes for training (0 = in the main process).
         shuffle_buffer: pieces held by the streaming shuffle (and windows by the window shuffle).
         transpose: (low, high) semitones, both included, drawn per training window; None = off.
@@ -363,12 +359,16 @@ class MusicDataModule(L.LightningDataModule):
         corpus: the embedded corpus read when data_dir is None (a data_dir wins, so that a config
             naming a corpus still takes --data.data_dir): a name of `amadeus.corpus.CORPORA`, "bach" (the
             default), "folk" or "music21".
+        replan: resuming with other stream settings than the checkpoint's (`STREAM_SETTINGS`) is an error,
+            because the interrupted epoch would serve some windows twice and others never; True restarts
+            that epoch's stream under the new settings (and says so).
     """
 
     def __init__(self, data_dir: str | list[str] | None = None, stage: str = "pretrain", max_notes: int = 256,
                  batch_size: int = 16, num_workers: int = 2, shuffle_buffer: int = 256,
                  transpose: tuple[int, int] | None = (-5, 6), seed: int = 0, val_windows: int = 256,
-                 tokenizer_hash: str | None = None, corpus: str | None = None) -> None:
+                 tokenizer_hash: str | None = None, corpus: str | None = None, pack: bool = True,
+                 replan: bool = False) -> None:
         super().__init__()
         from amadeus.corpus import CORPORA
 
@@ -386,6 +386,7 @@ class MusicDataModule(L.LightningDataModule):
         self.stage, self.max_notes, self.batch_size, self.num_workers = stage, max_notes, batch_size, num_workers
         self.shuffle_buffer, self.transpose, self.seed = shuffle_buffer, transpose, seed
         self.val_windows, self.tokenizer_hash = val_windows, tokenizer_hash
+        self.pack, self.replan = pack, replan
         self._manifests: list[tuple[str, dict[str, Any]]] | None = None
         self._tokenizer: NoteTokenizer | None = None
         self._train_windows: int | None = None
@@ -467,6 +468,20 @@ class MusicDataModule(L.LightningDataModule):
             self._train_windows = total
         return self._train_windows
 
+    def count_train_rows(self, epochs: int = 4) -> int:
+        """Batch rows per epoch: the windows, or with `pack` the fewest rows the plans of the first `epochs`
+        epochs pack them into (packing varies a little with each epoch's order; see `train_dataloader`)."""
+        if not self.pack:
+            return self.count_train_windows()
+        stream = self.train_windows(rank=0, world_size=1)
+        return min(len(stream.plan(e).rows) for e in range(epochs))
+
+    def _train_fingerprint(self) -> str:
+        """The training data a stream is planned from: every train shard's name and split counts."""
+        items = sorted((s["file"], s.get("splits", {})) for _, m in self.manifests for s in m["shards"]
+                       if s.get("splits", {}).get("train", 1) > 0)
+        return hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+
     # -- distribution --------------------------------------------------------------------------
 
     def _trainer_attached(self) -> bool:
@@ -491,23 +506,28 @@ class MusicDataModule(L.LightningDataModule):
 
     def train_windows(self, rank: int | None = None, world_size: int | None = None, epoch: int = 0,
                       limit: int | None = None, skip: dict[int, int] | None = None) -> TrainWindows:
-        """The training window stream of one rank (one pass, or `limit` windows per worker)."""
+        """The training row stream of one rank (one pass, or `limit` rows per worker)."""
         r, w = self._rank_world()
         windows = TrainWindows(self.files("train"), self.tokenizer, self.max_notes, stage=self.stage, seed=self.seed,
                                epoch=epoch, shuffle_buffer=self.shuffle_buffer, transpose=self.transpose,
                                rank=r if rank is None else rank, world_size=w if world_size is None else world_size,
-                               skip=skip, limit=limit, groups=self._train_groups)
+                               skip=skip, limit=limit, groups=self._train_groups, pack=self.pack)
         self._train_groups = windows.groups()  # the plan's metadata, read once and shipped to every worker
         return windows
 
     def train_dataloader(self) -> DataLoader:
+        """An epoch: the same number of full batches on every rank and worker, each row served once. With
+        `pack` it is planned on the fewest rows the first epochs pack into, less 1 %, so that every later
+        epoch has rows enough; an epoch that had not would take its last rows from the next epoch's plan."""
         rank, world = self._rank_world()
         streams = max(1, self.num_workers)
-        windows = self.count_train_windows()
-        if windows < world * streams:
-            raise ValueError(f"{windows} training windows cannot be shared by {world} ranks x {streams} "
-                             f"workers: use fewer workers or more data")
-        per_stream = max(1, windows // (world * streams * self.batch_size))  # batches
+        rows = self.count_train_rows()
+        per_stream = int(rows * (0.99 if self.pack else 1.0)) // (world * streams * self.batch_size)  # batches
+        if per_stream < 1:
+            raise RunSetupError(f"{rows} training rows ({self.count_train_windows()} windows) cannot fill one "
+                                f"batch on each of {world} ranks x {streams} workers x {self.batch_size} rows per "
+                                f"batch (at least {world * streams * self.batch_size} rows): use fewer ranks, "
+                                f"workers or a smaller data.batch_size, or more data")
         dataset = self.train_windows(rank, world, limit=per_stream * self.batch_size)
         return _EpochLoader(self, dataset, per_stream * streams, batch_size=self.batch_size,
                             num_workers=self.num_workers, collate_fn=collate_windows, persistent_workers=False)
@@ -515,7 +535,7 @@ class MusicDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         if split not in self._eval:
             self._eval[split] = EvalWindows(self.files(split, required=False), split, self.stage, self.tokenizer,
-                                            self.max_notes, self.val_windows)
+                                            self.max_notes, self.val_windows, pack=self.pack)
             if len(self._eval[split]) == 0:
                 warnings.warn(f"the {split} split has no windows; {split} runs nothing", stacklevel=2)
         return DataLoader(self._eval[split], batch_size=self.batch_size, shuffle=False, num_workers=0,
@@ -540,23 +560,37 @@ class MusicDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the training stream stands: epoch and windows served per worker (valid on every rank)."""
+        """Where the training stream stands: epoch and rows served per worker (valid on every rank), and
+        the settings the stream was planned with (`STREAM_SETTINGS`)."""
         return {"epoch": self._epoch, "served": {str(k): v for k, v in self._served.items()},
                 **self._stream_settings()}
 
     def _stream_settings(self) -> dict[str, Any]:
         """What fixes the per-worker streams besides the epoch: a resumed run must match them."""
-        return {"num_workers": self.num_workers, "batch_size": self.batch_size, "seed": self.seed,
-                "max_notes": self.max_notes, "world_size": self._rank_world()[1]}
+        values = {"stage": self.stage, "max_notes": self.max_notes, "pack": self.pack,
+                  "transpose": list(self.transpose) if self.transpose is not None else None,
+                  "shuffle_buffer": self.shuffle_buffer, "seed": self.seed, "train_files": self._train_fingerprint(),
+                  "num_workers": self.num_workers, "batch_size": self.batch_size, "world_size": self._rank_world()[1]}
+        return {k: values[k] for k in STREAM_SETTINGS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the training stream where state_dict() left it (same workers, batch size, seed)."""
-        same = all(state.get(k) == v for k, v in self._stream_settings().items())
+        """Continue the training stream where state_dict() left it. A stream setting that changed (or that
+        a checkpoint of an older version did not record) is a RunSetupError naming it, unless `replan`:
+        then the interrupted epoch's stream restarts from its beginning, with a warning that says so."""
+        now = self._stream_settings()
+        changed = [f"data.{k} ({'not recorded' if k not in state else repr(state[k])} -> {now[k]!r})"
+                   for k in STREAM_SETTINGS if state.get(k, _MISSING) != now[k]]
         self._epoch = int(state.get("epoch", 0))
         self._iterations = self._epoch  # without a Trainer, the next pass continues this epoch
-        if same:
-            self._served = {int(k): int(v) for k, v in state.get("served", {}).items()}
-        else:
-            warnings.warn("data settings changed since the checkpoint (num_workers, batch_size, seed, max_notes "
-                          "or world size): the interrupted epoch's stream restarts from its beginning", stacklevel=2)
-            self._served = {}
+        self._served = {int(k): int(v) for k, v in state.get("served", {}).items()}
+        if not changed:
+            return
+        if not self.replan:
+            raise RunSetupError(f"resume: the training stream's settings differ from the checkpoint's: "
+                                f"{', '.join(changed)}; epoch {self._epoch} would serve some windows twice and "
+                                "others never. Resume with the checkpoint's settings, or pass --data.replan true "
+                                "to restart that epoch's stream under the new ones")
+        warnings.warn(f"resume with changed data settings ({', '.join(changed)}): data.replan restarts epoch "
+                      f"{self._epoch}'s stream from its beginning (windows served before the interruption are "
+                      "served again)", stacklevel=2)
+        self._served = {}

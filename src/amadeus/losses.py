@@ -1,7 +1,8 @@
 """Auxiliary loss and latent metrics for MLSDES (the dispersive loss on mid-depth sequence features).
 
 MLSDES pools the residual stream at about one third of the depth over the real notes of each sequence
-(padding and text prefix excluded), gathers the pooled features of all GPUs, and minimises
+(each piece of a packed row apart; padding and text prefix excluded), gathers the pooled features of all
+GPUs, and minimises
     L_disp = log mean_{a != b} exp(-(1 - cos(f_a, f_b)) / tau),
 which pushes different sequences apart (the authors' code has the opposite sign, which pulls them
 together; tests/test_losses.py shows both).
@@ -23,6 +24,16 @@ def masked_mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of h [B, T, d] over the positions where mask [B, T] is True -> [B, d] float32 (0 if none)."""
     m = mask.to(torch.float32)[..., None]  # [B, T, 1]
     return (h.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def segment_mean_pool(h: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """Mean of h [B, T, d] over the rows of each segment of segments [B, T] (pieces 1, 2, ... of a packed
+    row, 0 = padding) -> [pieces, d] float32, row by row and piece by piece."""
+    onehot = F.one_hot(segments.long(), int(segments.max()) + 1)[..., 1:].to(torch.float32)  # [B, T, S]
+    sums = torch.einsum("btd,bts->bsd", h.float(), onehot)  # [B, S, d]
+    counts = onehot.sum(1)  # [B, S]
+    present = counts > 0
+    return sums[present] / counts[present][:, None]
 
 
 def _off_diagonal(x: torch.Tensor) -> torch.Tensor:
@@ -68,13 +79,14 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def mlsdes_loss(mid: torch.Tensor, mask: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    """Unweighted MLSDES term for mid [B, T, d] (note positions only) and mask [B, T] (True = real
-    note): pool, gather across ranks, dispersive loss with cfg.mlsdes_tau. Exactly 0 (with a graph)
-    when cfg.use_mlsdes is False. The caller adds `cfg.mlsdes_weight * mlsdes_loss(...)`."""
+def mlsdes_loss(mid: torch.Tensor, segments: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Unweighted MLSDES term for mid [B, T, d] (note positions only) and segments [B, T] (the piece of
+    each row, 0 = padding; a boolean mask is one piece per row): pool each piece, gather across ranks,
+    dispersive loss with cfg.mlsdes_tau. Exactly 0 (with a graph) when cfg.use_mlsdes is False. The
+    caller adds `cfg.mlsdes_weight * mlsdes_loss(...)`."""
     if not cfg.use_mlsdes:
         return mid.float().sum() * 0.0
-    return dispersive_loss(gather_with_grad(masked_mean_pool(mid, mask)), cfg.mlsdes_tau)
+    return dispersive_loss(gather_with_grad(segment_mean_pool(mid, segments)), cfg.mlsdes_tau)
 
 
 @torch.no_grad()

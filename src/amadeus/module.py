@@ -4,8 +4,9 @@ Kept thin on purpose: the networks live in `amadeus.model`, the diffusion maths 
 `amadeus.model.diffusion`, the dispersive loss in `amadeus.losses`. This file only wires a batch
 through them, logs, and builds the optimiser.
 
-A batch (see `amadeus.datamodule`) is ``notes [B, T+1, K]``, ``mask [B, T+1]`` and ``caption``;
-the model reads rows ``0..T-1`` and predicts rows ``1..T``.
+A batch (see `amadeus.datamodule`) is ``notes [B, T+1, K]``, ``mask [B, T+1]``, ``segments [B, T+1]``
+(packed rows: the piece of each row) and ``caption``; the model reads rows ``0..T-1`` and predicts rows
+``1..T`` of the same piece.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from amadeus.checkpoint import read_checkpoint
+from amadeus.errors import RunSetupError
 from amadeus.losses import mlsdes_loss
 from amadeus.model.baselines import DECODERS, build_decoder
 from amadeus.model.config import ModelConfig
+from amadeus.model.transformer import segment_positions
 from amadeus.tokenizer import COL_METRIC, METRIC_SOS, NoteTokenizer, TokenizerConfig
 
 
@@ -42,6 +45,13 @@ def _model_config(network: ModelConfig | dict | None, tokenizer: NoteTokenizer, 
     values = {f.name: getattr(model, f.name) for f in fields(model)}
     values.update(vocab_sizes=list(vocab), prefix_dim=prefix_dim)
     return ModelConfig(**values)
+
+
+def _is_sharded(strategy: Any) -> bool:
+    """A strategy that shards the parameters across ranks (FSDP, model parallelism, DeepSpeed)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))
 
 
 def _step_seed(epoch: int, batch_idx: int, rank: int) -> int:
@@ -77,6 +87,8 @@ class AmadeusModule(L.LightningModule):
             report the plain ELBO). A caption's meter, tempo and instruments are decided by the first
             notes and then copied, so with few pieces their share of the loss (1/T) is too small for
             the text to take hold; see configs/tiny-text.yaml.
+        compile: compile the backbone and the head with torch.compile for training (`configure_model`); the
+            checkpoints are unchanged. Measured in benchmarks/train.py (docs/training.md, "Throughput").
         ema_decay: 0 = off; else validation, test and the checkpoints' `state_dict` use an exponential moving
             average of the weights with this decay (Lightning's EMAWeightAveraging, attached by
             `configure_callbacks`; the raw weights travel beside it for resumption).
@@ -113,6 +125,7 @@ class AmadeusModule(L.LightningModule):
         opening_notes: int = 1,
         decoder: str = "amadeus",
         ema_decay: float = 0.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if decoder not in DECODERS:
@@ -153,6 +166,7 @@ class AmadeusModule(L.LightningModule):
                 "opening_notes": opening_notes,
                 "decoder": decoder,
                 "ema_decay": ema_decay,
+                "compile": compile,
             }
         )
         self.decoder = decoder
@@ -215,18 +229,27 @@ class AmadeusModule(L.LightningModule):
 
     def shared_step(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
         notes: Tensor = batch["notes"]  # [B, T+1, K]
-        mask: Tensor = batch["mask"]  # [B, T+1]
+        segments = batch.get("segments")  # [B, T+1]: the piece of each row (0 = padding)
+        if segments is None:
+            segments = batch["mask"].long()
         inputs, targets = notes[:, :-1], notes[:, 1:]  # [B, T, K] each
-        in_mask = mask[:, :-1]
-        valid = mask[:, 1:] & in_mask  # [B, T]: a target row exists and so does its input
+        # a target row counts when it and its input row are real rows of the same piece
+        valid = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)  # [B, T]
+        packed = bool((segments > 1).any())  # more than one piece in some row
+        if packed and self.text_encoder is not None:
+            raise RunSetupError("this batch packs several pieces into one row, but a text model reads one caption "
+                                "per row: train it with --data.pack false")
         prefix, prefix_mask = self.encode_text(batch.get("caption"), train=stage == "train")
-        out = self.head.loss(self.backbone, notes, valid, prefix, prefix_mask, self._opening_weight(inputs, stage))
+        weight = self._opening_weight(inputs, segments[:, :-1], stage)
+        out = self.head.loss(self.backbone, notes, valid, prefix, prefix_mask, weight, segments if packed else None)
         if stage != "test":
-            mlsdes = mlsdes_loss(out.mid, in_mask, self.config)
+            mlsdes = mlsdes_loss(out.mid, segments[:, :-1], self.config)
         else:
             mlsdes = out.loss.new_zeros(())
         loss = out.loss + self.config.mlsdes_weight * mlsdes
         result = {"loss": loss, "diffusion": out.loss, "mlsdes": mlsdes, "notes": valid.sum()}
+        if stage == "train":
+            result["fill"] = (segments > 0).float().mean()  # real rows / rows
 
         metrics = self.stage_metrics[_metric_key(stage)]
         with torch.no_grad():
@@ -240,30 +263,58 @@ class AmadeusModule(L.LightningModule):
             if stage != "train":
                 # likelihoods in nats per note: exact (the chain rule in column order) and, for a diffusion
                 # decoder, this batch's ELBO estimate (the loss is per attribute slot: times K)
-                terms = self.head.exact_nll(self.backbone, notes, valid, prefix, prefix_mask)
+                terms = self.head.exact_nll(self.backbone, notes, valid, prefix, prefix_mask,
+                                            segments if packed else None)
                 result["nll_per_note"] = terms.sum(1).mean() if len(terms) else out.loss.new_zeros(())
                 if not self.head.autoregressive:
                     result["elbo_per_note"] = out.loss * self.K
         return result
 
-    def _opening_weight(self, inputs: Tensor, stage: str) -> Tensor | None:
-        """Per-target-row loss weights [B, T] (training only): opening_weight on the first
-        opening_notes targets of windows whose first input row is SOS, 1 elsewhere."""
+    def _opening_weight(self, inputs: Tensor, segments: Tensor, stage: str) -> Tensor | None:
+        """Per-target-row loss weights [B, T] (training only): opening_weight on the first opening_notes
+        targets of every window (piece of a row) whose first input row is SOS, 1 elsewhere."""
         w, n = float(self.hparams.opening_weight), int(self.hparams.opening_notes)
         if stage != "train" or w == 1.0 or n == 0:
             return None
-        opens = inputs[:, 0, COL_METRIC] == METRIC_SOS  # [B]
-        first = torch.arange(inputs.shape[1], device=inputs.device) < n  # [T]
-        return torch.where(opens[:, None] & first[None, :], w, 1.0)
+        position = segment_positions(segments)  # [B, T] row within its window
+        first_row = torch.gather(inputs[..., COL_METRIC], 1, torch.arange(inputs.shape[1], device=inputs.device)
+                                 .expand_as(position) - position)  # metric of each row's window's first row
+        return torch.where((first_row == METRIC_SOS) & (position < n), w, 1.0)
 
     # ------------------------------------------------------------------ Lightning hooks
+    def configure_model(self) -> None:
+        """`compile`: the backbone's and the head's calls go through torch.compile (in place: the state
+        dict keeps its names)."""
+        if self.hparams.compile:
+            self.backbone.compile()
+            self.head.compile()
+
     def configure_callbacks(self) -> list[L.Callback]:
-        """The weight averaging of `ema_decay` (a training recipe setting, so it lives with the model)."""
+        """The weight averaging of `ema_decay` (a training recipe setting, so it lives with the model).
+        Lightning's averaging keeps a full copy of the module, which a sharded strategy (FSDP) does not
+        have on any rank: refused at start."""
         if not self.hparams.ema_decay:
             return []
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if _is_sharded(strategy):
+            raise RunSetupError(f"model.ema_decay={self.hparams.ema_decay} (weight averaging) does not work with the "
+                                f"sharded strategy {type(strategy).__name__}: pass --model.ema_decay 0")
         return [EMAWeightAveraging(decay=float(self.hparams.ema_decay))]
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clipping by the global norm of all gradients, the same on one device, DDP and FSDP: a sharded
+        model (FSDP) computes the norm over every rank's shards with its own `clip_grad_norm_` (Lightning's
+        FSDP precision plugin refuses norm clipping); everything else clips as Lightning does."""
+        model = self._trainer.strategy.model if self._trainer is not None else None
+        if gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm" and _is_sharded(self._trainer.strategy) \
+                and hasattr(model, "clip_grad_norm_"):
+            model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.shared_step(batch, "train")
@@ -289,6 +340,8 @@ class AmadeusModule(L.LightningModule):
     def _log_stage(self, stage: str, out: dict[str, Tensor], batch_size: int) -> None:
         """Scalars of a step. Training logs `<name>_step` (this rank's value, no collective per step)
         and `<name>_epoch` (the mean over every rank's batches); validation and test the mean over ranks."""
+        if "fill" in out:
+            self.log("train/fill", out["fill"], batch_size=batch_size)
         for name in ("loss", "diffusion", "mlsdes"):
             key, shown = f"{stage}/{name}", name == "loss"
             if stage == "train":
@@ -313,6 +366,14 @@ class AmadeusModule(L.LightningModule):
         frozen = self.global_step < self.hparams.freeze_backbone_steps
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # The diffusion loss draws random masks: seeded per batch, the same weights always validate to the
+        # same value (checkpoint names and top-k rank weights, not luck). Training re-seeds every step.
+        torch.manual_seed(_step_seed(-1, batch_idx, self.global_rank))
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        torch.manual_seed(_step_seed(-2, batch_idx, self.global_rank))
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Weight decay only on the weight matrices of linear maps (nn.Linear.weight). Embeddings are not

@@ -8,7 +8,9 @@ What this file adds to LightningCLI, so that a long run survives interruption:
   invocation: a `ModelCheckpoint` or `PreemptionCheckpoint` of the config without a `dirpath` gets it
   (otherwise Lightning would use the logger's new version folder, where `--ckpt_path last` finds nothing);
 - `--ckpt_path last` with no checkpoint in that folder is an error naming the folder (Lightning only
-  warns and trains from step 0).
+  warns and trains from step 0);
+- a run that cannot start as configured (`amadeus.errors.RunSetupError`: weight averaging with a sharded
+  strategy, a resume whose data settings changed, too little data) is one line on stderr and exit code 2.
 Pre-emption (SIGTERM, SIGUSR1) is `amadeus.callbacks.PreemptionCheckpoint`, a callback of the configs.
 """
 from __future__ import annotations
@@ -76,13 +78,20 @@ def make_cli(args: Sequence[str] | None = None, run: bool = True) -> Any:
     sys.argv hidden for the construction, since LightningCLI warns when it sees both.
     """
     from amadeus.datamodule import MusicDataModule
+    from amadeus.errors import RunSetupError
     from amadeus.module import AmadeusModule
 
     cli = _cli_class()
-    if args is None or list(args) == sys.argv[1:]:
-        return cli(AmadeusModule, MusicDataModule, args=None, run=run, save_config_kwargs=SAVE_CONFIG)
-    argv, sys.argv = sys.argv, sys.argv[:1]
+    own = args is None or list(args) == sys.argv[1:]
+    argv = sys.argv
+    if not own:
+        sys.argv = sys.argv[:1]
     try:
-        return cli(AmadeusModule, MusicDataModule, args=list(args), run=run, save_config_kwargs=SAVE_CONFIG)
+        return cli(AmadeusModule, MusicDataModule, args=None if own else list(args), run=run,
+                   save_config_kwargs=SAVE_CONFIG)
+    except RunSetupError as e:
+        command = (list(args) if args is not None else argv[1:])[:1] or ["fit"]
+        print(f"amadeus {command[0]}: error: {e}", file=sys.stderr)
+        sys.exit(2)
     finally:
         sys.argv = argv

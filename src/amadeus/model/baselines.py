@@ -65,9 +65,11 @@ class AutoregressiveDecoder(NoteDecoder):
     per_attribute_metric = "nll"  # the exact chain-rule term of each attribute, nats per note
 
     def teacher_forced(self, backbone: nn.Module, notes: torch.Tensor, prefix: torch.Tensor | None,
-                       prefix_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                       prefix_mask: torch.Tensor | None, segments: torch.Tensor | None = None
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(logits K x [B, T, V_k] of rows 1..T of notes [B, T+1, K], attribute k given the earlier rows and
-        the attributes < k; mid [B, T, d], the backbone's MLSDES features, one per input row)."""
+        the attributes < k; mid [B, T, d], the backbone's MLSDES features, one per input row). segments
+        [B, T+1]: packed rows (see `NoteDecoder.loss`)."""
         raise NotImplementedError
 
     def attribute_logits(self, C: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
@@ -81,15 +83,16 @@ class AutoregressiveDecoder(NoteDecoder):
 
     def loss(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
              prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
-             weight: torch.Tensor | None = None) -> DecoderLoss:
-        logits, mid = self.teacher_forced(backbone, notes, prefix, prefix_mask)
+             weight: torch.Tensor | None = None, segments: torch.Tensor | None = None) -> DecoderLoss:
+        logits, mid = self.teacher_forced(backbone, notes, prefix, prefix_mask, segments)
         targets = notes[:, 1:]
         loss, per_attribute = exact_loss(cross_entropy(logits, targets), valid, weight)
         return DecoderLoss(loss, per_attribute, logits, torch.ones_like(targets, dtype=torch.bool), mid)
 
     def exact_nll(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
-                  prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits, _ = self.teacher_forced(backbone, notes, prefix, prefix_mask)
+                  prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
+                  segments: torch.Tensor | None = None) -> torch.Tensor:
+        logits, _ = self.teacher_forced(backbone, notes, prefix, prefix_mask, segments)
         return cross_entropy(logits, notes[:, 1:])[valid]
 
 
@@ -119,14 +122,17 @@ class FlatBackbone(NoteTransformer):
 
     def forward(self, notes: torch.Tensor, prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, use_cache: bool = False, notes_mask: torch.Tensor | None = None,
-                partial: torch.Tensor | None = None) -> TransformerOutput:
+                partial: torch.Tensor | None = None, segments: torch.Tensor | None = None) -> TransformerOutput:
+        """As NoteTransformer.forward, one token per attribute; `partial` continues the last row's piece."""
         if notes.dim() != 3 or notes.shape[-1] != self.K:
             raise ValueError(f"notes must be [B, T, {self.K}], got shape {tuple(notes.shape)}")
+        j = 0 if partial is None else partial.shape[1]
         if notes_mask is not None:
-            notes_mask = notes_mask.repeat_interleave(self.K, 1)
-            if partial is not None:
-                notes_mask = F.pad(notes_mask, (0, partial.shape[1]), value=True)
-        return super().forward(self.flatten(notes, partial), prefix, prefix_mask, cache, use_cache, notes_mask)
+            notes_mask = F.pad(notes_mask.repeat_interleave(self.K, 1), (0, j), value=True)
+        if segments is not None:
+            segments = torch.cat([segments.repeat_interleave(self.K, 1), segments[:, -1:].expand(-1, j)], 1)
+        return super().forward(self.flatten(notes, partial), prefix, prefix_mask, cache, use_cache, notes_mask,
+                               segments)
 
     def step(self, values: torch.Tensor, k: int, cache: KVCache) -> torch.Tensor:
         """Feed attribute k's values [B] as one token each through the cache; z [B, d] after it."""
@@ -153,10 +159,12 @@ class FlatDecoder(AutoregressiveDecoder):
         return self.out(C)[..., o: o + self.cfg.vocab_sizes[k]]
 
     def teacher_forced(self, backbone: nn.Module, notes: torch.Tensor, prefix: torch.Tensor | None,
-                       prefix_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                       prefix_mask: torch.Tensor | None, segments: torch.Tensor | None = None
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
         B, T, K = notes.shape[0], notes.shape[1] - 1, notes.shape[2]
         targets = notes[:, 1:]
-        out = backbone(notes[:, :-1], prefix, prefix_mask, partial=notes[:, -1, :-1])  # z [B, (T+1)K - 1, d]
+        out = backbone(notes[:, :-1], prefix, prefix_mask, partial=notes[:, -1, :-1],
+                       segments=None if segments is None else segments[:, :-1])  # z [B, (T+1)K - 1, d]
         z = out.z[:, K - 1:].reshape(B, T, K, -1)  # z[:, t, k] predicts attribute k of row t + 1
         logits = [self.attribute_logits(z[:, :, k], targets, k) for k in range(K)]
         mid = out.mid[:, K - 1:].reshape(B, T, K, -1)[:, :, 0]  # after each input row's last token
@@ -179,8 +187,9 @@ class ParallelDecoder(AutoregressiveDecoder):
         return self.out[k](C)
 
     def teacher_forced(self, backbone: nn.Module, notes: torch.Tensor, prefix: torch.Tensor | None,
-                       prefix_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
-        out = backbone(notes[:, :-1], prefix, prefix_mask)
+                       prefix_mask: torch.Tensor | None, segments: torch.Tensor | None = None
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        out = backbone(notes[:, :-1], prefix, prefix_mask, segments=None if segments is None else segments[:, :-1])
         return [head(out.z) for head in self.out], out.mid
 
 
@@ -223,8 +232,9 @@ class NestedDecoder(AutoregressiveDecoder):
         return self.note_logits(C, tokens)[k]
 
     def teacher_forced(self, backbone: nn.Module, notes: torch.Tensor, prefix: torch.Tensor | None,
-                       prefix_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
-        out = backbone(notes[:, :-1], prefix, prefix_mask)
+                       prefix_mask: torch.Tensor | None, segments: torch.Tensor | None = None
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        out = backbone(notes[:, :-1], prefix, prefix_mask, segments=None if segments is None else segments[:, :-1])
         return self.note_logits(out.z, notes[:, 1:]), out.mid
 
 

@@ -210,32 +210,36 @@ class AttributeDiffusionHead(NoteDecoder):
 
     def loss(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
              prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
-             weight: torch.Tensor | None = None) -> DecoderLoss:
+             weight: torch.Tensor | None = None, segments: torch.Tensor | None = None) -> DecoderLoss:
         """The diffusion loss of rows 1..T: one random mask per note (`corrupt`). The head runs on the
         whole [B, T] grid (the prefix is shared per row, never copied per note); `valid` excludes padding."""
         targets = notes[:, 1:]
-        out = backbone(notes[:, :-1], prefix=prefix, prefix_mask=prefix_mask)
+        out = backbone(notes[:, :-1], prefix=prefix, prefix_mask=prefix_mask,
+                       segments=None if segments is None else segments[:, :-1])
         masked, p = corrupt(targets.shape, eps=self.cfg.diffusion_eps, device=targets.device)
         logits = self(out.z, targets, masked, prefix_states=prefix, prefix_mask=prefix_mask)
         loss, per_attribute = diffusion_loss(logits, targets, masked, p, valid, weight)
         return DecoderLoss(loss, per_attribute, logits, masked, out.mid)
 
     def _valid_logits(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
-                      prefix: torch.Tensor | None, prefix_mask: torch.Tensor | None):
+                      prefix: torch.Tensor | None, prefix_mask: torch.Tensor | None, segments: torch.Tensor | None):
         """(logits_fn(masked [N, K]) -> K logits, targets [N, K]) of the N valid target rows: one backbone
         pass and one context for all of them, then only the denoiser per call."""
-        z = backbone(notes[:, :-1], prefix=prefix, prefix_mask=prefix_mask).z  # [B, T, d]
+        z = backbone(notes[:, :-1], prefix=prefix, prefix_mask=prefix_mask,
+                     segments=None if segments is None else segments[:, :-1]).z  # [B, T, d]
         C = self.context(z, prefix, prefix_mask)[valid]  # [N, K, w]
         targets = notes[:, 1:][valid]  # [N, K]
         return (lambda masked: self.logits(C, targets, masked)), targets
 
     def exact_nll(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
-                  prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits_fn, targets = self._valid_logits(backbone, notes, valid, prefix, prefix_mask)
+                  prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
+                  segments: torch.Tensor | None = None) -> torch.Tensor:
+        logits_fn, targets = self._valid_logits(backbone, notes, valid, prefix, prefix_mask, segments)
         return chain_rule_nll(logits_fn, targets)
 
     def elbo_nll(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
-                 prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None, *,
-                 num_samples: int = 4, method: str = "subsets", seed: int = 0) -> torch.Tensor:
-        logits_fn, targets = self._valid_logits(backbone, notes, valid, prefix, prefix_mask)
+                 prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
+                 segments: torch.Tensor | None = None, *, num_samples: int = 4, method: str = "subsets",
+                 seed: int = 0) -> torch.Tensor:
+        logits_fn, targets = self._valid_logits(backbone, notes, valid, prefix, prefix_mask, segments)
         return diffusion_elbo_nll(logits_fn, targets, num_samples, method=method, seed=seed)

@@ -11,7 +11,8 @@ comparison decoders of `amadeus.model.baselines`) through these methods, never t
                                             (`attribute_logits`); False: it runs denoising passes (`logits`)
 
 `notes` is a batch's rows [B, T+1, K]: the backbone reads rows 0..T-1 and the decoder predicts rows
-1..T; `valid` [B, T] marks the target rows that count.
+1..T; `valid` [B, T] marks the target rows that count; `segments` [B, T+1] (optional) numbers the pieces
+of packed rows (`amadeus.windows`), which attend within themselves only.
 """
 
 from __future__ import annotations
@@ -41,19 +42,21 @@ class NoteDecoder(nn.Module):
 
     def loss(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
              prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
-             weight: torch.Tensor | None = None) -> DecoderLoss:
+             weight: torch.Tensor | None = None, segments: torch.Tensor | None = None) -> DecoderLoss:
         """The training objective on rows 1..T of `notes`; `weight` [B, T] weighs notes (training only)."""
         raise NotImplementedError
 
     def exact_nll(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
-                  prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
+                  prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
+                  segments: torch.Tensor | None = None) -> torch.Tensor:
         """Exact NLL terms [N, K] (nats) of the N valid target rows, attribute by attribute in column order:
         summed over K, a proper NLL per note."""
         raise NotImplementedError
 
     def elbo_nll(self, backbone: nn.Module, notes: torch.Tensor, valid: torch.Tensor,
-                 prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None, *,
-                 num_samples: int = 4, method: str = "subsets", seed: int = 0) -> torch.Tensor | None:
+                 prefix: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None,
+                 segments: torch.Tensor | None = None, *, num_samples: int = 4, method: str = "subsets",
+                 seed: int = 0) -> torch.Tensor | None:
         """ELBO terms [N, K] of the valid target rows for a diffusion decoder; None for the others."""
         return None
 

@@ -7,6 +7,10 @@ causal over the whole sequence (prefix included) and never looks at padded posit
 RoPE positions count real tokens only, per row: the first real prefix token is position 0, the notes
 follow the real prefix tokens consecutively (no prefix: notes start at 0). So padding the prefix (left
 or right) changes nothing, and RoPE has no table: `max_notes` is only a sanity bound.
+
+Packed rows (`segments`, training and evaluation: several pieces laid end to end in one row, see
+`amadeus.windows`) attend within their own piece only and restart their positions at each piece, so a
+piece's outputs in a packed row are those of the piece alone (`segment_positions`, `segment_mask`).
 """
 
 from __future__ import annotations
@@ -184,6 +188,27 @@ def causal_mask(key_valid: torch.Tensor | None, start: int, L: int, device: torc
     return allowed[:, None], False
 
 
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """Position of every row inside its own segment: segments [B, T] (pieces numbered 1, 2, ... in order,
+    0 = padding) -> [B, T] long (0 at each segment's first row)."""
+    T = segments.shape[1]
+    idx = torch.arange(T, device=segments.device).expand_as(segments)
+    first = torch.ones_like(segments, dtype=torch.bool)
+    first[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    start = torch.where(first, idx, torch.zeros_like(idx)).cummax(1).values  # [B, T]
+    return idx - start
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Attention mask [B, 1, T, T] (True = attend) for packed rows: causal, within the query's own segment,
+    real keys only, and every query sees itself (so a padding row's discarded output stays finite)."""
+    T = segments.shape[1]
+    same = segments[:, :, None] == segments[:, None, :]  # [B, T, T]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    allowed = (same & causal & (segments[:, None, :] > 0)) | torch.eye(T, dtype=torch.bool, device=segments.device)
+    return allowed[:, None]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -278,11 +303,14 @@ class NoteTransformer(nn.Module):
         cache: KVCache | None = None,
         use_cache: bool = False,
         notes_mask: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> TransformerOutput:
         """notes [B, T, K] -> TransformerOutput(z [B, T, d], mid [B, T, d], cache).
 
         prefix [B, P, prefix_dim] and prefix_mask [B, P] (True = real) only with the first call;
         notes_mask [B, T] marks padded notes (e.g. left-padded prompts) that nothing may attend to.
+        segments [B, T] (packed rows: pieces numbered 1, 2, ..., 0 = padding; no prefix, no cache) keeps
+        attention and positions inside each piece.
         With `cache` (or use_cache=True, which creates one) keys/values are kept for later calls such
         as `forward(notes[:, -1:], cache=cache)`.
         """
@@ -298,6 +326,12 @@ class NoteTransformer(nn.Module):
             raise ValueError(f"{n_notes} notes exceed ModelConfig.max_notes={self.cfg.max_notes}")
         if notes_mask is not None and notes_mask.shape != (B, T):
             raise ValueError(f"notes_mask must be {(B, T)}, got {tuple(notes_mask.shape)}")
+        if segments is not None:
+            if segments.shape != (B, T):
+                raise ValueError(f"segments must be {(B, T)}, got {tuple(segments.shape)}")
+            if prefix is not None or cache is not None or use_cache:
+                raise ValueError("packed rows (segments) take no text prefix and no KV cache")
+            return self._packed(notes, segments)
 
         x = self.embed(notes)  # [B, T, d]
         p = self._prefix(prefix, prefix_mask, B, cache)
@@ -327,12 +361,24 @@ class NoteTransformer(nn.Module):
         rope = rope_angles(positions, self.head_dim, self.cfg.rope_base)
         mask, is_causal = causal_mask(key_valid, start, L, x.device)
 
+        x, mid = self._blocks(x, rope, mask, is_causal, cache)
+        if cache is not None:
+            cache.end(valid, P)
+        z = self.norm(x)
+        return TransformerOutput(z[:, P:], mid[:, P:], cache)
+
+    def _blocks(self, x: torch.Tensor, rope, mask, is_causal: bool, cache: KVCache | None):
+        """The n_layers blocks: (output, the residual stream after layer cfg.mid_layer, for MLSDES)."""
         mid = x
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, is_causal, cache, i)
             if i + 1 == self.cfg.mid_layer:
                 mid = x
-        if cache is not None:
-            cache.end(valid, P)
-        z = self.norm(x)
-        return TransformerOutput(z[:, P:], mid[:, P:], cache)
+        return x, mid
+
+    def _packed(self, notes: torch.Tensor, segments: torch.Tensor) -> TransformerOutput:
+        """Packed rows: every piece attends to itself only, with positions from its own first row."""
+        x = self.embed(notes)  # [B, T, d]
+        rope = rope_angles(segment_positions(segments), self.head_dim, self.cfg.rope_base)
+        x, mid = self._blocks(x, rope, segment_mask(segments), False, None)
+        return TransformerOutput(self.norm(x), mid, None)
