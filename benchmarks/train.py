@@ -27,6 +27,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def _cli(config: str, data: str, pack: bool, steps: int, device: str, extra: lis
             f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--trainer.logger=false",
             "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", "--trainer.callbacks=[]", "--trainer.num_sanity_val_steps=0",
-            f"--trainer.default_root_dir={RESULTS / '.train-bench'}", *extra]
+            f"--trainer.default_root_dir={tempfile.mkdtemp(prefix='amadeus-train-bench-')}", *extra]
     if device != "auto":
         args.append(f"--trainer.accelerator={'gpu' if device == 'cuda' else device}")
     return make_cli(args, run=False)
