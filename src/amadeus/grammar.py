@@ -6,6 +6,7 @@ module that asks "is this a note row", "does this row start a bar", "where does 
 
     is_note_metric(m), is_bar_start(m), is_ts_change(m), is_drum_pitch(p)   numpy or torch, elementwise
     note_rows(tok), cut_at_eos(tok), ts_per_row(m, default_ts, n_ts)        numpy token matrices
+    marker_row(kind), is_marker(tok)                                         reordered sequences (infill)
 
 The sampler's guards (`amadeus.sampling.guards`) and the evaluation's syntax check (`amadeus.syntax`)
 build on these. numpy only: the tokenizer (and with it every preprocessing worker) imports this module
@@ -36,6 +37,15 @@ METRIC_NEW_BAR = 6
 METRIC_TS_OFFSET = 7  # NEW_BAR_TS with time signature i is METRIC_TS_OFFSET + i
 
 DRUM_INSTRUMENT = 129  # instrument column value of drums (1 + GM program for the others)
+
+# Marker rows of reordered sequences (`amadeus.infill`): an SOS-metric row whose position column says what
+# follows it; every other column 0. A piece's own SOS row has position 0.
+MARKER_SUFFIX = 1  # the music after a gap
+MARKER_PREFIX = 2  # the music before the gap
+MARKER_MIDDLE = 3  # the gap, which the model writes
+MARKER_KEEP = 4  # the parts kept note for note (accompaniment)
+MARKER_ADD = 5  # the parts the model writes around them
+MARKERS = (MARKER_SUFFIX, MARKER_PREFIX, MARKER_MIDDLE, MARKER_KEEP, MARKER_ADD)
 
 # ----------------------------------------------------------------------------------------------
 # row predicates (numpy arrays or torch tensors: elementwise operators only)
@@ -68,6 +78,18 @@ def is_drum_pitch(p: ArrayOrTensor) -> ArrayOrTensor:
 
 # ----------------------------------------------------------------------------------------------
 # token matrices (numpy)
+
+
+def marker_row(kind: int, K: int = len(ATTRIBUTES)) -> np.ndarray:
+    """The row that marks a part of a reordered sequence (one of MARKERS)."""
+    row = np.zeros(K, np.int64)
+    row[COL_METRIC], row[COL_POSITION] = METRIC_SOS, kind
+    return row
+
+
+def is_marker(tok: np.ndarray) -> np.ndarray:
+    """Bool [N]: marker rows (SOS metric with a marker in the position column)."""
+    return (tok[:, COL_METRIC] == METRIC_SOS) & (tok[:, COL_POSITION] > 0)
 
 
 def note_rows(tok: np.ndarray) -> np.ndarray:

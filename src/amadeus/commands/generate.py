@@ -5,6 +5,8 @@
         --control time_signature=3/4 --png --wav --out samples/controlled
     amadeus generate --ckpt CKPT --prompt-midi song.mid --prompt-bars 4 --out samples/continued
     amadeus generate --ckpt CKPT --prompt-midi song.mid --regenerate velocity --out samples/revoiced
+    amadeus generate --ckpt CKPT --prompt-midi song.mid --infill-bars 5-8 --out samples/infilled
+    amadeus generate --ckpt CKPT --prompt-midi song.mid --keep-tracks 1 --add-instruments violin,cello --out samples/duo
     amadeus generate --ckpt CKPT --text "A calm piano piece in D minor" --guidance 2 --out samples/text
 
 The sampler's flags and defaults are `amadeus.sampling.options.SamplingOptions`' (the same for the Python
@@ -33,6 +35,7 @@ from amadeus.commands._common import (
     sampling_options,
     torch_runtime,
 )
+from amadeus.infill import INFILL_CONTEXT
 from amadeus.sampling.options import SamplingOptions
 
 
@@ -54,6 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regenerate", default=None, metavar="ATTRS",
                         help="re-sample these attributes of --prompt-midi and keep the rest, e.g. velocity or "
                              "instrument,velocity (any of chord, tempo, instrument, pitch, duration, velocity)")
+    parser.add_argument("--infill-bars", default=None, metavar="A-B",
+                        help="rewrite bars A to B of --prompt-midi (1-based, inclusive, as a MIDI editor counts them), "
+                             "given the music before and after; everything else stays note for note")
+    parser.add_argument("--keep-tracks", default=None, metavar="TRACKS",
+                        help="keep these tracks of --prompt-midi note for note (1-based numbers or track / instrument "
+                             "names, e.g. 1 or Violin) and write the other parts around them")
+    parser.add_argument("--add-instruments", default=None, metavar="NAMES",
+                        help="with --keep-tracks: the instruments of the new parts, e.g. violin,cello")
+    parser.add_argument("--context", type=int, default=INFILL_CONTEXT,
+                        help=f"rows of the piece around the gap (or of kept parts) the model reads (default {INFILL_CONTEXT})")
     parser.add_argument("--control", action="append", default=[], metavar="NAME=VALUE",
                         help="attribute control (repeatable): instrument=piano,violin tempo=96 "
                              "time_signature=3/4 pitch=48-72 key=Dm velocity=60-100 duration=0.5-2 "
@@ -70,8 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace) -> SamplingOptions:
     """Check the flags; the sampler's settings as SamplingOptions."""
     check_at_least(args, ("num", "max_notes", "max_bars"), 1)
-    if (args.prompt_bars or args.prompt_notes or args.regenerate) and not args.prompt_midi:
-        raise UsageError("--prompt-bars / --prompt-notes / --regenerate need --prompt-midi FILE")
+    if (args.prompt_bars or args.prompt_notes or args.regenerate or args.infill_bars or args.keep_tracks) \
+            and not args.prompt_midi:
+        raise UsageError("--prompt-bars / --prompt-notes / --regenerate / --infill-bars / --keep-tracks need "
+                         "--prompt-midi FILE")
+    if sum(bool(x) for x in (args.regenerate, args.infill_bars, args.keep_tracks)) > 1:
+        raise UsageError("choose one of --regenerate, --infill-bars and --keep-tracks")
+    if args.add_instruments and not args.keep_tracks:
+        raise UsageError("--add-instruments needs --keep-tracks")
+    if args.infill_bars is not None:
+        _bars(args.infill_bars)
+    check_at_least(args, ("context",), 1)
     if args.prompt_midi and not Path(args.prompt_midi).is_file():
         raise UsageError(f"--prompt-midi {args.prompt_midi}: no such file")
     check_threads(args.threads)
@@ -87,6 +109,15 @@ def _validate(args: argparse.Namespace) -> SamplingOptions:
     return options
 
 
+def _bars(text: str) -> tuple[int, int]:
+    """"5-8" (or "5") -> (5, 8)."""
+    first, _, last = text.partition("-")
+    try:
+        return int(first), int(last or first)
+    except ValueError:
+        raise UsageError(f"--infill-bars {text}: expected bars A-B, e.g. 5-8") from None
+
+
 def _sample(args: argparse.Namespace, options: SamplingOptions, device: str):
     """Load the model and sample; returns (model, scores, seconds since the start)."""
     from amadeus.api import Amadeus
@@ -95,7 +126,13 @@ def _sample(args: argparse.Namespace, options: SamplingOptions, device: str):
     model = Amadeus.load(args.ckpt, device=device)
     start = time.perf_counter()
     common = dict(options=options, seed=args.seed, controls=args.control, text=args.text)
-    if args.regenerate:
+    if args.infill_bars:
+        scores = model.infill(args.prompt_midi, _bars(args.infill_bars), num=args.num, context=args.context, **common)
+    elif args.keep_tracks:
+        keep = [t.strip() for t in args.keep_tracks.split(",") if t.strip()]
+        scores = model.accompany(args.prompt_midi, keep, num=args.num, add_instruments=args.add_instruments,
+                                 context=args.context, **common)
+    elif args.regenerate:
         attrs = [a.strip() for a in args.regenerate.split(",") if a.strip()]
         piece = prompt_from_midi(model.tokenizer, args.prompt_midi, bars=args.prompt_bars, notes=args.prompt_notes)
         scores = model.regenerate(piece, attrs, num=args.num, **common)

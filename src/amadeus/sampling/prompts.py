@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from amadeus.grammar import (COL_METRIC, COL_PITCH, COL_POSITION, METRIC_EOS, METRIC_SOS, METRIC_TS_OFFSET, is_bar_start,
-                             is_ts_change)
+from amadeus.grammar import (COL_METRIC, COL_PITCH, COL_POSITION, MARKER_MIDDLE, MARKER_PREFIX, METRIC_EOS, METRIC_SOS,
+                             METRIC_TS_OFFSET, is_bar_start, is_marker, is_ts_change)
 from amadeus.tokenizer import NoteTokenizer
 
 REGENERABLE = ("chord", "tempo", "instrument", "pitch", "duration", "velocity")
@@ -43,7 +43,7 @@ def as_tokens(x: Any, tokenizer: NoteTokenizer, what: str) -> np.ndarray:
         tok = tok[: eos[0]]
     if len(tok) == 0 or tok[0, COL_METRIC] != METRIC_SOS:
         tok = np.concatenate([tokenizer.sos_row()[None], tok])
-    if (tok[1:, COL_METRIC] == METRIC_SOS).any():
+    if ((tok[1:, COL_METRIC] == METRIC_SOS) & ~is_marker(tok[1:])).any():
         raise ValueError(f"{what}: SOS appears after the first row")
     return tok
 
@@ -68,7 +68,22 @@ def prompt_from_midi(tokenizer: NoteTokenizer, source: Any, bars: int | None = N
 
 
 def prompt_state(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[int, int, int, int]:
-    """(bars, current time-signature index, last note position in the bar, notes in the bar)."""
+    """(bars, current time-signature index, last note position in the bar, notes in the bar) of the music
+    the next row continues. A reordered prompt (`amadeus.infill`) continues its last part: after an ADD
+    marker a fresh piece (nothing yet); after a MIDDLE marker the music before the gap (between the PREFIX
+    and MIDDLE markers), where the next row opens a bar (position and notes in the bar 0)."""
+    markers = np.flatnonzero(is_marker(tok))
+    if len(markers):
+        kind = tok[markers[-1], COL_POSITION]
+        if kind != MARKER_MIDDLE:
+            return _state(tok[markers[-1] + 1:], tokenizer)
+        prefix = markers[(tok[markers, COL_POSITION] == MARKER_PREFIX)]
+        bars, ts, _, _ = _state(tok[(prefix[-1] + 1 if len(prefix) else markers[-1]):markers[-1]], tokenizer)
+        return bars, ts, 0, 0
+    return _state(tok, tokenizer)
+
+
+def _state(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[int, int, int, int]:
     m = tok[:, COL_METRIC]
     starts = is_bar_start(m)
     bars = int(starts.sum())
