@@ -236,3 +236,25 @@ def test_command_without_gradio_says_what_to_install(monkeypatch, capsys):
     assert main(["studio", "--ckpt", "whatever.ckpt"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'amadeus[studio]'" in err
+
+
+def test_infill_and_accompany_an_upload(plain_model, tmp_path):
+    from symusic import Score
+
+    from amadeus.studio import StudioError, studio_generate
+
+    notes = [(i * 480, 480, 60 + i % 7, 80) for i in range(32)]  # 8 bars of 4/4
+    bass = [(i * 960, 960, 36 + i % 5, 80) for i in range(16)]
+    src = write(make_score([part(notes, program=0, name="Piano"), part(bass, program=32, name="Bass")],
+                           tempos=[(0, 100.0)], time_signatures=[(0, 4, 4)]), tmp_path / "mine.mid")
+    fill = studio_generate(plain_model, upload=src, upload_mode="infill", infill_bars="3-4", out_dir=tmp_path / "i")
+    got = Score(str(fill.midi))
+    outside = sorted((n.time, n.pitch) for t in got.tracks for n in t.notes if not 3840 <= n.time < 7680)
+    assert outside == sorted((n[0], n[2]) for n in notes + bass if not 3840 <= n[0] < 7680)
+    acc = studio_generate(plain_model, upload=src, upload_mode="accompany", keep_tracks="Bass", out_dir=tmp_path / "a")
+    bass_out = [t for t in Score(str(acc.midi)).tracks if t.name == "Bass"]
+    assert [(n.time, n.pitch) for n in bass_out[0].notes] == [(n[0], n[2]) for n in bass]
+    with pytest.raises(StudioError, match="A-B"):
+        studio_generate(plain_model, upload=src, upload_mode="infill", infill_bars="three", out_dir=tmp_path)
+    with pytest.raises(StudioError, match="the piece has 8 bars"):
+        studio_generate(plain_model, upload=src, upload_mode="infill", infill_bars="7-9", out_dir=tmp_path)

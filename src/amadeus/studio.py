@@ -1,4 +1,4 @@
-"""The browser studio: a Gradio page over `Amadeus.generate` / `Amadeus.regenerate`.
+"""The browser studio: a Gradio page over `Amadeus.generate` / `.regenerate` / `.infill` / `.accompany`.
 
 `build_app(model_or_path)` returns a `gr.Blocks`: a caption (when the model reads text) with
 guidance, controls (instruments, tempo, time signature, key, pitch and velocity ranges, length),
@@ -32,7 +32,7 @@ INSTRUMENT_CHOICES = (*GM_PROGRAM_NAMES, DRUMS)
 KEY_CHOICES = ("any", *(f"{p} major" for p in MAJOR_TONICS), *(f"{p} minor" for p in MINOR_TONICS))
 ANY = "any"
 LENGTH_UNITS = ("bars", "notes")
-UPLOAD_MODES = ("continue", "regenerate")
+UPLOAD_MODES = ("continue", "regenerate", "infill", "accompany")
 MAX_LENGTH = {"bars": 64, "notes": 2048}
 NOTE_CAP = 1024  # generated rows when the length is given in bars
 BENCHMARK = Path("benchmarks") / "results" / "generate.json"
@@ -130,7 +130,8 @@ def studio_generate(model: Any, caption: str = "", guidance: float | None = None
                     temperature: float = _others(DEFAULTS.temperature),
                     top_p: float = _others(DEFAULTS.top_p), seed: int = 0, upload: str | Path | None = None,
                     upload_mode: str = "continue", prompt_bars: int = 2,
-                    regenerate: Sequence[str] = ("velocity",), out_dir: str | Path | None = None) -> Generation:
+                    regenerate: Sequence[str] = ("velocity",), infill_bars: str = "5-8", keep_tracks: str = "1",
+                    out_dir: str | Path | None = None) -> Generation:
     """One generation with the page's settings (a loaded `Amadeus` model); files go to `out_dir`
     (default: a fresh folder under the temp dir). `temperature` and `top_p` set every attribute that the
     sampler's defaults do not set apart (pitch and chord keep theirs); `guidance` None is the sampler's
@@ -150,6 +151,7 @@ def studio_generate(model: Any, caption: str = "", guidance: float | None = None
     except ControlError as e:
         raise StudioError(f"impossible control: {e}") from None
     common = dict(options=options, seed=int(seed), controls=specs, text=caption or None)
+    whole = replace(options, max_bars=None, min_notes=0)  # the upload's own length (regenerate, infill, accompany)
     try:
         if upload is None:
             score = model.generate(1, **common)[0]
@@ -163,15 +165,28 @@ def studio_generate(model: Any, caption: str = "", guidance: float | None = None
             if not regenerate:
                 raise StudioError("regenerate: tick the attributes to re-sample (e.g. instrument to re-orchestrate, "
                                   "velocity to re-voice the dynamics)")
-            whole = replace(options, max_bars=None, min_notes=0)  # the piece's own length, every bar of it
             score = model.regenerate(piece, list(regenerate), **{**common, "options": whole})[0]
+        elif upload_mode == "infill":
+            score = model.infill(_read_upload(upload), _span(infill_bars), **{**common, "options": whole})[0]
+        elif upload_mode == "accompany":
+            keep = [t.strip() for t in str(keep_tracks).split(",") if t.strip()]
+            score = model.accompany(_read_upload(upload), keep, **{**common, "options": whole})[0]
         else:
-            raise StudioError(f"upload mode {upload_mode!r}: choose continue or regenerate")
+            raise StudioError(f"upload mode {upload_mode!r}: choose one of {', '.join(UPLOAD_MODES)}")
     except StudioError:
         raise
     except ValueError as e:  # ControlError, TokenizerError and the sampler's checks are ValueErrors
         raise StudioError(str(e)) from None
     return _write_outputs(model, score, out_dir, caption)
+
+
+def _span(text: str) -> tuple[int, int]:
+    """The page's "5-8" (or "5") as bars (5, 8)."""
+    first, _, last = str(text).strip().partition("-")
+    try:
+        return int(first), int(last or first)
+    except ValueError:
+        raise StudioError(f"bars to rewrite {text!r}: write them as A-B, e.g. 5-8") from None
 
 
 def _length(unit: str, length: int) -> dict[str, int]:
@@ -313,8 +328,11 @@ def _inputs(gr: Any, model: Any, examples: list[str]) -> list[Any]:
         regen = gr.CheckboxGroup(["instrument", "velocity", "pitch", "duration", "tempo", "chord"],
                                  value=["velocity"], label="Regenerate (instrument = re-orchestrate, "
                                                            "velocity = re-voice the dynamics)")
+        with gr.Row():
+            infill_bars = gr.Textbox(value="5-8", label="Infill: the bars to rewrite (A-B, bar 1 at time 0)")
+            keep_tracks = gr.Textbox(value="1", label="Accompany: tracks to keep (numbers or names, e.g. 1 or Flute)")
     return [caption, guidance, instruments, tempo, ts, key, p_lo, p_hi, v_lo, v_hi, unit, length, steps,
-            temperature, top_p, seed, upload, mode, bars, regen]
+            temperature, top_p, seed, upload, mode, bars, regen, infill_bars, keep_tracks]
 
 
 def _figures_markdown(gen: Generation) -> str:
@@ -337,14 +355,15 @@ def build_app(model_or_path: Any, captions: str | Path | None = None) -> Any:
                  steps: int = DEFAULTS.steps_for(model.tokenizer.K),
                  temperature: float = _others(DEFAULTS.temperature), top_p: float = _others(DEFAULTS.top_p),
                  seed: int = 0, upload: str | None = None, upload_mode: str = "continue", prompt_bars: int = 2,
-                 regenerate: list[str] | None = None, progress: Any = gr.Progress()) -> tuple:
+                 regenerate: list[str] | None = None, infill_bars: str = "5-8", keep_tracks: str = "1",
+                 progress: Any = gr.Progress()) -> tuple:
         """Generate one piece; returns (MIDI file, piano roll PNG, WAV or None, figures)."""
         progress(0.05, desc="generating")
         try:
             gen = studio_generate(model, caption, guidance, instruments or (), tempo, time_signature, key, pitch_low,
                                   pitch_high, velocity_low, velocity_high, length_unit, length, steps, temperature,
                                   top_p, seed, upload, upload_mode, prompt_bars,
-                                  ["velocity"] if regenerate is None else regenerate)
+                                  ["velocity"] if regenerate is None else regenerate, infill_bars, keep_tracks)
         except StudioError as e:
             raise gr.Error(str(e)) from None
         progress(1.0, desc="done")
