@@ -386,7 +386,8 @@ class NoteTransformer(nn.Module):
         if T != 1 or extra or cache.batch_size != B:
             raise ValueError(f"a frozen KV cache of {cache.batch_size} rows takes one position per row and no "
                              f"prefix or mask, got notes {tuple(notes.shape)}")
-        x = self.embed(notes)  # [B, 1, d]
+        # the embedding without its vocabulary check, which reads the device: the sampler writes vocabulary values
+        x = self.embed.drop(self.embed.tables(notes).sum(-2))  # [B, 1, d]
         rope = rope_angles(cache.pos[:, None], self.head_dim, self.cfg.rope_base)
         mask = cache.step_mask()  # [B, 1, 1, window]
         mid = x

@@ -18,6 +18,10 @@ from typing import Callable
 
 import torch
 
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend for decode="compile" (the tests trace with "eager": dynamo's single graph, proving
+that a note reads nothing back, without minutes of code generation)."""
+
 
 class NoteReplay:
     """Calls `note()` once per note, for the attention window `window` the caller picked (each window is a
@@ -25,7 +29,7 @@ class NoteReplay:
 
     def __init__(self, note: Callable[[], None], device: torch.device, compile: bool = False):
         self.note = note
-        self.fn = torch.compile(note, fullgraph=True, dynamic=False) if compile else note
+        self.fn = torch.compile(note, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND) if compile else note
         self.use_graphs = device.type == "cuda"
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.warm: set[int] = set()
