@@ -1,7 +1,7 @@
 """Generation speed: Amadeus (one backbone step + S head passes per note) vs flat and nested decoding.
 
     python benchmarks/generate.py [--quick] [--sizes tiny,30m] [--batches 1,16] [--steps 1,2,4,8]
-                                  [--decode auto,static] [--compile] [--methods amadeus,flat,nested]
+                                  [--decode auto,static] [--compile] [--kernels] [--methods amadeus,flat,nested]
                                   [--threads 1] [--device cpu|cuda] [--out FILE]
 
 Weights are random (untrained): decoding speed does not depend on them, except that the Amadeus
@@ -23,7 +23,10 @@ minus a timed one). Each static and compiled row also says whether its pieces eq
 (`same_as_eager`; every piece, fp32).
 
 Rows: {"method", "size", "steps", "batch", "decode", "notes_per_s", "ms_per_note", "backbone_ms_per_step"}
-(+ "device", "threads", "notes", "ran", "compile_s", "same_as_eager"). ms_per_note = wall time per
+(+ "device", "threads", "notes", "ran", "host_reads_per_note", "kernels_per_note" with --kernels, "compile_s",
+"same_as_eager"). host_reads_per_note: the host's reads of the device (`amadeus.sampling.count_syncs`) per note
+of the 8-note warm-up call, setup and final reads included; kernels_per_note: aten operators that are not
+views, per note (--kernels). ms_per_note = wall time per
 generated row of the batch (all pieces advance together); backbone_ms_per_step = one cached eager backbone
 step for the same batch. Targets: CPU (batch 1, 30m, auto): Amadeus S=8 >= 3x flat, S=2 >= 5x flat, and
 Amadeus' time per note <= 2x one backbone step at S=2. CUDA (30m, auto, issue 23): batch 1 S=2 >= 500
@@ -82,17 +85,47 @@ def backbone_step_ms(backbone, batch: int, notes: int, device: str) -> float:
     return 1000 * timed(run, device)[0] / notes
 
 
+WARM_NOTES = 8  # notes of the warm-up call (except when compiling), which also counts the host's reads
+
+
 def decoder_row(parts, batch: int, steps: int | None, notes: int, device: str, decode: str):
-    """(seconds, warm-up seconds, SampleResult) to decode `notes` rows for `batch` pieces with the real sampler
-    (`amadeus.sampling.generate`): guards on, top-p 0.95, EOS forbidden; `steps` only matters for Amadeus.
-    The warm-up is the same call when compiling (torch.compile specialises on every shape), else a short one."""
-    from amadeus.sampling import generate
+    """(seconds, warm-up seconds, SampleResult, host reads per note of the warm-up) to decode `notes` rows for
+    `batch` pieces with the real sampler (`amadeus.sampling.generate`): guards on, top-p 0.95, EOS forbidden;
+    `steps` only matters for Amadeus. The warm-up is the same call when compiling (torch.compile specialises
+    on every shape), else a short one, run under `count_syncs` (outside the timed call: the spy costs time)."""
+    from amadeus.sampling import count_syncs, generate
 
     kw = dict(num=batch, max_notes=notes, min_notes=notes, steps=steps, seed=0, top_p=0.95, decode=decode)
-    warm = kw if decode == "compile" else {**kw, "max_notes": 8, "min_notes": 8}
-    warm_s, _ = timed(lambda: generate(parts, **warm), device)
+    warm = kw if decode == "compile" else {**kw, "max_notes": WARM_NOTES, "min_notes": WARM_NOTES}
+    with count_syncs() as reads:
+        warm_s, _ = timed(lambda: generate(parts, **warm), device)
     seconds, result = timed(lambda: generate(parts, **kw), device)
-    return seconds, warm_s, result
+    return seconds, warm_s, result, max(reads.reads, reads.cuda) / warm["max_notes"]
+
+
+_VIEWS = {"unsqueeze", "squeeze", "select", "slice", "view", "expand", "t", "transpose", "permute", "alias",
+          "detach", "split", "split_with_sizes", "chunk", "unbind", "_unsafe_view", "as_strided", "lift_fresh",
+          "reshape", "contiguous"}
+
+
+def kernels_per_note(parts, batch: int, steps: int | None, decode: str) -> float:
+    """aten operators per note that are not views (each one kernel launch, or more, on CUDA), counted by a
+    dispatch mode over a WARM_NOTES-note run; a launch-bound chip's time per note follows this count."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from amadeus.sampling import generate
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.overloadpacket.__name__ not in _VIEWS
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        generate(parts, num=batch, max_notes=WARM_NOTES, min_notes=WARM_NOTES, steps=steps, seed=0, top_p=0.95,
+                 decode=decode)
+    return Count.n / WARM_NOTES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "auto,eager on CUDA, where auto is static)")
     ap.add_argument("--compile", action="store_true", help="also measure decode=compile (torch.compile: minutes "
                                                            "of compiling per configuration on a CPU)")
+    ap.add_argument("--kernels", action="store_true", help="also count aten kernels per note (a dispatch mode "
+                                                           "over an extra 8-note run per row)")
     ap.add_argument("--notes", type=int, default=None, help="generated notes per run (default 24 quick, 96 full)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: reproducible on a shared machine; 0 = torch's default)")
@@ -138,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             floor = backbone_step_ms(floor_of.backbone, batch, notes, device)
             for name in methods:
                 for S in map(int, args.steps.split(",")) if name == "amadeus" else [None]:
-                    rows += measure(decoders[name], name, size, batch, S, notes, device, modes, floor)
+                    rows += measure(decoders[name], name, size, batch, S, notes, device, modes, floor, args.kernels)
     summarise(rows, device)
     out = Path(args.out) if args.out else QUICK if args.quick else RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(parts, method: str, size: str, batch: int, steps: int | None, notes: int, device: str,
-            modes: list[str], floor: float) -> list[dict]:
+            modes: list[str], floor: float, kernels: bool = False) -> list[dict]:
     """One row per decode path for one decoder configuration."""
     out, reference = [], None
     for mode in modes:
         if mode == "compile":
             torch._dynamo.reset()  # a fresh compile per configuration, within the recompile limit
-        seconds, warm_s, result = decoder_row(parts, batch, steps, notes, device, mode)
+        seconds, warm_s, result, reads = decoder_row(parts, batch, steps, notes, device, mode)
         if result.settings["decode"] == "eager":
             reference = result.tokens if reference is None else reference
         elif reference is None:  # the eager pieces to compare with
@@ -165,13 +200,17 @@ def measure(parts, method: str, size: str, batch: int, steps: int | None, notes:
         r = {"method": method, "size": size, "steps": steps, "batch": batch, "decode": mode,
              "notes_per_s": round(batch * notes / seconds, 2), "ms_per_note": round(ms, 3),
              "backbone_ms_per_step": round(floor, 3), "device": device, "threads": torch.get_num_threads(),
-             "notes": notes, "ran": result.settings["decode"]}
+             "notes": notes, "ran": result.settings["decode"], "host_reads_per_note": round(reads, 2)}
+        if kernels and mode != "compile":
+            r["kernels_per_note"] = round(kernels_per_note(parts, batch, steps, mode))
         if mode == "compile":
             r["compile_s"] = round(warm_s - seconds, 1)
         if reference is not None and result.settings["decode"] != "eager":
             r["same_as_eager"] = all(np.array_equal(a, b) for a, b in zip(reference, result.tokens))
         out.append(r)
-        extra = f"  compile {r['compile_s']} s" if "compile_s" in r else ""
+        extra = f"  reads/note {r['host_reads_per_note']}"
+        extra += f"  kernels/note {r['kernels_per_note']}" if "kernels_per_note" in r else ""
+        extra += f"  compile {r['compile_s']} s" if "compile_s" in r else ""
         extra += "" if "same_as_eager" not in r else f"  same as eager: {r['same_as_eager']}"
         print(f"{size:>5} B={batch:<3} {method:<8} S={str(steps or '-'):<2} {mode:<8} {r['notes_per_s']:>10.1f} "
               f"notes/s {ms:8.2f} ms/note ({ms / floor:5.2f} backbone steps) [{r['ran']}]{extra}", flush=True)
