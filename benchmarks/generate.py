@@ -25,7 +25,7 @@ minus a timed one). Each static and compiled row also says whether its pieces eq
 Rows: {"method", "size", "steps", "batch", "decode", "notes_per_s", "ms_per_note", "backbone_ms_per_step"}
 (+ "device", "threads", "notes", "ran", "host_reads_per_note", "kernels_per_note" with --kernels, "compile_s",
 "same_as_eager"). host_reads_per_note: the host's reads of the device (`amadeus.sampling.count_syncs`) per note
-of the 8-note warm-up call, setup and final reads included; kernels_per_note: aten operators that are not
+of the 8-note warm-up call (compile: of the timed call), setup and final reads included; kernels_per_note: aten operators that are not
 views, per note (--kernels). ms_per_note = wall time per
 generated row of the batch (all pieces advance together); backbone_ms_per_step = one cached eager backbone
 step for the same batch. Targets: CPU (batch 1, 30m, auto): Amadeus S=8 >= 3x flat, S=2 >= 5x flat, and
@@ -89,18 +89,23 @@ WARM_NOTES = 8  # notes of the warm-up call (except when compiling), which also 
 
 
 def decoder_row(parts, batch: int, steps: int | None, notes: int, device: str, decode: str):
-    """(seconds, warm-up seconds, SampleResult, host reads per note of the warm-up) to decode `notes` rows for
+    """(seconds, warm-up seconds, SampleResult, host reads per note) to decode `notes` rows for
     `batch` pieces with the real sampler (`amadeus.sampling.generate`): guards on, top-p 0.95, EOS forbidden;
     `steps` only matters for Amadeus. The warm-up is the same call when compiling (torch.compile specialises
     on every shape), else a short one, run under `count_syncs` (outside the timed call: the spy costs time)."""
     from amadeus.sampling import count_syncs, generate
 
     kw = dict(num=batch, max_notes=notes, min_notes=notes, steps=steps, seed=0, top_p=0.95, decode=decode)
-    warm = kw if decode == "compile" else {**kw, "max_notes": WARM_NOTES, "min_notes": WARM_NOTES}
+    if decode == "compile":  # the reads of the timed call: tracing reads shapes and values of its own
+        warm_s, _ = timed(lambda: generate(parts, **kw), device)
+        with count_syncs() as reads:
+            seconds, result = timed(lambda: generate(parts, **kw), device)
+        return seconds, warm_s, result, max(reads.reads, reads.cuda) / notes
+    warm = {**kw, "max_notes": WARM_NOTES, "min_notes": WARM_NOTES}
     with count_syncs() as reads:
         warm_s, _ = timed(lambda: generate(parts, **warm), device)
     seconds, result = timed(lambda: generate(parts, **kw), device)
-    return seconds, warm_s, result, max(reads.reads, reads.cuda) / warm["max_notes"]
+    return seconds, warm_s, result, max(reads.reads, reads.cuda) / WARM_NOTES
 
 
 _VIEWS = {"unsqueeze", "squeeze", "select", "slice", "view", "expand", "t", "transpose", "permute", "alias",
