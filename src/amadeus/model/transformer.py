@@ -43,6 +43,12 @@ class KVCache:
     Tensors are preallocated (`k`, `v`: [n_layers, B, heads, capacity, head_dim]) and grow by doubling;
     `valid` [B, capacity] marks real (non-padded) positions and `pos` [B] is the next RoPE position of
     each row. Rows can be dropped or reordered with `select` (finished sequences leave the batch).
+
+    Static decoding (`freeze`, after the prompt went in): no more growth, and the index of the next
+    position lives on the device (`t` [1]), so that a one-position step (`NoteTransformer.forward` with
+    T = 1 on a frozen cache) is a fixed-shape function of device tensors, which torch.compile and CUDA
+    graphs can capture once and replay. Such a step attends over the first `window` positions (a size
+    the caller picks from a few buckets) with the validity mask, whatever the number filled.
     """
 
     def __init__(self, n_layers: int, batch_size: int, n_heads: int, head_dim: int, capacity: int = 256):
@@ -56,6 +62,8 @@ class KVCache:
         self.length = 0  # filled positions (prefix included)
         self.n_prefix = 0  # prefix positions at the start of the cache
         self.padded = False  # some cached position is padding (then attention needs an explicit mask)
+        self.t: torch.Tensor | None = None  # [1] long on the device once frozen: the next position's index
+        self.window = 0  # frozen steps attend over positions [0, window) (0: the whole capacity)
 
     @property
     def capacity(self) -> int:
@@ -75,6 +83,8 @@ class KVCache:
             self.valid = torch.zeros(self.batch_size, cap, dtype=torch.bool, device=like.device)
             self.pos = torch.zeros(self.batch_size, dtype=torch.long, device=like.device)
         elif need > self.capacity:
+            if self.frozen:
+                raise ValueError(f"a frozen KV cache holds {self.capacity} positions, {need} asked for")
             grow = max(need, 2 * self.capacity) - self.capacity
             self.k = torch.cat([self.k, self.k.new_zeros(*self.k.shape[:3], grow, self.head_dim)], 3)
             self.v = torch.cat([self.v, self.v.new_zeros(*self.v.shape[:3], grow, self.head_dim)], 3)
@@ -91,8 +101,35 @@ class KVCache:
         key_valid = self.valid[:, : self.length + L] if self.padded else None
         return positions.clamp_min(0), key_valid
 
+    @property
+    def frozen(self) -> bool:
+        return self.t is not None
+
+    def freeze(self) -> None:
+        """Fix the shapes from here on (static decoding): no growth, and the next position's index on the
+        device, advanced by every frozen step without the host (`length` stops counting)."""
+        if self.k is None:
+            raise ValueError("freeze a KV cache after its first call (the prompt), which allocates it")
+        self.t = torch.full((1,), self.length, dtype=torch.long, device=self.k.device)
+
+    def step_mask(self) -> torch.Tensor:
+        """A frozen step: mark position `t` real for every row; the attention mask [B, 1, 1, window]."""
+        self.valid.index_fill_(1, self.t, True)
+        return self.valid[:, None, None, : self.window or self.capacity]
+
+    def step_end(self) -> None:
+        """A frozen step is over: the next position, on the device."""
+        self.t.add_(1)
+        self.pos.add_(1)
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new keys/values [B, H, L, hd] of `layer`; return all of them [B, H, length + L, hd]."""
+        """Store the new keys/values [B, H, L, hd] of `layer`; return all of them [B, H, length + L, hd]
+        (frozen: [B, H, window, hd], the mask telling which are real)."""
+        if self.frozen:
+            self.k[layer].index_copy_(2, self.t, k)
+            self.v[layer].index_copy_(2, self.t, v)
+            end = self.window or self.capacity
+            return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
@@ -106,6 +143,8 @@ class KVCache:
 
     def select(self, index: torch.Tensor) -> "KVCache":
         """Keep (and reorder) batch rows `index` (LongTensor of row ids or BoolTensor [B]); in place."""
+        if self.frozen:
+            raise ValueError("a frozen KV cache keeps its rows (static decoding masks finished ones)")
         if index.dtype == torch.bool:
             index = index.nonzero().squeeze(1)
         if self.k is not None:
@@ -316,6 +355,8 @@ class NoteTransformer(nn.Module):
         """
         if notes.dim() != 3:
             raise ValueError(f"notes must be [B, T, K], got shape {tuple(notes.shape)}")
+        if cache is not None and cache.frozen:
+            return self._frozen_step(notes, cache, prefix is not None or notes_mask is not None or segments is not None)
         B, T, _ = notes.shape
         if cache is None and use_cache:
             cache = self.new_cache(B)
@@ -382,3 +423,18 @@ class NoteTransformer(nn.Module):
         rope = rope_angles(segment_positions(segments), self.head_dim, self.cfg.rope_base)
         x, mid = self._blocks(x, rope, segment_mask(segments), False, None)
         return TransformerOutput(self.norm(x), mid, None)
+
+    def _frozen_step(self, notes: torch.Tensor, cache: KVCache, extra: bool) -> TransformerOutput:
+        """One real position per row [B, 1, K] through a frozen cache (static decoding): written at the
+        device index `cache.t`, RoPE position `cache.pos`, attention over `cache.window` positions with
+        the validity mask. No host value depends on the data, so the step can be captured and replayed."""
+        B, T, _ = notes.shape
+        if T != 1 or extra or cache.batch_size != B:
+            raise ValueError(f"a frozen KV cache of {cache.batch_size} rows takes one position per row and no "
+                             f"prefix or mask, got notes {tuple(notes.shape)}")
+        # the embedding without its vocabulary check, which reads the device: the sampler writes vocabulary values
+        x = self.embed.drop(self.embed.tables(notes).sum(-2))  # [B, 1, d]
+        rope = rope_angles(cache.pos[:, None], self.head_dim, self.cfg.rope_base)
+        x, mid = self._blocks(x, rope, cache.step_mask(), False, cache)  # mask [B, 1, 1, window]
+        cache.step_end()
+        return TransformerOutput(self.norm(x), mid, cache)

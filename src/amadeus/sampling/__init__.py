@@ -8,9 +8,12 @@ The package, one concept per module, in the order data flows through it:
     guards    the grammar guards and user controls as logit masks on the device
     step      one note: the diffusion head's S passes (NoteSampler) or the autoregressive decoders'
               attribute-by-attribute draw (AttributeSampler), truncation, guidance
-    loop      the batch loop: `generate`, `regenerate`, SampleResult
+    batch     a batch of pieces, note by note: eager, or static (fixed shapes, no host read inside a note)
+    replay    the static note run as is, compiled (torch.compile) or as CUDA graphs
+    loop      `generate`, `regenerate`, SampleResult: batches of pieces
+    syncs     counting the host's reads of the device (tests, benchmarks)
 
-`from amadeus.sampling import generate` works as before; the names of `loop`, `step`, `guards` and `rng`
+`from amadeus.sampling import generate` works as before; the names of `loop`, `step`, `guards`, `rng` and `syncs`
 (which need torch) are imported on first use, so that importing `amadeus.sampling.options` stays free
 of torch.
 """
@@ -42,6 +45,7 @@ _LAZY = {
     "guide": "step", "filter_probs": "step", "draw": "step", "NoteSampler": "step", "AttributeSampler": "step",
     "Guards": "guards", "NoteTables": "guards",
     "piece_keys": "rng", "lane_keys": "rng", "uniforms": "rng",
+    "count_syncs": "syncs",
 }
 
 __all__ = [

@@ -6,7 +6,8 @@ control honoured.
 and the positions each of them allows (`note_tables`, from the piece's state), and per denoising step the
 values every slot may take given the slots already revealed (`allowed`, arc consistent: every allowed
 value can be completed into a valid row). `consistent` tells whether slots revealed in one step agree.
-All of it is batched tensor work on the device.
+All of it is batched tensor work on the device, without a branch on the data (the host never reads the
+device here: static decoding captures these masks in CUDA graphs).
 """
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ class Guards:
         if controls.time_signature is not None:
             self.ts_allowed = ~self.is_ts | (m == METRIC_TS_OFFSET + controls.time_signature)
         self.density = controls.density
-        # controls: static masks [K, V] and scoped rules
-        static = torch.as_tensor(controls.static_masks(sizes), device=dev)
-        static[0] = self.vocab_valid[0]
-        static[COL_POSITION] = self.vocab_valid[COL_POSITION]
-        self.ctrl_static = static & self.vocab_valid  # index 0 False for columns >= 1
+        # controls: static masks [K, V] (built on the host, so that nothing here reads the device) and scoped rules
+        vocab = np.arange(self.V)[None, :] < np.asarray(sizes)[:, None]  # [K, V]
+        static = controls.static_masks(sizes)
+        static[0] = vocab[0]
+        static[COL_POSITION] = vocab[COL_POSITION]
+        static &= vocab  # index 0 False for columns >= 1
+        self.ctrl_static = torch.as_tensor(static, device=dev)
         scoped = [r for r in controls.rules if r.bars is not None]
         self.rule_lo = torch.tensor([r.bars[0] for r in scoped], dtype=torch.long, device=dev)
         self.rule_hi = torch.tensor([r.bars[1] for r in scoped], dtype=torch.long, device=dev)
@@ -104,7 +107,10 @@ class Guards:
             masks[i, r.column, len(r.allowed):] = False
         self.rule_masks = torch.as_tensor(masks, device=dev)
         self.chords = torch.tensor(controls.chords, dtype=torch.long, device=dev)
-        self.metric_first = controls.scoped() or bool(self.fixed_columns(self.ctrl_static[None]).any())
+        single = static[:, 1:].sum(-1) == 1  # `fixed_columns` of the static masks, on the host
+        single[:2] = False
+        single[COL_PITCH] &= not static[COL_INSTRUMENT, DRUM_INSTRUMENT]
+        self.metric_first = controls.scoped() or bool(single.any())
 
     # -- per-note tables -------------------------------------------------------------------------
 

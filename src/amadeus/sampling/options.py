@@ -28,6 +28,9 @@ REVEAL_ORDERS = {
     "harmony": ("metric", "position", "instrument", "chord", "tempo", "velocity", "pitch", "duration"),
 }
 
+DECODE_MODES = ("auto", "eager", "static", "compile")
+"""SamplingOptions.decode: how the loop runs the work of a note (amadeus.sampling.batch)."""
+
 DEFAULT_STEPS = 3
 """Denoising steps per note when none are asked for (SamplingOptions.steps = None)."""
 
@@ -185,6 +188,15 @@ class SamplingOptions:
     order's last, or in confidence order the least confident), and an uncertain metric takes the first step
     alone. A row ends in fewer than S passes when every slot left is sure; in a batch every row waits for
     the slowest. > 1 = off."""
+    decode: str = "auto"
+    """How the loop runs the work of a note; the notes are the same whichever (up to float rounding, as for
+    batch_size). "eager": op by op, and the host looks at the device wherever that saves work (a pass once
+    every slot is revealed, finished pieces dropped from the batch). "static": fixed shapes, the same work
+    every note (the KV cache preallocated, finished pieces kept in the batch and masked) and the host looks
+    at the device once per two notes; on CUDA each note is captured once as a CUDA graph and replayed.
+    "compile": "static" with the note compiled by torch.compile first (fused kernels; compiling takes
+    minutes). "auto": "static" on CUDA, "eager" on the CPU (faster there: docs/decoding.md). "static" and
+    "compile" need use_cache."""
 
     def __post_init__(self) -> None:
         for name in PER_ATTRIBUTE:
@@ -209,6 +221,10 @@ class SamplingOptions:
         if self.min_notes < 0:
             raise ValueError(f"min_notes must be >= 0, got {self.min_notes}")
         self.reveal_order(ATTRIBUTES)  # raises for an unknown order
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+        if self.decode in ("static", "compile") and not self.use_cache:
+            raise ValueError(f"decode={self.decode!r} needs use_cache (the static KV cache); use decode='eager'")
         if self.batch_size is not None and self.batch_size < 0:
             raise ValueError(f"batch_size must be >= 0 (0 or None: all pieces at once), got {self.batch_size}")
         _check_truncation(*self.per_attribute(ATTRIBUTES))
@@ -222,6 +238,12 @@ class SamplingOptions:
             raise ValueError(f"order must be 'confidence', one of {', '.join(REVEAL_ORDERS)} or a comma-separated "
                              f"list of every attribute ({', '.join(names)}) once, got {self.order!r}")
         return tuple(list(names).index(a) for a in order)
+
+    def decode_for(self, device_type: str) -> str:
+        """The decode mode to run on a device of this type ("cuda", "cpu", ...): `decode`, "auto" resolved."""
+        if self.decode != "auto":
+            return self.decode
+        return "static" if device_type == "cuda" and self.use_cache else "eager"
 
     def steps_for(self, K: int) -> int:
         """Denoising steps per note for K attributes (None resolved to DEFAULT_STEPS, at most K)."""
