@@ -6,6 +6,9 @@ import torch
 
 from amadeus.controls import parse_controls
 from amadeus.grammar import (
+    COL_INSTRUMENT,
+    COL_METRIC,
+    COL_PITCH,
     METRIC_EMPTY_BAR,
     METRIC_EOS,
     METRIC_NEW_BAR,
@@ -32,7 +35,8 @@ class _Piece:
 def test_note_tables_is_a_named_tuple_of_the_guards():
     g = Guards(TOK, parse_controls([], TOK), torch.device("cpu"))
     # piece 0: nothing yet; piece 1: in a 4/4 bar, last note at position value 5
-    st = _Piece(bar=[0, 1], ts=[-1, TOK.default_ts], pos=[0, 5], n_in_bar=[0, 1], n_gen=[0, 3])
+    st = _Piece(bar=[0, 1], ts=[-1, TOK.default_ts], pos=[0, 5], n_in_bar=[0, 1], n_gen=[0, 3], inst=[0, 1],
+                pitch=[0, 61])
     t = g.note_tables(st, torch.tensor([0, 0]))
     assert isinstance(t, NoteTables)
     B, Vm, Vp = 2, g.Vm, g.Vp
@@ -56,3 +60,44 @@ def test_guards_drum_mask_is_the_drum_range():
     assert (g.drum_pitch.nonzero().squeeze(1) - 1).tolist() == list(range(lo, hi + 1))
 
 
+
+
+def test_guards_keep_the_notes_of_an_onset_in_the_tokenizer_order():
+    """A SAME_ONSET row's (instrument, pitch) is at least the previous note's; a NEW_POSITION row is free."""
+    g = Guards(TOK, parse_controls([], TOK), torch.device("cpu"))
+    violin, piano = 1 + 40, 1 + 0  # instrument values (1 + GM program)
+    st = _Piece(bar=[1], ts=[TOK.default_ts], pos=[5], n_in_bar=[2], n_gen=[3], inst=[violin], pitch=[61])
+    t = g.note_tables(st, torch.tensor([0]))
+    tok, rev = torch.zeros(1, TOK.K, dtype=torch.long), torch.zeros(1, TOK.K, dtype=torch.bool)
+    ctrl = g.ctrl_static[None]
+
+    def nonzero(a, col):
+        return a[0, col].nonzero().squeeze(1)
+
+    a = g.allowed(t, ctrl, *reveal_cols(tok, rev, {COL_METRIC: METRIC_SAME_ONSET}))
+    assert nonzero(a, COL_INSTRUMENT).min() == violin and not a[0, COL_INSTRUMENT, piano]
+    assert a[0, COL_PITCH, 40] and a[0, COL_PITCH, 61]  # a low pitch is still fine for a later instrument
+    a = g.allowed(t, ctrl, *reveal_cols(tok, rev, {COL_METRIC: METRIC_SAME_ONSET, COL_INSTRUMENT: violin}))
+    assert nonzero(a, COL_PITCH).min() == 61  # the violin's next note at this onset is not lower
+    # the instrument and pitch first: a lower violin note can only start a new position
+    a = g.allowed(t, ctrl, *reveal_cols(tok, rev, {COL_INSTRUMENT: violin, COL_PITCH: 50}))
+    assert not a[0, COL_METRIC, METRIC_SAME_ONSET] and a[0, COL_METRIC, METRIC_NEW_POSITION]
+    a = g.allowed(t, ctrl, *reveal_cols(tok, rev, {COL_INSTRUMENT: piano}))
+    assert not a[0, COL_METRIC, METRIC_SAME_ONSET]
+    a = g.allowed(t, ctrl, *reveal_cols(tok, rev, {COL_METRIC: METRIC_NEW_POSITION}))
+    assert a[0, COL_INSTRUMENT, piano] and a[0, COL_PITCH, 40]
+    # slots revealed together are checked the same way
+    for slots, ok in [({COL_METRIC: METRIC_SAME_ONSET, COL_INSTRUMENT: piano}, False),
+                      ({COL_METRIC: METRIC_SAME_ONSET, COL_INSTRUMENT: violin, COL_PITCH: 50}, False),
+                      ({COL_METRIC: METRIC_SAME_ONSET, COL_INSTRUMENT: violin, COL_PITCH: 61}, True),
+                      ({COL_METRIC: METRIC_SAME_ONSET, COL_PITCH: 50}, True),  # a later instrument may play it
+                      ({COL_METRIC: METRIC_NEW_POSITION, COL_INSTRUMENT: piano}, True)]:
+        assert bool(g.consistent(t, ctrl, *reveal_cols(tok, rev, slots))) == ok, slots
+
+
+def reveal_cols(tok: torch.Tensor, rev: torch.Tensor, slots: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tok, rev) of one row with `slots` {column: value} revealed."""
+    tk, rv = tok.clone(), rev.clone()
+    for col, value in slots.items():
+        tk[0, col], rv[0, col] = value, True
+    return tk, rv

@@ -299,7 +299,9 @@ def test_regenerate_keeps_everything_else(trained_tiny):
     assert (out[notes, COL_VELOCITY] != piece[notes, COL_VELOCITY]).any()
     orch = regenerate(model, piece, ["instrument"], controls=["instrument=violin,cello"], seed=2).tokens[0]
     assert set(np.unique(orch[notes, 4])) <= {41, 43}
-    np.testing.assert_array_equal(np.delete(orch, 4, 1), np.delete(piece, 4, 1))
+    # the rows keep their onsets; the notes of an onset may swap rows (the tokenizer's order by instrument)
+    np.testing.assert_array_equal(orch[:, :4], piece[:, :4])
+    assert sorted(map(tuple, orch[notes, 5:])) == sorted(map(tuple, piece[notes, 5:]))
     assert_well_formed(tok, orch)
     # only chosen rows
     rows = np.arange(1, 6)

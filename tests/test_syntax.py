@@ -16,6 +16,7 @@ from amadeus.grammar import (
     METRIC_SOS,
     METRIC_TS_OFFSET,
 )
+from amadeus.grammar import sort_onsets
 from amadeus.syntax import SYNTAX_ERRORS, syntax_errors
 from amadeus.theory import DRUM_PITCHES
 from midi_factory import small_piece
@@ -45,7 +46,7 @@ def test_syntax_errors_on_hand_made_matrices():
     counts = dict(zip(SYNTAX_ERRORS, flags.sum(axis=0).tolist()))
     assert rows == 11
     assert counts == {"bad_metric": 0, "orphan_onset": 0, "position_backwards": 1, "same_onset_moved": 2,
-                      "position_outside_bar": 2, "note_missing_attribute": 1, "drum_pitch": 1,
+                      "onset_order": 0, "position_outside_bar": 2, "note_missing_attribute": 1, "drum_pitch": 1,
                       "stray_attributes": 0, "after_eos": 2}  # row 3 (drum) no longer shares row 2's moved onset
     same, _ = syntax_errors(torch.as_tensor(padded), TOK)  # a tensor gives the same flags
     assert (same == flags).all()
@@ -64,6 +65,32 @@ def test_syntax_orphans_and_stray_values():
     bad[5, 6] = 10_000  # unknown duration id
     counts = dict(zip(SYNTAX_ERRORS, syntax_errors(bad, TOK)[0].sum(axis=0).tolist()))
     assert counts["bad_metric"] == 2
+
+
+def test_syntax_onset_order():
+    # rows 1-3 share an onset in the tokenizer's order: C4, E4, then the drum (the last instrument)
+    tok = small_piece_tokens()
+    assert not syntax_errors(tok, TOK)[0].any()
+    swapped = tok.copy()
+    swapped[[2, 3], 4:6] = tok[[3, 2], 4:6]  # the drum before E4: the instrument steps back
+    flags, _ = syntax_errors(swapped, TOK)
+    assert flags[:, SYNTAX_ERRORS.index("onset_order")].nonzero()[0].tolist() == [3] and flags.sum() == 1
+    lower = tok.copy()
+    lower[2, COL_PITCH] = tok[1, COL_PITCH] - 1  # below C4 with the same instrument
+    flags, _ = syntax_errors(lower, TOK)
+    assert flags[:, SYNTAX_ERRORS.index("onset_order")].nonzero()[0].tolist() == [2]
+    same = tok.copy()
+    same[2, 4:6] = tok[1, 4:6]  # the same note twice (voices in unison) is in order
+    assert not syntax_errors(same, TOK)[0].any()
+
+
+def test_sort_onsets_restores_the_tokenizer_order():
+    tok = small_piece_tokens()
+    swapped = tok.copy()
+    swapped[[2, 3], 4:] = tok[[3, 2], 4:]  # the drum note before E4 at the first onset
+    assert syntax_errors(swapped, TOK)[0].any()
+    np.testing.assert_array_equal(sort_onsets(swapped), tok)
+    np.testing.assert_array_equal(sort_onsets(tok), tok)
 
 
 def test_syntax_errors_follow_the_time_signature_in_force():

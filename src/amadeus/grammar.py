@@ -97,6 +97,19 @@ def note_rows(tok: np.ndarray) -> np.ndarray:
     return is_note_metric(tok[:, COL_METRIC]) & (tok[:, COL_PITCH] > 0)
 
 
+def sort_onsets(tok: np.ndarray) -> np.ndarray:
+    """The notes of each onset in the tokenizer's order, (instrument, pitch, duration, velocity) ascending:
+    a copy where those four attributes move between the onset's rows and every row keeps its metric,
+    position, chord and tempo (an onset is a note row and the SAME_ONSET rows after it)."""
+    notes = np.flatnonzero(note_rows(tok))
+    onset = np.cumsum(tok[:, COL_METRIC] != METRIC_SAME_ONSET)[notes]
+    t = tok[notes]
+    order = np.lexsort((t[:, COL_VELOCITY], t[:, COL_DURATION], t[:, COL_PITCH], t[:, COL_INSTRUMENT], onset))
+    out = tok.copy()
+    out[notes, COL_INSTRUMENT:] = t[order, COL_INSTRUMENT:]
+    return out
+
+
 def cut_at_eos(tok: np.ndarray) -> np.ndarray:
     """The rows before the first EOS (the whole matrix when there is none)."""
     eos = np.nonzero(tok[:, COL_METRIC] == METRIC_EOS)[0]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from amadeus.grammar import COL_METRIC, COL_PITCH, COL_POSITION, METRIC_EOS, METRIC_TS_OFFSET
+from amadeus.grammar import COL_INSTRUMENT, COL_METRIC, COL_PITCH, COL_POSITION, METRIC_EOS, METRIC_TS_OFFSET
 from amadeus.sampling.prompts import prompt_state
 from amadeus.sampling.replay import NoteReplay
 from amadeus.sampling.rng import lane_keys, piece_keys, uniforms
@@ -58,6 +58,8 @@ class State:
     n_in_bar: torch.Tensor  # notes in the current bar
     n_gen: torch.Tensor  # generated rows
     length: torch.Tensor  # rows fed so far (prompt + generated)
+    inst: torch.Tensor  # instrument of the last note in the current bar (0 if none)
+    pitch: torch.Tensor  # its pitch (0 if none)
 
     def take(self, idx: torch.Tensor) -> State:
         return State(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
@@ -70,9 +72,10 @@ class State:
 
 def initial_state(prompts: list[np.ndarray], tokenizer: NoteTokenizer, device: torch.device) -> State:
     """The grammar state after each prompt (bars, time signature, last position, notes in the bar)."""
-    st = np.array([prompt_state(p, tokenizer) for p in prompts], dtype=np.int64).reshape(len(prompts), 4)
+    st = np.array([prompt_state(p, tokenizer) for p in prompts], dtype=np.int64).reshape(len(prompts), 6)
     lens = np.array([len(p) for p in prompts], dtype=np.int64)
-    host = np.stack([st[:, 0], np.zeros_like(lens), st[:, 1], st[:, 2], st[:, 3], np.zeros_like(lens), lens])
+    zeros = np.zeros_like(lens)
+    host = np.stack([st[:, 0], zeros, st[:, 1], st[:, 2], st[:, 3], zeros, lens, st[:, 4], st[:, 5]])
     t = torch.as_tensor(host, device=device)  # one copy to the device
     return State(*t.clone().unbind(0))
 
@@ -183,7 +186,7 @@ class Batch:
         run, state = self.run, self.state
         u = uniforms(self.keys, state.n_gen, self.lanes).view(len(self.ids), 1 + run.sampler.steps, -1)
         C = run.head.context(z, *self._conditioning())
-        tables = run.guards.note_tables(state, self.min_rows)
+        tables = run.guards.note_tables(state, self.min_rows, onset_order=run.template is None)
         tok, rev = self._fixed_slots()
         ctrl = run.guards.ctrl_static.expand(len(self.ids), -1, -1)
         kw = dict(live=self.running if self.static else None, metric_open=run.template is None)
@@ -207,7 +210,9 @@ class Batch:
                     ts=torch.where(m >= METRIC_TS_OFFSET, m - METRIC_TS_OFFSET, state.ts),
                     pos=torch.where(is_note, row[:, COL_POSITION], state.pos * (1 - nb)),
                     n_in_bar=state.n_in_bar * (1 - nb) + is_note.long(),
-                    n_gen=state.n_gen + 1, length=state.length + 1)
+                    n_gen=state.n_gen + 1, length=state.length + 1,
+                    inst=torch.where(is_note, row[:, COL_INSTRUMENT], state.inst * (1 - nb)),
+                    pitch=torch.where(is_note, row[:, COL_PITCH], state.pitch * (1 - nb)))
         is_eos = m == METRIC_EOS
         if self.static:
             live = self.running

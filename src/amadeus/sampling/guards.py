@@ -5,7 +5,9 @@ control honoured.
 (`amadeus.controls`) on the sampler's device; per note it gives the metric values the next row may take
 and the positions each of them allows (`note_tables`, from the piece's state), and per denoising step the
 values every slot may take given the slots already revealed (`allowed`, arc consistent: every allowed
-value can be completed into a valid row). `consistent` tells whether slots revealed in one step agree.
+value can be completed into a valid row). Notes at one onset come in the tokenizer's order, (instrument,
+pitch) non-decreasing: a SAME_ONSET row may not step back below the note before it, so that a piece cannot
+pile dozens of notes onto one onset in an order the model never saw. `consistent` tells whether slots revealed in one step agree.
 All of it is batched tensor work on the device, without a branch on the data (the host never reads the
 device here: static decoding captures these masks in CUDA graphs).
 """
@@ -48,6 +50,8 @@ class PieceState(Protocol):
     pos: torch.Tensor  # position value (1 + step) of the last note in the current bar, 0 if none
     n_in_bar: torch.Tensor  # notes in the current bar
     n_gen: torch.Tensor  # generated rows
+    inst: torch.Tensor  # instrument of the last note (0 if none): a SAME_ONSET row continues from it
+    pitch: torch.Tensor  # pitch of the last note (0 if none)
 
 
 class NoteTables(NamedTuple):
@@ -56,6 +60,8 @@ class NoteTables(NamedTuple):
     allowed_metric: torch.Tensor  # bool [B, Vm]: metric values the next row may take
     compatible_position: torch.Tensor  # bool [B, Vm, Vp]: positions each metric value allows
     can_be_empty: torch.Tensor  # bool [B, Vm]: metric values of a row of zeros (EOS, empty bar, TS marker)
+    onset_instrument: torch.Tensor  # [B]: a SAME_ONSET row's instrument is at least this one
+    onset_pitch: torch.Tensor  # [B]: ... and with the same instrument, its pitch at least this one
 
     def take(self, idx: torch.Tensor) -> NoteTables:
         """The tables of the pieces `idx`."""
@@ -114,8 +120,10 @@ class Guards:
 
     # -- per-note tables -------------------------------------------------------------------------
 
-    def note_tables(self, st: PieceState, min_rows: torch.Tensor) -> NoteTables:
-        """Metric mask [B, Vm], position intervals per metric value [B, Vm, Vp], empty-row capability."""
+    def note_tables(self, st: PieceState, min_rows: torch.Tensor, onset_order: bool = True) -> NoteTables:
+        """Metric mask [B, Vm], position intervals per metric value [B, Vm, Vp], empty-row capability, and
+        the note a SAME_ONSET row continues from (none when `onset_order` is off: a template fixes the order
+        of its rows, `regenerate`)."""
         started = st.bar > 0
         cur_len = torch.where(st.ts >= 0, self.bar_lengths[st.ts.clamp_min(0)], torch.zeros_like(st.ts))
         lo, hi = self.density if self.density else (0, 1 << 30)
@@ -141,7 +149,9 @@ class Guards:
         vp = torch.arange(self.Vp, device=pos.device)
         compat = (vp >= plo[..., None]) & (vp <= phi[..., None]) & (vp > 0)  # [B, Vm, Vp]
         compat |= nonnote_cap[..., None] & (vp == 0)
-        return NoteTables(allowed_metric=ms, compatible_position=compat, can_be_empty=nonnote_cap)
+        return NoteTables(allowed_metric=ms, compatible_position=compat, can_be_empty=nonnote_cap,
+                          onset_instrument=st.inst if onset_order else torch.zeros_like(st.inst),
+                          onset_pitch=st.pitch if onset_order else torch.zeros_like(st.pitch))
 
     def row_controls(self, bar: torch.Tensor) -> torch.Tensor:
         """Allowed note-row values [B, K, V] for rows in bars `bar` [B] (1-based)."""
@@ -184,7 +194,12 @@ class Guards:
         nonnote_ok = ~(rv & (tv > 0)).any(1)
         if note_forced is not None:
             nonnote_ok &= ~note_forced
+        inst, pitch_nonzero, same_inst, same_pitch = self._instrument_pitch(t, ctrl, tok, rev)
+        same_ok = same_inst.any(1)
+        zero = self.v == 0
+        # metric and position
         ms, compat, nonnote_cap = t.allowed_metric, t.compatible_position, t.can_be_empty
+        ms = ms & (~self.is_same | same_ok[:, None])
         mc = ms & ((self.note_cap & note_ok[:, None]) | (nonnote_cap & nonnote_ok[:, None]))
         p_val = tok[:, COL_POSITION].clamp(0, self.Vp - 1)
         p_compat = compat.gather(2, p_val[:, None, None].expand(B, self.Vm, 1)).squeeze(2)  # [B, Vm]
@@ -195,33 +210,46 @@ class Guards:
         nonnote_ok &= (meff & nonnote_cap).any(1)
         pos = (compat & meff[..., None]).any(1)  # [B, Vp]
         pos &= torch.where(torch.arange(self.Vp, device=tok.device) == 0, nonnote_ok[:, None], note_ok[:, None])
-        zero = self.v == 0
         out = torch.where(zero, nonnote_ok[:, None, None], note_ok[:, None, None] & ctrl)  # [B, K, V]
-        # instrument <-> pitch: drums play drum sounds, pitched notes obey the pitch controls
-        pitch_nz = rev[:, COL_PITCH] & (tok[:, COL_PITCH] > 0)
-        p = tok[:, COL_PITCH].clamp(0, self.V - 1)
-        pitch_rule = ctrl[:, COL_PITCH]  # [B, V]
-        drum_fits = self.drum_pitch[p] | ~pitch_nz
-        pitched_fits = pitch_rule.gather(1, p[:, None]).squeeze(1) | ~pitch_nz
-        inst = out[:, COL_INSTRUMENT]
-        inst[:, DRUM_INSTRUMENT] &= drum_fits
-        inst[:, 1:DRUM_INSTRUMENT] &= pitched_fits[:, None]
-        inst_val = tok[:, COL_INSTRUMENT]
-        inst_rev = rev[:, COL_INSTRUMENT]
-        drum_ok = torch.where(inst_rev, inst_val == DRUM_INSTRUMENT, inst[:, DRUM_INSTRUMENT])
-        pitched_ok = torch.where(inst_rev, (inst_val > 0) & (inst_val != DRUM_INSTRUMENT),
-                                 inst[:, 1:DRUM_INSTRUMENT].any(1))
-        pitch_nonzero = (drum_ok[:, None] & self.drum_pitch) | (pitched_ok[:, None] & pitch_rule)
-        out[:, COL_PITCH] = torch.where(zero, nonnote_ok[:, None], note_ok[:, None] & pitch_nonzero)
+        same_only = ~(meff & self.note_cap & ~self.is_same).any(1, keepdim=True)  # a note row here is SAME_ONSET
+        out[:, COL_INSTRUMENT] = torch.where(zero, nonnote_ok[:, None],
+                                             note_ok[:, None] & torch.where(same_only, same_inst, inst))
+        out[:, COL_PITCH] = torch.where(zero, nonnote_ok[:, None],
+                                        note_ok[:, None] & torch.where(same_only, same_pitch, pitch_nonzero))
         out[:, COL_METRIC, : self.Vm] = mc
         out[:, COL_METRIC, self.Vm:] = False
         out[:, COL_POSITION, : self.Vp] = pos
         out[:, COL_POSITION, self.Vp:] = False
         return torch.where(rev[..., None], own, out)
 
+    def _instrument_pitch(self, t: NoteTables, ctrl: torch.Tensor, tok: torch.Tensor, rev: torch.Tensor):
+        """The nonzero instruments and pitches [B, V] a note row may take given the revealed slots (drums
+        play drum sounds, pitched notes obey the pitch controls), and those a SAME_ONSET row may take:
+        (instrument, pitch) at least the previous note's. Returns (inst, pitch, same_inst, same_pitch)."""
+        v, zero = self.v, self.v == 0
+        pitch_nz = rev[:, COL_PITCH] & (tok[:, COL_PITCH] > 0)
+        p = tok[:, COL_PITCH].clamp(0, self.V - 1)
+        pitch_rule = ctrl[:, COL_PITCH] & ~zero  # [B, V]
+        inst = ctrl[:, COL_INSTRUMENT] & ~zero
+        inst[:, DRUM_INSTRUMENT] &= self.drum_pitch[p] | ~pitch_nz
+        inst[:, 1:DRUM_INSTRUMENT] &= (pitch_rule.gather(1, p[:, None]) | ~pitch_nz[:, None])
+        i_val = tok[:, COL_INSTRUMENT].clamp(0, self.V - 1)
+        inst_set = torch.where(rev[:, COL_INSTRUMENT, None], F.one_hot(i_val, self.V).bool() & ~zero, inst)
+        pitch = ((inst_set[:, DRUM_INSTRUMENT, None] & self.drum_pitch)
+                 | (inst_set[:, 1:DRUM_INSTRUMENT].any(1, keepdim=True) & pitch_rule))
+        pitch_set = torch.where(pitch_nz[:, None], F.one_hot(p, self.V).bool(), pitch)
+        pi, pp = t.onset_instrument[:, None], t.onset_pitch[:, None]  # [B, 1]
+        pi_pitches = torch.where(pi == DRUM_INSTRUMENT, self.drum_pitch, pitch_rule) & pitch_set & (v >= pp)
+        same_inst = inst_set & ((v > pi) | ((v == pi) & pi_pitches.any(1, keepdim=True)))
+        above = same_inst & (v > pi)
+        same_pitch = ((above[:, DRUM_INSTRUMENT, None] & self.drum_pitch)
+                      | (above[:, 1:DRUM_INSTRUMENT].any(1, keepdim=True) & pitch_rule)
+                      | (same_inst.gather(1, pi) & pi_pitches)) & pitch_set
+        return inst, pitch, same_inst, same_pitch
+
     def consistent(self, t: NoteTables, ctrl: torch.Tensor, tok: torch.Tensor,
                    rev: torch.Tensor) -> torch.Tensor:
-        """[B] bool: the revealed slots agree pairwise (zero-ness, metric/position, instrument/pitch)."""
+        """[B] bool: the revealed slots agree (zero-ness, metric/position, instrument/pitch, onset order)."""
         B = tok.shape[0]
         if not self.guards:
             return torch.ones(B, dtype=torch.bool, device=tok.device)
@@ -240,4 +268,7 @@ class Guards:
         both = rev[:, COL_INSTRUMENT] & rev[:, COL_PITCH] & (i > 0) & (h > 0)
         fits = torch.where(i == DRUM_INSTRUMENT, self.drum_pitch[h],
                            ctrl[:, COL_PITCH].gather(1, h[:, None]).squeeze(1))
-        return ok & (~both | fits)
+        ok &= ~both | fits
+        # onset order: a SAME_ONSET note does not step below the previous note's (instrument, pitch)
+        same_ok = self._instrument_pitch(t, ctrl, tok, rev)[2].any(1)
+        return ok & (~(m_rev & (m == METRIC_SAME_ONSET)) | same_ok)

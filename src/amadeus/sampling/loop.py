@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from amadeus.grammar import sort_onsets
 from amadeus.controls import Controls, parse_controls
 from amadeus.sampling.batch import Batch
 from amadeus.sampling.guards import Guards
@@ -121,7 +122,10 @@ def generate(
             decoder=head.name, text=text if text is None or isinstance(text, str) else list(text)))
         result.settings.update(max_notes=max_notes, steps=opts.steps_for(tokenizer.K), guidance=guidance)
         run = _Run.start(backbone, head, tokenizer, ctl, opts, guidance, max_notes, tmpl, result)
-        return run.sample(prompts, seeds, prefix, prefix_mask)
+        result = run.sample(prompts, seeds, prefix, prefix_mask)
+        if tmpl is not None:  # a re-drawn instrument or pitch may leave an onset's notes out of order
+            result.tokens = [sort_onsets(t) for t in result.tokens]
+        return result
     finally:
         backbone.train(was_training[0])
         head.train(was_training[1])
@@ -245,5 +249,6 @@ def regenerate(model: Any, piece: Any, attributes: Sequence[str], rows: Any = No
     """Re-sample `attributes` (any of chord, tempo, instrument, pitch, duration, velocity) of the note
     rows of an existing piece (a token matrix, Score or MIDI path), keeping everything else: e.g.
     re-voice velocities or re-orchestrate instruments. rows: None (every note) or the row numbers
-    (1 = first row after SOS) / a boolean mask over the rows after SOS. Other options as `generate`."""
+    (1 = first row after SOS) / a boolean mask over the rows after SOS. The notes of each onset come back
+    in the tokenizer's order (`grammar.sort_onsets`). Other options as `generate`."""
     return generate(model, num, template=piece, regenerate=attributes, regenerate_rows=rows, **kwargs)

@@ -9,12 +9,12 @@ attributes of the chosen note rows, which the sampler draws again.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from amadeus.grammar import (COL_METRIC, COL_PITCH, COL_POSITION, MARKER_MIDDLE, MARKER_PREFIX, METRIC_EOS, METRIC_SOS,
-                             METRIC_TS_OFFSET, is_bar_start, is_marker, is_ts_change)
+from amadeus.grammar import (COL_INSTRUMENT, COL_METRIC, COL_PITCH, COL_POSITION, MARKER_MIDDLE, MARKER_PREFIX,
+                             METRIC_EOS, METRIC_SOS, METRIC_TS_OFFSET, is_bar_start, is_marker, is_ts_change)
 from amadeus.tokenizer import NoteTokenizer
 
 REGENERABLE = ("chord", "tempo", "instrument", "pitch", "duration", "velocity")
@@ -67,9 +67,19 @@ def prompt_from_midi(tokenizer: NoteTokenizer, source: Any, bars: int | None = N
     return tok
 
 
-def prompt_state(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[int, int, int, int]:
-    """(bars, current time-signature index, last note position in the bar, notes in the bar) of the music
-    the next row continues. A reordered prompt (`amadeus.infill`) continues its last part: after an ADD
+class PromptState(NamedTuple):
+    """The grammar state of the music the next row continues."""
+
+    bars: int  # bars started
+    ts: int  # current time-signature index (-1 before the first bar)
+    pos: int  # position value of the last note in the current bar (0 if none)
+    n_in_bar: int  # notes in the current bar
+    inst: int  # instrument of the last note in the current bar (0 if none)
+    pitch: int  # its pitch (0 if none)
+
+
+def prompt_state(tok: np.ndarray, tokenizer: NoteTokenizer) -> PromptState:
+    """The grammar state (`PromptState`) of the music the next row continues. A reordered prompt (`amadeus.infill`) continues its last part: after an ADD
     marker a fresh piece (nothing yet); after a MIDDLE marker the music before the gap (between the PREFIX
     and MIDDLE markers), where the next row opens a bar (position and notes in the bar 0)."""
     markers = np.flatnonzero(is_marker(tok))
@@ -78,24 +88,27 @@ def prompt_state(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[int, int, i
         if kind != MARKER_MIDDLE:
             return _state(tok[markers[-1] + 1:], tokenizer)
         prefix = markers[(tok[markers, COL_POSITION] == MARKER_PREFIX)]
-        bars, ts, _, _ = _state(tok[(prefix[-1] + 1 if len(prefix) else markers[-1]):markers[-1]], tokenizer)
-        return bars, ts, 0, 0
+        before = _state(tok[(prefix[-1] + 1 if len(prefix) else markers[-1]):markers[-1]], tokenizer)
+        return PromptState(before.bars, before.ts, 0, 0, 0, 0)
     return _state(tok, tokenizer)
 
 
-def _state(tok: np.ndarray, tokenizer: NoteTokenizer) -> tuple[int, int, int, int]:
+def _state(tok: np.ndarray, tokenizer: NoteTokenizer) -> PromptState:
     m = tok[:, COL_METRIC]
     starts = is_bar_start(m)
     bars = int(starts.sum())
     if bars == 0:
-        return 0, -1, 0, 0
+        return PromptState(0, -1, 0, 0, 0, 0)
     ts_rows = np.nonzero(is_ts_change(m))[0]
     ts = int(m[ts_rows[-1]] - METRIC_TS_OFFSET) if len(ts_rows) else tokenizer.default_ts
     last = int(np.nonzero(starts)[0][-1])
     bar_rows = tok[last:]
     note = bar_rows[:, COL_PITCH] > 0
-    pos = int(bar_rows[note, COL_POSITION][-1]) if note.any() else 0
-    return bars, ts, pos, int(note.sum())
+    if not note.any():
+        return PromptState(bars, ts, 0, 0, 0, 0)
+    last = bar_rows[note][-1]
+    return PromptState(bars, ts, int(last[COL_POSITION]), int(note.sum()), int(last[COL_INSTRUMENT]),
+                       int(last[COL_PITCH]))
 
 
 def template_slots(template: Any, tokenizer: NoteTokenizer, attributes: Sequence[str] | str,
