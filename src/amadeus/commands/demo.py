@@ -66,16 +66,19 @@ def _write_samples(scores: list, out: Path, stem: str) -> list[Path]:
 
 def _corpus(workers: int | None, text: bool) -> dict[str, str]:
     print("== 1/4 embedded corpora (built offline from music21)")
-    from amadeus.corpus import (FOLK_COLLECTIONS, build_music21_shards, corpus_statistics, default_bach_dir,
-                                default_folk_dir, ensure_bach_shards)
+    from amadeus.corpus import (FOLK_COLLECTIONS, build_bach_corpus, build_music21_shards, corpus_statistics,
+                                default_bach_dir, default_folk_dir, ensure_bach_shards)
+
+    from amadeus.corpus.splits import moved_text
 
     shards = ensure_bach_shards(workers=workers)
     stats = {"bach": corpus_statistics(default_bach_dir() / "midi").summary()}
-    print(f"Bach chorales (pretraining): {stats['bach']}\nshards: {shards}")
+    moved = build_bach_corpus(default_bach_dir() / "midi", workers=workers, progress=False).moved  # cached: its stamp
+    print(f"Bach chorales (pretraining): {stats['bach']}\n{moved_text(moved)}\nshards: {shards}")
     if text:
         report, pre = build_music21_shards(default_folk_dir(), FOLK_COLLECTIONS, workers=workers)
         stats["folk"] = report.summary()
-        print(f"folk tunes (text): {stats['folk']}\nshards: {pre.out}")
+        print(f"folk tunes (text): {stats['folk']}\n{moved_text(report.moved)}\nshards: {pre.out}")
     return stats
 
 
