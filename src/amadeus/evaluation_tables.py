@@ -19,6 +19,13 @@ def _span(bounds: Any, width: int = 11, digits: int = 0) -> str:
     return f"{bounds[0]:.{digits}f}..{bounds[1]:.{digits}f}".rjust(width)
 
 
+def _chosen(chosen_on: Any) -> str:
+    """Where settings were chosen: "sampler: validation, guidance: test" from a mapping, else as it is."""
+    if isinstance(chosen_on, dict):
+        return ", ".join(f"{k}: {v}" for k, v in chosen_on.items())
+    return str(chosen_on or "-")
+
+
 def _adherence_table(report: dict[str, Any]) -> list[str]:
     """Each target and mode: the percentages, their 95 % intervals, and the paired difference with - without."""
     n, g = report["settings"]["num"], report["settings"]["guidance"]
@@ -26,9 +33,9 @@ def _adherence_table(report: dict[str, Any]) -> list[str]:
     lines = [f"text adherence, % of {n} pieces of the {report['split']!r} split"
              + (f" (guidance {g})" if report["text_conditioned"] else " (model has no text encoder)")
              + f", {report['settings'].get('adherence', 'amadeus')} features; settings chosen on "
-             + ", ".join(f"{k}: {v}" for k, v in (info.get("chosen_on") or {}).items()),
+             + _chosen(info.get("chosen_on")),
              f"95 % intervals: {info.get('intervals', '-')}",
-             "target / mode".ljust(30) + "".join(c[:10].rjust(11) for c in SCORED) + "   scored"]
+             "target / mode".ljust(30) + "".join(c.rjust(12) for c in SCORED) + "   scored"]
     for target in TARGETS:
         label = "stored features" if target == "features" else "caption fields"
         for mode in MODES:
@@ -38,16 +45,16 @@ def _adherence_table(report: dict[str, Any]) -> list[str]:
                 lines.append(name.ljust(30) + "  not computed (model has no text encoder)")
                 continue
             scored = report["adherence_counts"][target][mode]
-            lines.append(name.ljust(30) + "".join(_cell(row.get(c), 11) for c in SCORED)
+            lines.append(name.ljust(30) + "".join(_cell(row.get(c), 12) for c in SCORED)
                          + "   " + " ".join(str(scored.get(c, 0)) for c in SCORED))
             ci = (report.get("adherence_ci95") or {}).get(target, {}).get(mode)
             if ci:
-                lines.append("  95 % interval".ljust(30) + "".join(_span(ci.get(c)) for c in SCORED))
+                lines.append("  95 % interval".ljust(30) + "".join(_span(ci.get(c), 12) for c in SCORED))
         diff = (report.get("adherence_difference") or {}).get(target)
         if diff:
             lines.append(f"{label} / with - without".ljust(30)
-                         + "".join(_cell(diff[c]["difference"], 11) for c in SCORED))
-            lines.append("  95 % interval (paired)".ljust(30) + "".join(_span(diff[c]["ci95"]) for c in SCORED))
+                         + "".join(_cell(diff[c]["difference"], 12) for c in SCORED))
+            lines.append("  95 % interval (paired)".ljust(30) + "".join(_span(diff[c]["ci95"], 12) for c in SCORED))
     return lines
 
 
@@ -94,7 +101,7 @@ def quality_table(quality: dict[str, Any]) -> list[str]:
     columns = [("ceiling", "real vs real")] + [(m, m.replace("_", " ")) for m in MODES if quality.get(m)]
     ref = quality.get("reference_split", "held-out")
     lines = ["", f"sample quality against {quality['real_pieces']} {ref} pieces (kernel widths theirs; settings "
-                 f"chosen on {quality.get('chosen_on') or '-'}): descriptor mean, overlapped area (OA) of its "
+                 f"chosen on {_chosen(quality.get('chosen_on'))}): descriptor mean, overlapped area (OA) of its "
                  "distribution with the reference's, share undefined (u)",
              "descriptor".ljust(20) + f"{ref[:8]:>9}{'u':>5}"
              + "".join(f"{label[:14]:>15}{'OA':>6}{'u':>5}" for _, label in columns)]
@@ -119,8 +126,10 @@ def quality_table(quality: dict[str, Any]) -> list[str]:
         far = (quality[key] or {}).get("furthest") or []
         if far:
             f = far[0]
+            value = f["descriptors"].get(f["descriptor"])
             lines.append(f"furthest {label} piece: #{f['index']}, {f['distance']:.1f} reference sd on {f['descriptor']} "
-                         f"({f['descriptors'].get(f['descriptor'])}; {f['descriptors'].get('max_voices')} notes at once)")
+                         f"({'undefined' if value is None else format(value, '.3g')}; "
+                         f"{_cell(f['descriptors'].get('max_voices'), 0, 0).strip()} notes at once)")
     return lines
 
 
