@@ -289,9 +289,10 @@ def main() -> None:
     ap.add_argument("--ckpt", default=None, help="sweep the sampler settings of this checkpoint instead of "
                                                  "training and comparing the decoders")
     ap.add_argument("--data", default=None, help="shard folder (default: the embedded Bach corpus)")
-    ap.add_argument("--reference-split", default=None, choices=("validation", "test"),
+    ap.add_argument("--reference-split", default=None, choices=("validation", "test", "validation+test"),
                     help="the real pieces compared with: validation to choose settings on (default with --ckpt), "
-                         "test to report (default for the decoder comparison)")
+                         "test to report (default for the decoder comparison); validation+test only to compare "
+                         "with rows measured before issue 22")
     ap.add_argument("--chosen-on", default=None, metavar="SPLIT",
                     help="where the settings swept were chosen (recorded in every row; default: the defaults' "
                          "CHOSEN_ON for the sampler's defaults, none for other candidates)")

@@ -235,7 +235,7 @@ def _real_sets(dm, tokenizer, max_notes: int, reference_split: str, seed: int) -
         def describe(tokens: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
             return describe_set(tokenizer.decode(t[: max_notes + 1]) for t in tokens)
 
-        reference, train = read_tokens(dm, (reference_split,)), read_tokens(dm, ("train",))
+        reference, train = read_tokens(dm, tuple(reference_split.split("+"))), read_tokens(dm, ("train",))
         order = np.random.default_rng(seed).permutation(len(train))
         real = describe(reference) if reference else None
         ceiling = describe([train[i] for i in order[: len(reference)]]) if reference and len(train) else None
@@ -259,7 +259,8 @@ def sample_quality(generated: dict[str, Sequence[np.ndarray] | None], dm, tokeni
                    seed: int = 0, reference_split: str = QUALITY_REFERENCE, resamples: int = RESAMPLES,
                    chosen_on: str | None = None) -> dict[str, Any]:
     """Descriptors of each mode's generated token matrices against the reference pieces (the
-    `reference_split`: "test" to report, "validation" to choose settings on), and the real-vs-real
+    `reference_split`: "test" to report, "validation" to choose settings on; "validation+test" only to
+    compare with figures measured before issue 22, which used both), and the real-vs-real
     ceiling (as many training pieces against the same reference); real pieces are cut to the first
     `max_notes` rows, as generation is. The kernel widths are the reference's (amadeus.descriptors).
 
@@ -270,8 +271,9 @@ def sample_quality(generated: dict[str, Sequence[np.ndarray] | None], dm, tokeni
     """
     from amadeus.descriptors import compare, describe_set
 
-    if reference_split not in HELD_OUT:
-        raise ValueError(f"reference_split {reference_split!r}: choose from {', '.join(HELD_OUT)}")
+    if not set(reference_split.split("+")) <= set(HELD_OUT):
+        raise ValueError(f"reference_split {reference_split!r}: choose from {', '.join(HELD_OUT)} "
+                         "(or validation+test, to compare with figures measured on both)")
     sets = _real_sets(dm, tokenizer, max_notes, reference_split, seed)
     if sets["real"] is None:
         return {}
