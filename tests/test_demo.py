@@ -19,9 +19,11 @@ def test_demo_fit_and_sample_stages(tiny_shards, tmp_path, capsys):
                                "--trainer.limit_val_batches=1"])
     assert last.is_file() and last.suffix == ".ckpt"
     assert "val/loss" in metrics and "val/diffusion" in metrics
-    written = demo._sample(last, tmp_path, 1)
+    written, checked = demo._sample(last, tmp_path, 1, tiny_shards)
     assert [p.name for p in written] == ["sample_0.mid"] and (tmp_path / "sample_0.png").is_file()
-    assert "voices at once" in capsys.readouterr().out
+    assert 0.0 <= checked["degenerate_rate"] <= 1.0 and checked["limits"]["max_voices"] >= 4
+    out = capsys.readouterr().out
+    assert "at once" in out and "degenerate samples:" in out
 
 
 def test_demo_refuses_a_missing_config(tmp_path, capsys):

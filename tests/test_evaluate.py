@@ -11,7 +11,7 @@ import torch
 
 from amadeus.cli import main as cli_main
 from amadeus.descriptors import DESCRIPTORS
-from amadeus.evaluate import CLAP_NOT_COMPUTED, diffusion_nll
+from amadeus.evaluate import CHOSEN_ON, CLAP_NOT_COMPUTED, SCORED, diffusion_nll
 from amadeus.sampling import TEXT_GUIDANCE, SamplingOptions
 from amadeus.syntax import SYNTAX_ERRORS
 from amadeus.metrics import ADHERENCE_METRICS
@@ -55,9 +55,10 @@ def _finite_or_none(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and math.isfinite(x))
 
 
-def _test_pieces(tiny_shards) -> int:
+def _test_pieces(tiny_shards, captioned: bool = True) -> int:
     t = pq.read_table(sorted((tiny_shards / "shards").glob("*.parquet")), columns=["split", "caption"])
-    return int(pc.sum(pc.and_(pc.equal(t["split"], "test"), pc.not_equal(t["caption"], ""))).as_py() or 0)
+    keep = pc.equal(t["split"], "test")
+    return int(pc.sum(pc.and_(keep, pc.not_equal(t["caption"], "")) if captioned else keep).as_py() or 0)
 
 
 def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys):
@@ -75,10 +76,18 @@ def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys)
     for target in ("features", "caption"):
         for mode in ("with_text", "without_text"):
             row, scored = report["adherence"][target][mode], report["adherence_counts"][target][mode]
-            assert set(row) == set(ADHERENCE_METRICS) == set(scored)
-            for name in ADHERENCE_METRICS:
-                assert (row[name] is None) == (scored[name] == 0)
-                assert row[name] is None or 0.0 <= row[name] <= 100.0
+            ci = report["adherence_ci95"][target][mode]
+            assert set(row) == set(SCORED) == set(scored) == set(ci) and set(ADHERENCE_METRICS) < set(SCORED)
+            for name in SCORED:
+                assert (row[name] is None) == (scored[name] == 0) == (ci[name] == [None, None])
+                assert row[name] is None or 0.0 <= ci[name][0] <= row[name] <= ci[name][1] <= 100.0
+        diff = report["adherence_difference"][target]
+        for name in SCORED:
+            with_, without = report["adherence"][target]["with_text"][name], report["adherence"][target]["without_text"][name]
+            if with_ is not None and without is not None and diff[name]["pieces"] == n:
+                assert diff[name]["difference"] == pytest.approx(with_ - without)
+                assert diff[name]["ci95"][0] <= diff[name]["difference"] <= diff[name]["ci95"][1]
+    assert report["adherence_info"]["reference_split"] == "test" and report["adherence_info"]["chosen_on"] == CHOSEN_ON
     # stored features state key, tempo, time signature and instruments for every piece; the synthetic
     # captions ("A slow piece in C major, 3/4, at 60 bpm, for choir and bass.") state the same fields
     for name in ("TB", "TBT", "CK", "CKD", "CTS", "CI"):
@@ -109,12 +118,16 @@ def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys)
 
     # sample quality: descriptors of both modes and of real training pieces against the held-out ones
     quality = report["quality"]
-    assert quality["real_pieces"] > 0 and quality["ceiling_pieces"] > 0
+    assert quality["real_pieces"] == _test_pieces(tiny_shards, captioned=False) and quality["ceiling_pieces"] > 0
+    assert quality["reference_split"] == "test" and quality["chosen_on"] == CHOSEN_ON
+    assert quality["limits"]["max_voices"] >= 4  # four-voice pieces
     for key in ("ceiling", "with_text", "without_text"):
         q = quality[key]
-        assert set(q["oa"]) == set(DESCRIPTORS) == set(q["mean"])
+        assert set(q["oa"]) == set(DESCRIPTORS) == set(q["mean"]) == set(q["undefined"]) == set(q["bandwidth"])
         assert all(v is None or 0.0 <= v <= 1.0 for v in q["oa"].values())
-        assert 0.0 < q["mean_oa"] <= 1.0
+        assert 0.0 < q["mean_oa"] <= 1.0 and q["mean_oa_ci95"][0] <= q["mean_oa_ci95"][1]
+        assert 0.0 <= q["degenerate"]["rate"] <= 1.0 and q["furthest"]
+    assert quality["ceiling"]["degenerate"]["rate"] == 0.0  # real pieces are within the corpus' maxima
     assert quality["ceiling"]["real_mean"] == quality["without_text"]["real_mean"]
 
     assert report["clap"] == CLAP_NOT_COMPUTED
@@ -122,7 +135,8 @@ def test_evaluate_reports_every_metric(text_ckpt, tiny_shards, tmp_path, capsys)
     assert CLAP_NOT_COMPUTED in printed and "with text" in printed and "without text" in printed
     assert "NLL (exact)" in printed and "nats per note" in printed
     assert all(c in printed for c in ADHERENCE_METRICS)
-    assert "sample quality against" in printed and "consonance" in printed
+    assert "sample quality against" in printed and "consonance" in printed and "degenerate pieces" in printed
+    assert "95 % interval" in printed and "mean OA [95 % interval]" in printed
 
 
 def test_nll_matches_a_direct_computation(text_ckpt, tiny_shards):
@@ -231,7 +245,7 @@ def test_the_demo_text_stage_on_a_small_styled_corpus(text_ckpt, styled_corpus, 
     assert all(sum(meters[k].values()) == 4 for k in ("prompts", "with_text", "without_text"))
     assert sorted(p.name for p in tmp_path.glob("text*.mid")) == ["text0_0.mid", "text1_0.mid"]
     out = capsys.readouterr().out
-    assert f"held-out captions (4, guidance {TEXT_GUIDANCE:g})" in out and out.count(" from: ") == 2
+    assert f"the captions of 4 held-out pieces (guidance {TEXT_GUIDANCE:g})" in out and out.count(" from: ") == 2
 
 
 def test_prompts_are_stratified_by_style(styled_corpus):
@@ -262,14 +276,18 @@ def test_evaluate_scores_style_and_the_midicaps_convention(text_ckpt, styled_cor
     assert report["settings"]["adherence"] == "midicaps" and (tmp_path / "style.json").is_file()
     assert report["settings"]["top_p"]["pitch"] == 0.9 and report["settings"]["plausibility"] == 0.0
     style = report["style"]
-    assert style["classes"] == ["Bach chorale", "Irish jig"]
-    assert style["held_out"]["accuracy"] == 100.0 and style["prompt_pieces"]["pieces"] == 4
+    assert style["classes"] == ["Bach chorale", "Irish jig"] and style["rows"] == 32
+    assert (tmp_path / "style-no-metre.json").is_file()  # the classifier without the metre features beside it
+    for name in ("CS", "CS_no_metre"):
+        assert style[name]["held_out"]["accuracy"] >= 90.0 and style[name]["prompt_pieces"]["pieces"] == 4
+    assert style["CS_no_metre"]["features"] < style["CS"]["features"]
     for target in ("features", "caption"):
         for mode in ("with_text", "without_text"):
-            assert report["adherence_counts"][target][mode]["CS"] == 4
-            assert 0.0 <= report["adherence"][target][mode]["CS"] <= 100.0
+            for name in ("CS", "CS_no_metre"):
+                assert report["adherence_counts"][target][mode][name] == 4
+                assert 0.0 <= report["adherence"][target][mode][name] <= 100.0
     printed = capsys.readouterr().out
-    assert "CS ceiling" in printed and "midicaps features" in printed
+    assert "CS ceiling" in printed and "CS_no_metre ceiling" in printed and "midicaps features" in printed
     with pytest.raises(SystemExit) as exit_info:  # argparse refuses an unknown convention
         cli_main(["evaluate", "--ckpt", str(text_ckpt), "--adherence", "muspy"])
     assert exit_info.value.code == 2

@@ -1,5 +1,5 @@
 """preprocess: bad files skipped with reasons, crashing files cost only themselves, resumable shards,
-tar / list / glob inputs, content-hash splits, caption matching, the CLI pair."""
+tar / list / glob inputs, splits by melody, caption matching, the CLI pair."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,8 @@ from midi_factory import make_score, part, random_grid_notes, write
 from symusic import Score
 
 from amadeus.commands import preprocess as pp
-from amadeus.preprocess import list_inputs, preprocess, split_of
+from amadeus.corpus.splits import melody_key, split_for_key
+from amadeus.preprocess import list_inputs, preprocess
 from amadeus.tokenizer import DRUM_INSTRUMENT, NoteTokenizer
 from amadeus.workers import WorkerPool
 
@@ -214,7 +215,7 @@ def test_tar_list_and_glob_inputs_match_the_folder(tmp_path):
         list_inputs(str(tmp_path / "*.xyz"))
 
 
-def test_splits_follow_content_hash_and_duplicates_share_a_split(tmp_path):
+def test_splits_follow_the_melody_and_duplicates_share_a_split(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     rng = np.random.default_rng(5)
@@ -233,8 +234,7 @@ def test_splits_follow_content_hash_and_duplicates_share_a_split(tmp_path):
         orig, dup = a[f"p{i:02d}.mid"], a[f"copies/dup{i}.mid"]
         assert orig["id"] == dup["id"] and orig["split"] == dup["split"]
     for r in a.values():
-        assert r["split"] == split_of(r["id"], 0.3, 0.3)
-    assert split_of("0" * 16, 0.05, 0.05) == "validation" and split_of("f" * 16, 0.05, 0.05) == "train"
+        assert r["split"] == split_for_key(melody_key(Score(str(src / r["source"]))), 0.3, 0.3)
     # rows are grouped by split in the shard, and row groups never mix splits
     for f in (tmp_path / "a" / "shards").glob("*.parquet"):
         pf = pq.ParquetFile(f)

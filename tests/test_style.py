@@ -70,3 +70,21 @@ def test_corpus_classifier_fits_caches_and_scores_held_out(styled_corpus, tmp_pa
     other = corpus_style_classifier(data, tmp_path / "s.json", max_per_style=5)
     assert other.info["train_pieces"] == {"Bach chorale": 5, "Irish jig": 5} and (tmp_path / "s.json").is_file()
     assert corpus_style_classifier(data, min_pieces=100) is None  # no style has enough pieces
+
+
+def test_windowed_classifier_without_the_metre(styled_corpus, tmp_path):
+    """Fitted on the first rows of each piece (as generation cuts) and without the time-signature features:
+    its own cache file, the metre columns not read, the same answers from full vectors after a round trip."""
+    from amadeus.style import METRE_FEATURES, style_file
+
+    data = styled_corpus / "shards"
+    model = corpus_style_classifier(data, max_rows=24, exclude=METRE_FEATURES)
+    assert model is not None and style_file(data, 24, METRE_FEATURES).is_file()
+    assert style_file(data, 24, METRE_FEATURES).name == "style-classifier-rows24-no-metre.json"
+    assert not set(METRE_FEATURES) & set(model.features) and len(model.features) == len(FEATURE_NAMES) - len(METRE_FEATURES)
+    assert model.info["options"]["max_rows"] == 24 and model.info["held_out"]["pieces"] == 18
+    again = StyleClassifier.load(style_file(data, 24, METRE_FEATURES))
+    vectors = np.array([piece_vector(s) for s in two_styles(4, 2)[0]])
+    assert again.predict_vectors(vectors) == model.predict_vectors(vectors)
+    vectors[:, [FEATURE_NAMES.index(f) for f in METRE_FEATURES]] = 0.0  # the metre cannot change its answer
+    assert again.predict_vectors(vectors) == model.predict_vectors(np.array([piece_vector(s) for s in two_styles(4, 2)[0]]))

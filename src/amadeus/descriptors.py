@@ -2,10 +2,25 @@
 
 A loss that falls is not music. Following Yang & Lerch ("On the evaluation of generative models in
 music", 2020), each piece is reduced to a few interpretable descriptors (consonance, scale
-consistency, polyphony, rhythm, range ...); a generated set and a real set are then compared
-descriptor by descriptor as *distributions*: the overlapped area (OA, 1 = identical, 0 = disjoint)
-and the KL divergence of their kernel density estimates. Always report them beside the real-vs-real
-ceiling (two real sets of the same corpus), which is below 1 because any two finite sets differ.
+consistency, polyphony, rhythm, range ...); a generated set and a reference set of real pieces are then
+compared descriptor by descriptor as *distributions*: the overlapped area (OA, 1 = identical, 0 =
+disjoint) and the KL divergence of their kernel density estimates. Always report them beside the
+real-vs-real ceiling (training pieces against the same reference), below 1 because two finite sets differ.
+
+What makes the OA a measurement (`compare`):
+- the kernel width of each descriptor is fixed by the *reference* set (Scott's rule on its values), the
+  same for every set compared with it: a generated set cannot widen the kernels with an outlier and so
+  raise its own score (with a width shared between the two sets, a set shifted by 3 standard deviations
+  plus one extreme piece scored 0.95);
+- an undefined value (nan: consonance of a one-voice tune, anything of an empty piece) is an atom of the
+  distribution: OA = min(u_gen, u_ref) + the overlap of the defined parts weighted by their shares, so a
+  value defined on one side only counts against the match instead of dropping out;
+- `mean_oa_ci95`: a bootstrap over both the generated and the reference pieces (its spread placed on the
+  estimate: `mean_oa_interval` says why);
+- `furthest`: the generated pieces furthest from the reference, with their descriptors;
+- `degenerate`: pieces above DEGENERATE_FACTOR x the corpus' most simultaneous notes (`max_voices`: notes
+  sounding at one onset) or most note onsets in one beat (`max_notes_per_beat`), the collapse of rows that
+  stop advancing time.
 
 Everything is computed from a `symusic.Score` (ticks -> quarter notes) with numpy, vectorised over
 the notes of a piece; no per-note Python objects.
@@ -23,6 +38,14 @@ from amadeus.theory import MAJOR_SCALE
 
 GRID = 12  # onset grid per quarter note for rhythm patterns (16ths and triplets), as the tokenizer
 CONSONANT_CLASSES = (0, 3, 4, 5)  # interval classes of unisons/octaves, thirds/sixths, fourths/fifths
+
+EXTREMES = (  # per-piece maxima behind `degenerate` (not compared as distributions)
+    "max_voices",  # most notes (drums included) sounding at one onset
+    "max_notes_per_beat",  # most note onsets inside one beat of the current time signature
+)
+DEGENERATE_FACTOR = 1.5  # a piece above this times the corpus' maximum of an EXTREMES value is degenerate
+RESAMPLES = 1000  # bootstrap resamples of mean_oa_ci95
+UNDEFINED_Z = 4.0  # distance of a value undefined where most reference pieces have one (and the reverse)
 
 DESCRIPTORS = (
     "pitch_class_entropy",  # bits, 0 .. log2(12): how evenly the 12 pitch classes are used
@@ -197,6 +220,29 @@ def empty_beat_rate(p: _Piece) -> float:
 _FUNCTIONS = {name: globals()[name] for name in DESCRIPTORS}
 
 
+def max_voices(p: _Piece) -> float:
+    """Most notes (drums included) sounding at one onset: started there or still held."""
+    if not len(p.onset):
+        return math.nan
+    times = np.unique(p.onset)
+    started = np.searchsorted(np.sort(p.onset), times, side="right")
+    ended = np.searchsorted(np.sort(p.offset), times, side="right")
+    return float((started - ended).max())
+
+
+def max_notes_per_beat(p: _Piece) -> float:
+    """Most note onsets (drums included) inside one beat of the bar grid."""
+    if not len(p.onset):
+        return math.nan
+    starts = np.concatenate([b0 + w * np.arange(max(1, round((b1 - b0) / w)))
+                             for b0, b1, w in zip(p.bars[:-1], p.bars[1:], p.beat)])
+    beat = np.clip(np.searchsorted(starts, p.onset + 1e-9, side="right") - 1, 0, len(starts) - 1)
+    return float(np.bincount(beat).max())
+
+
+_EXTREME_FUNCTIONS = {"max_voices": max_voices, "max_notes_per_beat": max_notes_per_beat}
+
+
 def describe(score: Score) -> dict[str, float]:
     """Every descriptor of one piece (nan where it is undefined, e.g. range without pitched notes)."""
     p = _piece(score)
@@ -204,62 +250,214 @@ def describe(score: Score) -> dict[str, float]:
 
 
 def describe_set(scores: Iterable[Score]) -> dict[str, np.ndarray]:
-    """Descriptors of many pieces: {name: float array [pieces]}."""
-    rows = [describe(s) for s in scores]
-    return {name: np.array([r[name] for r in rows], dtype=np.float64) for name in DESCRIPTORS}
+    """Descriptors and EXTREMES of many pieces: {name: float array [pieces]}."""
+    rows = []
+    for score in scores:
+        p = _piece(score)
+        rows.append({name: fn(p) for name, fn in (_FUNCTIONS | _EXTREME_FUNCTIONS).items()})
+    return {name: np.array([r[name] for r in rows], dtype=np.float64) for name in DESCRIPTORS + EXTREMES}
 
 
 # ----------------------------------------------------------------------------------------------
-# comparing two sets
+# comparing a set with a reference set
 
 
-def _kde(x: np.ndarray, grid: np.ndarray, bw: float) -> np.ndarray:
+def bandwidth(reference: Sequence[float]) -> float:
+    """The kernel width of one descriptor, from the reference set's defined values: Scott's rule, floored at
+    1 % of the values' scale so that a constant descriptor still has a density; nan without values."""
+    x = np.asarray(reference, np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return math.nan
+    return max(1.06 * float(np.std(x)) * len(x) ** (-1 / 5), 1e-2 * max(abs(float(np.mean(x))), 1.0))
+
+
+def _grid(reference: np.ndarray, bw: float, max_points: int = 4096) -> np.ndarray:
+    """Where the reference density lives (its values +- 6 widths), at most bw / 8 apart (fewer points only
+    for a reference spread over more than 500 widths). Outside it the overlap has no mass."""
+    lo, hi = float(reference.min()) - 6 * bw, float(reference.max()) + 6 * bw
+    return np.linspace(lo, hi, min(max_points, int(math.ceil((hi - lo) / (bw / 8))) + 1))
+
+
+def _kernels(x: np.ndarray, grid: np.ndarray, bw: float) -> np.ndarray:
+    """[G, n]: each value's Gaussian kernel (integral 1) on the grid."""
     z = (grid[:, None] - x[None, :]) / bw
-    return np.exp(-0.5 * z * z).sum(axis=1)
+    return np.exp(-0.5 * z * z) / (bw * math.sqrt(2 * math.pi))
 
 
-def _bandwidth(x: np.ndarray) -> float:
-    """Scott's rule; a small floor so that a constant descriptor still has a density."""
-    sd = float(np.std(x))
-    scale = max(abs(float(np.mean(x))), 1.0)
-    return max(1.06 * sd * len(x) ** (-1 / 5), 1e-3 * scale)
+class _Overlap:
+    """One descriptor of two sets on the reference's grid: overlap and KL for piece weights (the plain
+    sets, or bootstrap resamples as weight columns)."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, bw: float) -> None:
+        self.def_a, self.def_b = np.isfinite(a), np.isfinite(b)  # [na], [nb]
+        self.grid = _grid(b[self.def_b], bw) if self.def_b.any() else np.zeros(1)
+        self.dx = float(self.grid[1] - self.grid[0]) if len(self.grid) > 1 else 0.0
+        self.ka = _kernels(np.where(self.def_a, a, 0.0), self.grid, bw) * self.def_a  # [G, na]
+        self.kb = _kernels(np.where(self.def_b, b, 0.0), self.grid, bw) * self.def_b  # [G, nb]
+
+    def parts(self, wa: np.ndarray, wb: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Undefined shares [B] and defined densities [G, B] (integrating to the defined shares) for piece
+        weights wa [na, B], wb [nb, B] (columns sum to 1)."""
+        ua, ub = (wa * ~self.def_a[:, None]).sum(0), (wb * ~self.def_b[:, None]).sum(0)
+        return ua, ub, self.ka @ wa, self.kb @ wb
+
+    def oa(self, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+        """[B] overlapped areas: the undefined atoms' overlap plus the defined densities'."""
+        ua, ub, pa, pb = self.parts(wa, wb)
+        return np.clip(np.minimum(ua, ub) + np.minimum(pa, pb).sum(0) * self.dx, 0.0, 1.0)
+
+    def kl(self, wa: np.ndarray, wb: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+        """[B] KL(b || a) of the two mixtures (atom + density)."""
+        ua, ub, pa, pb = self.parts(wa, wb)
+        cont = (pb * (np.log(pb + eps) - np.log(pa + eps))).sum(0) * self.dx
+        return np.maximum(ub * (np.log(ub + eps) - np.log(ua + eps)) + cont, 0.0)
 
 
-def overlap(a: Sequence[float], b: Sequence[float], points: int = 1024) -> tuple[float, float]:
-    """(overlapped area, KL(b || a)) of the Gaussian KDEs of two samples of one descriptor.
+def _plain(n: int) -> np.ndarray:
+    return np.full((n, 1), 1.0 / n)
 
-    Both densities use one bandwidth (the mean of each side's Scott bandwidth), so a set compared
-    with itself gives OA 1 and KL 0. nan when either side has no finite value.
+
+def overlap(a: Sequence[float], b: Sequence[float], width: float | None = None) -> tuple[float, float]:
+    """(overlapped area, KL(b || a)) of one descriptor of set `a` against the reference set `b`.
+
+    Kernel width `width` (default: `bandwidth(b)`, the reference's); nan values are an atom of each
+    distribution (see the module docstring); nan when either set is empty.
     """
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if not len(a) or not len(b):
         return math.nan, math.nan
-    pooled = np.concatenate([a, b])
-    bw = 0.5 * (_bandwidth(a) + _bandwidth(b))
-    grid = np.linspace(pooled.min() - 4 * bw, pooled.max() + 4 * bw, points)
-    pa, pb = _kde(a, grid, bw), _kde(b, grid, bw)
-    pa, pb = pa / pa.sum(), pb / pb.sum()  # probability mass per grid cell
-    oa = float(np.minimum(pa, pb).sum())
-    eps = 1e-12
-    kl = float((pb * (np.log(pb + eps) - np.log(pa + eps))).sum())
-    return min(oa, 1.0), max(kl, 0.0)
+    bw = bandwidth(b) if width is None else width
+    o = _Overlap(a, b, bw if math.isfinite(bw) else 1.0)
+    wa, wb = _plain(len(a)), _plain(len(b))
+    return float(o.oa(wa, wb)[0]), float(o.kl(wa, wb)[0])
 
 
-def compare(generated: Mapping[str, np.ndarray], real: Mapping[str, np.ndarray]) -> dict[str, object]:
-    """OA and KL(real || generated) per descriptor, their means, and each side's descriptor means."""
+def _resample_weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, B]: each column the share of every piece in one bootstrap resample."""
+    idx = rng.integers(0, n, (resamples, n)) + n * np.arange(resamples)[:, None]
+    return np.bincount(idx.ravel(), minlength=n * resamples).reshape(resamples, n).T / n
+
+
+def mean_oa_interval(generated: Mapping[str, np.ndarray], real: Mapping[str, np.ndarray],
+                     widths: Mapping[str, float], resamples: int = RESAMPLES, seed: int = 0) -> list[float]:
+    """95 % bootstrap interval [low, high] of the mean OA: both the generated and the reference pieces are
+    resampled (the same pieces for every descriptor), the kernel widths stay fixed.
+
+    A resample repeats pieces, and a set with repeated pieces overlaps less with any other (its density is
+    lumpier): every resample's OA is lower than the set's own by a few hundredths, so the raw percentiles can
+    lie wholly below the estimate. The interval is therefore the bootstrap's spread placed on the estimate:
+    the 2.5 and 97.5 % percentiles of (resample OA - mean resample OA), added to the mean OA."""
+    na, nb = len(generated[DESCRIPTORS[0]]), len(real[DESCRIPTORS[0]])
+    if not na or not nb or resamples < 1:
+        return [math.nan, math.nan]
+    rng = np.random.default_rng(seed)
+    wa, wb = _resample_weights(na, resamples, rng), _resample_weights(nb, resamples, rng)
+    total = np.zeros(resamples)
+    for name in DESCRIPTORS:
+        bw = widths[name] if math.isfinite(widths[name]) else 1.0
+        total += _Overlap(np.asarray(generated[name], np.float64), np.asarray(real[name], np.float64), bw).oa(wa, wb)
+    means = total / len(DESCRIPTORS)
+    estimate = float(np.mean([_Overlap(np.asarray(generated[n], np.float64), np.asarray(real[n], np.float64),
+                                       widths[n] if math.isfinite(widths[n]) else 1.0).oa(_plain(na), _plain(nb))[0]
+                              for n in DESCRIPTORS]))
+    low, high = np.percentile(means - means.mean(), [2.5, 97.5]) + estimate
+    return [float(max(low, 0.0)), float(min(high, 1.0))]
+
+
+def _spread(x: np.ndarray) -> tuple[float, float, float]:
+    """(median, standard deviation floored as the kernel width, undefined share) of a reference descriptor."""
+    d = x[np.isfinite(x)]
+    if not len(d):
+        return math.nan, math.nan, 1.0
+    return float(np.median(d)), max(float(np.std(d)), bandwidth(d)), 1.0 - len(d) / len(x)
+
+
+def furthest_pieces(generated: Mapping[str, np.ndarray], real: Mapping[str, np.ndarray],
+                    count: int = 5) -> list[dict[str, object]]:
+    """The `count` generated pieces furthest from the reference: distance = the largest, over descriptors,
+    of |value - reference median| / reference standard deviation (UNDEFINED_Z for a value undefined where
+    most reference pieces have one, or the reverse). Each: {"index", "distance", "descriptor" (the
+    furthest), "descriptors" {name: value}}."""
+    n = len(generated[DESCRIPTORS[0]])
+    if not n or not len(real[DESCRIPTORS[0]]):
+        return []
+    z = np.zeros((n, len(DESCRIPTORS)))
+    for j, name in enumerate(DESCRIPTORS):
+        x = np.asarray(generated[name], np.float64)
+        med, sd, undefined = _spread(np.asarray(real[name], np.float64))
+        mostly_defined = undefined < 0.5
+        far = np.where(np.isfinite(x), np.abs(x - med) / sd if mostly_defined else UNDEFINED_Z,
+                       UNDEFINED_Z if mostly_defined else 0.0)
+        z[:, j] = np.nan_to_num(far, nan=0.0)
+    worst = z.max(axis=1)
+    out = []
+    for i in np.argsort(-worst, kind="stable")[:count]:
+        values = {k: float(generated[k][i]) for k in DESCRIPTORS + EXTREMES if k in generated}
+        out.append({"index": int(i), "distance": float(worst[i]), "descriptor": DESCRIPTORS[int(z[i].argmax())],
+                    "descriptors": {k: (v if math.isfinite(v) else None) for k, v in values.items()}})
+    return out
+
+
+def corpus_limits(*sets: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The corpus' maxima of EXTREMES over the real sets given (nan where none has a value)."""
+    out = {}
+    for name in EXTREMES:
+        values = np.concatenate([np.asarray(s[name], np.float64) for s in sets if name in s] or [np.zeros(0)])
+        values = values[np.isfinite(values)]
+        out[name] = float(values.max()) if len(values) else math.nan
+    return out
+
+
+def degenerate(generated: Mapping[str, np.ndarray], limits: Mapping[str, float],
+               factor: float = DEGENERATE_FACTOR) -> dict[str, object]:
+    """{"rate" (share of pieces), "pieces" (their indices), "limits", "factor"}: a piece is degenerate when
+    an EXTREMES value is above `factor` x the corpus' maximum of it."""
+    n = len(generated[EXTREMES[0]]) if EXTREMES[0] in generated else 0
+    bad = np.zeros(n, bool)
+    for name in EXTREMES:
+        if name in generated and math.isfinite(limits.get(name, math.nan)):
+            bad |= np.nan_to_num(np.asarray(generated[name], np.float64), nan=0.0) > factor * limits[name]
+    return {"rate": float(bad.mean()) if n else math.nan, "pieces": [int(i) for i in np.flatnonzero(bad)],
+            "limits": dict(limits), "factor": factor}
+
+
+def compare(generated: Mapping[str, np.ndarray], real: Mapping[str, np.ndarray], *,
+            limits: Mapping[str, float] | None = None, resamples: int = RESAMPLES, seed: int = 0,
+            furthest: int = 5) -> dict[str, object]:
+    """The generated set against the reference set `real` ({name: [pieces]} of `describe_set`).
+
+    Returns mean_oa, mean_oa_ci95 ([low, high], bootstrap of `resamples`, seeded), mean_kl, and per
+    descriptor oa, kl (KL(real || generated)), mean / real_mean (over the defined values), undefined
+    ({"generated", "reference"} shares of nan), bandwidth (the reference's kernel width); `furthest` (the
+    pieces furthest from the reference) and `degenerate` (against `limits`, default the reference's own
+    maxima of EXTREMES); pieces / real_pieces.
+    """
+    widths = {name: bandwidth(real[name]) for name in DESCRIPTORS}
     oa, kl = {}, {}
     for name in DESCRIPTORS:
-        oa[name], kl[name] = overlap(generated[name], real[name])
+        oa[name], kl[name] = overlap(generated[name], real[name], widths[name])
     finite = [v for v in oa.values() if not math.isnan(v)]
+
+    def mean(x: np.ndarray) -> float:
+        x = np.asarray(x, np.float64)
+        return float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
+
+    def undefined(x: np.ndarray) -> float:
+        return float(np.mean(~np.isfinite(np.asarray(x, np.float64)))) if len(x) else math.nan
+
+    has_extremes = all(name in generated for name in EXTREMES)
     return {
         "mean_oa": float(np.mean(finite)) if finite else math.nan,
+        "mean_oa_ci95": mean_oa_interval(generated, real, widths, resamples, seed) if finite else [math.nan] * 2,
         "mean_kl": float(np.nanmean(list(kl.values()))) if finite else math.nan,
-        "oa": oa,
-        "kl": kl,
-        "mean": {name: float(np.nanmean(generated[name])) if np.isfinite(generated[name]).any() else math.nan
-                 for name in DESCRIPTORS},
-        "real_mean": {name: float(np.nanmean(real[name])) if np.isfinite(real[name]).any() else math.nan
+        "oa": oa, "kl": kl,
+        "mean": {name: mean(generated[name]) for name in DESCRIPTORS},
+        "real_mean": {name: mean(real[name]) for name in DESCRIPTORS},
+        "undefined": {name: {"generated": undefined(generated[name]), "reference": undefined(real[name])}
                       for name in DESCRIPTORS},
+        "bandwidth": widths,
+        "furthest": furthest_pieces(generated, real, furthest),
+        "degenerate": degenerate(generated, limits or corpus_limits(real)) if has_extremes else None,
+        "pieces": len(generated[DESCRIPTORS[0]]), "real_pieces": len(real[DESCRIPTORS[0]]),
     }

@@ -10,7 +10,7 @@ generates a piece (with classifier-free guidance G, over the values the conditio
 plausible) and, as a baseline in the same run, a piece without text from the same seed (piece i uses
 seed + i in both). The time signatures of the prompts and of each mode's pieces are counted too: a metre
 that no prompt asked for is where guidance goes wrong first.
-Every generated piece is scored (amadeus.metrics.TextAdherence: TB TBT CK CKD CTS CI CM_top3 CS) twice:
+Every generated piece is scored (amadeus.metrics.adherence_scores: TB TBT CK CKD CTS CI CM_top3 CS) twice:
 against the features stored with the prompt's source piece (key, tempo, time signature,
 instruments, chords: the shard's features JSON) and against the fields the caption states
 (amadeus.captions.parse_caption). A model without a text encoder gets the baseline rows only.
@@ -21,24 +21,37 @@ profiles, as the stored features) and "midicaps" (MidiCaps' pipeline: the first 
 time signature, music21's key analysis; the stored-feature targets then take these three fields from
 the prompt piece's tokens by the same rules), for comparisons with published MidiCaps tables.
 
+Every adherence percentage carries a 95 % interval (amadeus.intervals: a percentile bootstrap over the
+prompt pieces), and the difference with - without text a paired one (`adherence_ci95`,
+`adherence_difference`); `adherence_info` names the prompts' split and where the sampler settings were
+chosen (`chosen_on`, default CHOSEN_ON).
+
 Style adherence CS, when the data has styles (the music21 corpus: the shard's features `style` or the
 corpus' captions.jsonl beside the shards): the share of generated pieces whose style, as predicted by
-amadeus.style's classifier (fitted on the training split, cached in the shard folder), is the prompt
-piece's style. Its ceiling is reported beside it (report["style"]): the classifier's accuracy on the
-held-out pieces, and on the prompt pieces themselves cut to the generated length.
+amadeus.style's classifier (fitted on the training split's first `max_notes` rows, cut as the generated
+pieces are; cached in the shard folder), is the prompt piece's style; CS_no_metre the same with a
+classifier that does not read the time signature (so that it does not repeat CTS). Their ceilings are
+reported beside them (report["style"]): each classifier's accuracy on the held-out pieces, and on the
+prompt pieces themselves cut to the generated length.
 
 Sample quality (amadeus.descriptors): per-piece descriptors (consonance, scale consistency, polyphony,
-rhythm, range ...) of the generated pieces against the held-out pieces (validation and test splits,
-cut to the same number of rows), as distributions: overlapped area and KL per descriptor, beside the
-real-vs-real ceiling (as many training pieces, same cut, against the same held-out pieces).
+rhythm, range ...) of the generated pieces against the reference split's pieces (`reference_split`:
+test to report, validation to choose settings on; cut to the same number of rows), as distributions with
+the reference's kernel widths: overlapped area and KL per descriptor, undefined values counted, mean OA
+with a bootstrap interval over both sets, the furthest and the degenerate pieces (above 1.5 x the
+corpus' most notes at once or onsets per beat), beside the real-vs-real ceiling (as many training
+pieces, same cut, against the same reference).
 
 Unconditional metrics: the masked-diffusion ELBO per attribute (amadeus.metrics.DiffusionNLL, nats per
-note) on deterministic windows of the split, without text (and with each window's caption when the
-model reads text); syntax-error rate, pitch-class entropy, groove consistency and notes/s of the
-generated pieces, next to the same structure metrics of the source pieces for reference.
+note: the negative log-likelihood averaged over random reveal orders of the attributes, a bound on the
+model's likelihood as a mixture over orders; it does not bound the column-order NLL note by note) and the
+exact NLL in column order, on deterministic windows of the split, without text (and with each window's
+caption when the model reads text); syntax-error rate, pitch-class entropy, groove consistency and
+notes/s of the generated pieces, next to the same structure metrics of the source pieces for reference.
 
 CLAP only with --clap PATH (a local checkpoint); nothing is ever downloaded.
-The command line (flags, checks, printing) is `amadeus.commands.evaluate`.
+The command line (flags, checks, printing) is `amadeus.commands.evaluate`; the tables
+`amadeus.evaluation_tables`.
 """
 
 from __future__ import annotations
@@ -61,14 +74,23 @@ from amadeus.metrics import (
     NotesPerSecond,
     PitchClassEntropy,
     SyntaxErrorRate,
-    TextAdherence,
 )
+from amadeus.descriptors import RESAMPLES
+from amadeus.intervals import METHOD as INTERVAL_METHOD
 from amadeus.sampling.options import SamplingOptions
 
 SPLITS = ("train", "validation", "test")
-HELD_OUT = ("validation", "test")  # the real pieces generated music is compared with
+HELD_OUT = ("validation", "test")  # the reference splits generated music can be compared with
+QUALITY_REFERENCE = "test"  # reports compare with the test split; settings are chosen against validation
+CHOSEN_ON = {"sampler": "validation+test", "guidance": "test"}
+"""Where the sampler's current defaults were chosen by measurement (steps, order, truncation against the
+held-out chorales of both splits; guidance and plausibility on the test captions). Issue 22: they are to be
+chosen again on validation; whoever does so updates this, and every report says it (`chosen_on`)."""
+LIMIT_PIECES = 2000  # training pieces (at most) whose maxima set the degenerate-piece limits
+_REAL_CACHE: dict[tuple, dict[str, Any]] = {}
 CLAP_NOT_COMPUTED = "CLAP: not computed (needs a local checkpoint, --clap PATH)"
 MODES = ("with_text", "without_text")
+SCORED = ADHERENCE_METRICS + ("CS_no_metre",)  # CS again, by a classifier that does not read the metre
 TARGETS = ("features", "caption")
 
 
@@ -202,29 +224,69 @@ def diffusion_nll(module, windows, *, text: bool, batch_size: int = 8, num_sampl
     return out
 
 
-def sample_quality(generated: dict[str, Sequence[np.ndarray]], dm, tokenizer, *, max_notes: int,
-                   seed: int = 0) -> dict[str, Any]:
-    """Descriptors of each mode's generated token matrices against the held-out pieces, and the
-    real-vs-real ceiling; real pieces are cut to the first `max_notes` rows, as generation is.
+def _real_sets(dm, tokenizer, max_notes: int, reference_split: str, seed: int) -> dict[str, Any]:
+    """The reference pieces' descriptors, the ceiling's (as many training pieces, drawn with `seed`) and the
+    corpus maxima of EXTREMES over at most LIMIT_PIECES training pieces; cached per (data, options)."""
+    from amadeus.descriptors import corpus_limits, describe_set
 
-    Returns {"real_pieces", "ceiling_pieces", "ceiling": compare(...), mode: compare(...) | None};
-    see amadeus.descriptors.compare for the fields (mean_oa, oa, kl, mean, real_mean).
+    files = tuple(str(f) for split in SPLITS for f in dm.files(split, required=False))
+    key = (files, tokenizer.config_hash, max_notes, reference_split, seed)
+    if key not in _REAL_CACHE:
+        def describe(tokens: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+            return describe_set(tokenizer.decode(t[: max_notes + 1]) for t in tokens)
+
+        reference, train = read_tokens(dm, tuple(reference_split.split("+"))), read_tokens(dm, ("train",))
+        order = np.random.default_rng(seed).permutation(len(train))
+        real = describe(reference) if reference else None
+        ceiling = describe([train[i] for i in order[: len(reference)]]) if reference and len(train) else None
+        limits = corpus_limits(*[d for d in (real, ceiling, describe([train[i] for i in order[:LIMIT_PIECES]]))
+                                 if d is not None])
+        _REAL_CACHE.clear()  # one data set at a time
+        _REAL_CACHE[key] = {"real": real, "ceiling": ceiling, "limits": limits, "pieces": len(reference),
+                            "ceiling_pieces": min(len(reference), len(train)),
+                            "limit_pieces": min(LIMIT_PIECES, len(train))}
+    return _REAL_CACHE[key]
+
+
+def corpus_limits_of(dm, tokenizer, max_notes: int, seed: int = 0) -> dict[str, float]:
+    """The corpus maxima of amadeus.descriptors.EXTREMES (most notes at once, most onsets in one beat) over
+    the test pieces and up to LIMIT_PIECES training pieces of `dm`, cut to `max_notes` rows: what
+    `degenerate` compares generated pieces with."""
+    return _real_sets(dm, tokenizer, max_notes, QUALITY_REFERENCE, seed)["limits"]
+
+
+def sample_quality(generated: dict[str, Sequence[np.ndarray] | None], dm, tokenizer, *, max_notes: int,
+                   seed: int = 0, reference_split: str = QUALITY_REFERENCE, resamples: int = RESAMPLES,
+                   chosen_on: str | None = None) -> dict[str, Any]:
+    """Descriptors of each mode's generated token matrices against the reference pieces (the
+    `reference_split`: "test" to report, "validation" to choose settings on; "validation+test" only to
+    compare with figures measured before issue 22, which used both), and the real-vs-real
+    ceiling (as many training pieces against the same reference); real pieces are cut to the first
+    `max_notes` rows, as generation is. The kernel widths are the reference's (amadeus.descriptors).
+
+    Returns {"reference_split", "chosen_on", "real_pieces", "ceiling_pieces", "limits" (the corpus maxima
+    behind `degenerate`: reference, ceiling and up to LIMIT_PIECES training pieces), "ceiling":
+    compare(...), mode: compare(...) | None}; see amadeus.descriptors.compare for the fields (mean_oa,
+    mean_oa_ci95, oa, kl, undefined, furthest, degenerate ...). {} when the split has no pieces.
     """
     from amadeus.descriptors import compare, describe_set
 
-    def describe(tokens: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        return describe_set(tokenizer.decode(t[: max_notes + 1]) for t in tokens)
-
-    held_out = read_tokens(dm, HELD_OUT)
-    if not held_out:
+    if not set(reference_split.split("+")) <= set(HELD_OUT):
+        raise ValueError(f"reference_split {reference_split!r}: choose from {', '.join(HELD_OUT)} "
+                         "(or validation+test, to compare with figures measured on both)")
+    sets = _real_sets(dm, tokenizer, max_notes, reference_split, seed)
+    if sets["real"] is None:
         return {}
-    train = read_tokens(dm, ("train",))
-    pick = np.random.default_rng(seed).permutation(len(train))[: len(held_out)]
-    real = describe(held_out)
-    out: dict[str, Any] = {"real_pieces": len(held_out), "ceiling_pieces": len(pick),
-                           "ceiling": compare(describe([train[i] for i in pick]), real) if len(pick) else None}
+    real, limits = sets["real"], sets["limits"]
+    out: dict[str, Any] = {"reference_split": reference_split, "chosen_on": chosen_on,
+                           "real_pieces": sets["pieces"], "ceiling_pieces": sets["ceiling_pieces"],
+                           "limit_pieces": sets["limit_pieces"], "limits": limits,
+                           "ceiling": (compare(sets["ceiling"], real, limits=limits, resamples=resamples, seed=seed)
+                                       if sets["ceiling"] is not None else None)}
     for mode, tokens in generated.items():
-        out[mode] = compare(describe(tokens), real) if tokens is not None else None
+        described = describe_set(tokenizer.decode(t[: max_notes + 1]) for t in tokens) if tokens is not None else None
+        out[mode] = (compare(described, real, limits=limits, resamples=resamples, seed=seed)
+                     if described is not None else None)
     return _finite(out)
 
 
@@ -232,6 +294,8 @@ def _finite(obj: Any) -> Any:
     """Nested dicts with every nan / inf float replaced by None (JSON numbers only)."""
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
     return _num(obj) if isinstance(obj, float) else obj
 
 
@@ -244,25 +308,36 @@ def _generation_report(result, tokenizer) -> dict[str, Any]:
 
 
 def style_targets(data: str | Path, pieces: list[dict], tokenizer, *, max_notes: int, style_model: str | Path | None,
-                  log=print) -> tuple[Any, list[str | None], dict[str, Any] | None]:
-    """(classifier or None, each prompt piece's style or None, the style report) for CS: None when the
-    data has no styles. A style the classifier does not know (too few training pieces) is not scored.
-    The report: classes, the classifier's held-out accuracy and its accuracy on the prompt pieces cut
-    to `max_notes` rows (CS's ceilings)."""
-    from amadeus.style import captions_styles, corpus_style_classifier, piece_style, piece_vector
+                  log=print) -> tuple[dict[str, Any], list[str | None], dict[str, Any] | None]:
+    """({"CS": classifier, "CS_no_metre": classifier without the time-signature features} or {}, each
+    prompt piece's style or None, the style report) for CS: {} when the data has no styles. Both
+    classifiers are fitted on the training pieces' first `max_notes` rows, cut as the generated pieces are.
+    A style the classifier does not know (too few training pieces) is not scored. The report: classes, each
+    classifier's held-out accuracy and accuracy on the prompt pieces cut to `max_notes` rows (CS's ceilings)."""
+    from amadeus.style import METRE_FEATURES, captions_styles, corpus_style_classifier, piece_style, piece_vector
 
     if not is_local(data):
-        return None, [None] * len(pieces), None
+        return {}, [None] * len(pieces), None
     lookup = captions_styles(data)
     styles = [piece_style(p["features"], p["source"], lookup) for p in pieces]
-    model = corpus_style_classifier(data, style_model, log=log) if any(styles) else None
-    if model is None:
-        return None, [None] * len(pieces), None
-    styles = [s if s in model.classes else None for s in styles]
+    if not any(styles):
+        return {}, [None] * len(pieces), None
+    models = {}
+    for name, exclude in (("CS", ()), ("CS_no_metre", METRE_FEATURES)):
+        path = None if style_model is None else Path(style_model).with_name(
+            Path(style_model).stem + ("-no-metre" if exclude else "") + Path(style_model).suffix)
+        model = corpus_style_classifier(data, path, max_rows=max_notes, exclude=exclude, log=log)
+        if model is not None:
+            models[name] = model
+    if "CS" not in models:
+        return {}, [None] * len(pieces), None
+    styles = [s if s in models["CS"].classes else None for s in styles]
     vectors = np.array([piece_vector(tokenizer.decode(p["tokens"][: max_notes + 1])) for p in pieces])
-    report = {"classes": model.classes, "held_out": model.info.get("held_out"),
-              "prompt_pieces": model.accuracy(vectors, styles), "train_pieces": model.info.get("train_pieces")}
-    return model, styles, _finite(report)
+    report = {"classes": models["CS"].classes, "rows": max_notes}
+    for name, model in models.items():
+        report[name] = {"held_out": model.info.get("held_out"), "prompt_pieces": model.accuracy(vectors, styles),
+                        "train_pieces": model.info.get("train_pieces"), "features": len(model.features)}
+    return models, styles, _finite(report)
 
 
 def _targets(pieces: list[dict], styles: Sequence[str | None], convention: str, tokenizer) -> dict[str, list[dict]]:
@@ -281,41 +356,66 @@ def _targets(pieces: list[dict], styles: Sequence[str | None], convention: str, 
             "caption": [dict(parse_caption(p["caption"]), style=s) for p, s in zip(pieces, styles)]}
 
 
+def _piece_scores(feats: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]]) -> np.ndarray:
+    """[pieces, SCORED] per-piece adherence scores (amadeus.metrics.adherence_scores, nan where the
+    target does not state the field), CS_no_metre from the features' `style_no_metre`."""
+    from amadeus.intervals import score_matrix
+    from amadeus.metrics import adherence_scores
+
+    rows = []
+    for f, t in zip(feats, targets):
+        r = adherence_scores(f, t)
+        if "CS" in r and f.get("style_no_metre") is not None:
+            r["CS_no_metre"] = 0.0 if f.get("n_notes", 1) == 0 else float(f["style_no_metre"] == t["style"])
+        rows.append(r)
+    return score_matrix(rows, SCORED)
+
+
 def _adherence(model, pieces: list[dict], results: dict[str, Any], clap_metric, *, convention: str = "amadeus",
-               styles: tuple[Any, list[str | None]] = (None, [])) -> dict[str, Any]:
+               styles: tuple[dict[str, Any], list[str | None]] = ({}, []), seed: int = 0) -> dict[str, Any]:
     """Adherence of each mode's pieces to the stored features and to the caption fields (tempo, time
-    signature and key by `convention`; CS with a style classifier), their generation statistics and
-    (when asked) CLAP: the report's adherence, counts, generation, clap."""
+    signature and key by `convention`; CS and CS_no_metre with the style classifiers), with bootstrap
+    intervals and the paired difference with - without text; their generation statistics and (when
+    asked) CLAP: the report's adherence, adherence_ci95, adherence_difference, counts, generation, clap."""
     from amadeus.features import adherence_features
+    from amadeus.intervals import mean_intervals, paired_difference
 
     tokenizer = model.tokenizer
     captions = [p["caption"] for p in pieces]
     adherence: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
     counts: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
+    ci: dict[str, dict[str, Any]] = {t: {m: None for m in MODES} for t in TARGETS}
+    scored: dict[str, dict[str, np.ndarray]] = {t: {} for t in TARGETS}
     generation: dict[str, Any] = {m: None for m in MODES}
     meters: dict[str, Any] = {m: None for m in MODES}
     clap_report: dict[str, Any] | str = CLAP_NOT_COMPUTED if clap_metric is None else {m: None for m in MODES}
-    classifier, piece_styles = styles
+    classifiers, piece_styles = styles
     targets = _targets(pieces, piece_styles or [None] * len(pieces), convention, tokenizer)
     meters["prompts"] = _meter_counts(targets["features"])
     for mode, result in results.items():
         scores = [tokenizer.decode(t) for t in result.tokens]
         feats = [adherence_features(s, convention) for s in scores]
-        if classifier is not None:
-            for f, style in zip(feats, classifier.predict(scores)):
-                f["style"] = style
+        for name, field in (("CS", "style"), ("CS_no_metre", "style_no_metre")):
+            if name in classifiers:
+                for f, style in zip(feats, classifiers[name].predict(scores)):
+                    f[field] = style
         for target in TARGETS:
-            metric = TextAdherence()
-            metric.update(feats, targets[target])
-            adherence[target][mode] = {k: _num(v) for k, v in metric.compute().items()}
-            counts[target][mode] = metric.counts()
+            x = scored[target][mode] = _piece_scores(feats, targets[target])
+            with np.errstate(invalid="ignore"):
+                means = 100.0 * np.nansum(x, axis=0) / np.isfinite(x).sum(axis=0)
+            adherence[target][mode] = {n: _num(v) for n, v in zip(SCORED, means)}
+            counts[target][mode] = {n: int(c) for n, c in zip(SCORED, np.isfinite(x).sum(axis=0))}
+            ci[target][mode] = mean_intervals(x, SCORED, seed=seed)
         generation[mode] = _generation_report(result, tokenizer)
         meters[mode] = _meter_counts(feats)
         if clap_metric is not None:
             clap_metric.reset()
             clap_metric.update(scores, captions)
             clap_report[mode] = _num(clap_metric.compute())
-    return {"adherence": adherence, "adherence_counts": counts, "generation": generation, "clap": clap_report,
+    difference = {t: (paired_difference(scored[t]["with_text"], scored[t]["without_text"], SCORED, seed=seed)
+                      if len(scored[t]) == 2 else None) for t in TARGETS}
+    return {"adherence": adherence, "adherence_counts": counts, "adherence_ci95": ci,
+            "adherence_difference": difference, "generation": generation, "clap": clap_report,
             "time_signatures": meters}
 
 
@@ -342,11 +442,23 @@ def _nll(module, dm, split: str, nll_windows: int, nll_length: int, nll_samples:
                           if module.text_encoder is not None else None)}
 
 
+def _generate(model, pieces: list[dict], options: SamplingOptions, seed: int, text_model: bool, log) -> dict[str, Any]:
+    """Each mode's SampleResult: with text (guided, when the model reads text) and without, same seeds."""
+    n, results = len(pieces), {}
+    if text_model:
+        log(f"generating {n} pieces from their captions (guidance {options.guidance_for(True):g}) ...")
+        results["with_text"] = model.sample(n, text=[p["caption"] for p in pieces], options=options, seed=seed)
+    log(f"generating {n} pieces without text ...")
+    results["without_text"] = model.sample(n, options=replace(options, guidance=None), seed=seed)
+    return results
+
+
 def evaluate(ckpt: str | Path, *, options: SamplingOptions | None = None, data: str | Path | None = None,
              split: str = "test", num: int = 16, max_notes: int = 256, seed: int = 0,
              clap: str | Path | None = None, nll_windows: int = 16, nll_length: int = 128, nll_samples: int = 4,
              device: str = "cpu", adherence: str = "amadeus", style_model: str | Path | None = None,
-             stratify: bool = True, log=print) -> dict[str, Any]:
+             stratify: bool = True, reference_split: str | None = None, chosen_on: Any = None,
+             log=print) -> dict[str, Any]:
     """Run every metric; returns the report (what `amadeus evaluate` writes as JSON).
 
     `options`: how both modes sample (default the sampler's; its guidance applies to the text rows, the
@@ -354,7 +466,10 @@ def evaluate(ckpt: str | Path, *, options: SamplingOptions | None = None, data: 
     real pieces it is compared with are cut to as many. `adherence`: the feature convention of the
     adherence metrics, one of amadeus.features.FEATURE_CONVENTIONS (see the module docstring).
     `style_model`: where the style classifier is cached (default DATA/style-classifier.json).
-    `stratify`: prompts round-robin over styles (see `read_pieces`). Raises ValueError / OSError
+    `stratify`: prompts round-robin over styles (see `read_pieces`). `reference_split`: the real pieces
+    the sample quality compares with (default: `split` when it is validation or test, else test).
+    `chosen_on`: where the sampler settings were chosen, recorded in the report (default CHOSEN_ON, where
+    the defaults were). Raises ValueError / OSError
     (checkpoint, data) or MetricUnavailable (clap) with a clear message.
     """
     from amadeus.features import FEATURE_CONVENTIONS
@@ -383,17 +498,14 @@ def evaluate(ckpt: str | Path, *, options: SamplingOptions | None = None, data: 
         clap_metric = ClapScore(clap)  # one model, reset between modes
     n = len(pieces)
 
-    # -- generation: with text (guided) and without, same seeds
     options = replace(options or SamplingOptions(), max_notes=max_notes)
-    results = {}
-    if text_model:
-        log(f"generating {n} pieces from their captions (guidance {options.guidance_for(True):g}) ...")
-        results["with_text"] = model.sample(n, text=[p["caption"] for p in pieces], options=options, seed=seed)
-    log(f"generating {n} pieces without text ...")
-    results["without_text"] = model.sample(n, options=replace(options, guidance=None), seed=seed)
-    classifier, styles, style_report = style_targets(data, pieces, tokenizer, max_notes=max_notes,
-                                                     style_model=style_model, log=log)
-    scored = _adherence(model, pieces, results, clap_metric, convention=adherence, styles=(classifier, styles))
+    results = _generate(model, pieces, options, seed, text_model, log)
+    classifiers, styles, style_report = style_targets(data, pieces, tokenizer, max_notes=max_notes,
+                                                      style_model=style_model, log=log)
+    scored = _adherence(model, pieces, results, clap_metric, convention=adherence, styles=(classifiers, styles),
+                        seed=seed)
+    chosen_on = dict(CHOSEN_ON) if chosen_on is None else chosen_on
+    reference_split = reference_split or (split if split in HELD_OUT else QUALITY_REFERENCE)
 
     return {
         "checkpoint": str(ckpt), "data": str(data), "split": split, "device": str(model.device),
@@ -405,112 +517,17 @@ def evaluate(ckpt: str | Path, *, options: SamplingOptions | None = None, data: 
                      "seed": seed, "nll_windows": nll_windows, "nll_length": nll_length, "nll_samples": nll_samples,
                      "adherence": adherence},
         "pieces": [{"id": p["id"], "caption": p["caption"], "seed": seed + i} for i, p in enumerate(pieces)],
-        "adherence": scored["adherence"], "adherence_counts": scored["adherence_counts"], "style": style_report,
+        "adherence": scored["adherence"], "adherence_counts": scored["adherence_counts"],
+        "adherence_ci95": scored["adherence_ci95"], "adherence_difference": scored["adherence_difference"],
+        "adherence_info": {"reference_split": split, "chosen_on": chosen_on, "intervals": INTERVAL_METHOD},
+        "style": style_report,
         "time_signatures": scored["time_signatures"],
         "generation": scored["generation"],
         "data_reference": structure_metrics([p["tokens"] for p in pieces], tokenizer),
         "quality": sample_quality({m: results[m].tokens if m in results else None for m in MODES}, dm, tokenizer,
-                                  max_notes=max_notes, seed=seed),
+                                  max_notes=max_notes, seed=seed, reference_split=reference_split,
+                                  chosen_on=chosen_on),
         "nll": _nll(module, dm, split, nll_windows, nll_length, nll_samples, seed, log),
         "clap": scored["clap"],
         "seconds": round(time.perf_counter() - t0, 2),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# table
-
-
-def _cell(v: Any, width: int = 8, digits: int = 1) -> str:
-    return ("-" if v is None else f"{v:.{digits}f}").rjust(width)
-
-
-def _quality_table(quality: dict[str, Any]) -> list[str]:
-    """Descriptor means and overlapped areas against the held-out pieces, ceiling beside them."""
-    if not quality:
-        return []
-    from amadeus.descriptors import DESCRIPTORS
-
-    columns = [("ceiling", "real vs real")] + [(m, m.replace("_", " ")) for m in MODES if quality.get(m)]
-    lines = ["", f"sample quality against {quality['real_pieces']} held-out pieces: descriptor mean, and the "
-                 "overlapped area (OA) of its distribution with the held-out one"]
-    lines.append("descriptor".ljust(20) + "held-out".rjust(9)
-                 + "".join(f"{label[:14]:>15}{'OA':>6}" for _, label in columns))
-    for d in DESCRIPTORS:
-        row = d.ljust(20) + _cell(quality["ceiling"]["real_mean"][d], 9, 3)
-        for key, _ in columns:
-            q = quality[key]
-            row += _cell(q["mean"][d], 15, 3) + _cell(q["oa"][d], 6, 2)
-        lines.append(row)
-    lines.append("mean OA".ljust(29) + "".join(" " * 15 + _cell(quality[k]["mean_oa"], 6, 2) for k, _ in columns))
-    return lines
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The report as plain-text tables."""
-    lines = []
-    n = report["settings"]["num"]
-    g = report["settings"]["guidance"]
-    lines.append(f"text adherence, % of {n} pieces of the {report['split']!r} split"
-                 + (f" (guidance {g})" if report["text_conditioned"] else " (model has no text encoder)")
-                 + f", {report['settings'].get('adherence', 'amadeus')} features")
-    lines.append("target / mode".ljust(30) + "".join(c.rjust(8) for c in ADHERENCE_METRICS) + "   scored")
-    for target in TARGETS:
-        for mode in MODES:
-            name = f"{'stored features' if target == 'features' else 'caption fields'} / {mode.replace('_', ' ')}"
-            row = report["adherence"][target][mode]
-            if row is None:
-                lines.append(name.ljust(30) + "  not computed (model has no text encoder)")
-                continue
-            scored = report["adherence_counts"][target][mode]
-            lines.append(name.ljust(30) + "".join(_cell(row[c]) for c in ADHERENCE_METRICS)
-                         + "   " + " ".join(str(scored[c]) for c in ADHERENCE_METRICS))
-    meters = report.get("time_signatures") or {}
-    if meters.get("prompts"):
-        lines.append("time signatures (pieces): " + "; ".join(
-            f"{name.replace('_', ' ')} " + ", ".join(f"{k} {v}" for k, v in meters[name].items())
-            for name in ("prompts",) + MODES if meters.get(name)))
-    style = report.get("style")
-    if style:
-        held, prompts = style.get("held_out") or {}, style["prompt_pieces"]
-        lines.append(f"CS ceiling: the style classifier ({len(style['classes'])} styles) is right on "
-                     f"{_cell(prompts['accuracy'], 0).strip()}% of these {prompts['pieces']} prompt pieces and "
-                     f"{_cell(held.get('accuracy'), 0).strip()}% of {held.get('pieces', 0)} held-out pieces "
-                     f"(balanced over styles {_cell(held.get('balanced_accuracy'), 0).strip()}%)")
-    lines.append("")
-    lines.append("generated pieces".ljust(30) + "notes/s".rjust(10) + "syntax err %".rjust(14)
-                 + "PC entropy".rjust(12) + "groove".rjust(9))
-    rows = [(m.replace("_", " "), report["generation"][m]) for m in MODES]
-    rows.append(("source pieces (data)", report["data_reference"]))
-    for name, r in rows:
-        if r is None:
-            continue
-        lines.append(name.ljust(30) + _cell(r.get("notes_per_s"), 10) + _cell(r["syntax_error_rate"]["any"], 14, 2)
-                     + _cell(r["pitch_class_entropy"], 12, 3) + _cell(r["groove_consistency"], 9, 3))
-    lines += _quality_table(report.get("quality") or {})
-    nll = report["nll"]
-    if nll:
-        names = [k.split("/", 1)[1] for k in nll["without_text"] if k.startswith("nll/")]
-        lines.append("")
-        first = nll["without_text"]
-        kind = "diffusion ELBO" if "elbo_per_note" in first else "exact NLL (chain rule, column order)"
-        lines.append(f"{kind} per attribute, nats per note ({first.get('windows', 0)} windows, "
-                     f"{first.get('notes', 0)} notes)")
-        lines.append("".ljust(14) + "".join(c[:8].rjust(9) for c in names))
-        for mode in ("without_text", "with_text"):
-            r = nll.get(mode)
-            if r:
-                lines.append(mode.replace("_", " ").ljust(14) + "".join(_cell(r[f"nll/{c}"], 9, 3) for c in names))
-        lines.append("likelihood, nats per note".ljust(30) + "NLL (exact)".rjust(12) + "ELBO".rjust(9))
-        for mode in ("without_text", "with_text"):
-            r = nll.get(mode)
-            if r:
-                lines.append(mode.replace("_", " ").ljust(30) + _cell(r.get("nll_per_note"), 12, 3)
-                             + _cell(r.get("elbo_per_note"), 9, 3))
-    lines.append("")
-    clap = report["clap"]
-    if isinstance(clap, str):
-        lines.append(clap)
-    else:
-        lines.append("CLAP: " + ", ".join(f"{m.replace('_', ' ')} {_cell(v, 0, 4).strip()}" for m, v in clap.items()))
-    return "\n".join(lines)

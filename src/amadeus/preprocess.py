@@ -9,8 +9,9 @@ are unchanged is not redone, so an interrupted run picks up where it stopped.
 Files are encoded by a small pool of long-lived worker processes (amadeus.workers) fed one file at a
 time; the shards and the manifest are written by amadeus.shards, captions found by amadeus.captions. Bad files (empty, truncated, not MIDI, no notes) are skipped with a reason; a file that kills
 its worker (a segfault in a parser) or runs past the timeout costs only that file: the parent sees
-the death, records the file as skipped and starts a new worker. Splits come from the content hash,
-so duplicate files always land in the same split.
+the death, records the file as skipped and starts a new worker. Splits come from the piece's melody
+(amadeus.corpus.splits: the first top-line intervals, transposition-free), so duplicate files, the same
+tune in another key or file, and the same piece in an embedded corpus always land in the same split.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import numpy as np
 from filelock import FileLock
 
 from amadeus.captions import DEFAULT_TEXT_ENCODER, Captions, load_captions
+from amadeus.corpus.splits import SPLIT_VERSION, melody_key, split_for_key
 from amadeus.shards import SHARD_FORMAT, SPLITS, finish_shard, finished_shard, json_default, remove_stale, write_manifest
 from amadeus.tokenizer import MIDI_SUFFIXES, NoteTokenizer
 from amadeus.workers import SkipFile, WorkerPool, default_workers
@@ -139,16 +141,6 @@ def _init_encoder(tokenizer: NoteTokenizer, auto_captions: bool, val_fraction: f
         import amadeus.captions  # noqa: F401
 
 
-def split_of(piece_id: str, val_fraction: float, test_fraction: float) -> str:
-    """train / validation / test from the content hash (16 hex digits -> a number in [0, 1))."""
-    u = int(piece_id, 16) / 16 ** len(piece_id)
-    if u < val_fraction:
-        return "validation"
-    if u < val_fraction + test_fraction:
-        return "test"
-    return "train"
-
-
 def check_midi_bytes(data: bytes) -> None:
     """Cheap structural check of a Standard MIDI File: header, chunk lengths, track count."""
     if not data:
@@ -189,7 +181,7 @@ def _load(name: str, data: bytes):
 
 def encode_file(task: tuple[str, str | None, bytes | None, str | None, str | None]) -> dict[str, Any]:
     """(name, path, bytes or None, caption or None, split or None) -> one shard row (tokens flattened
-    as int16); the split comes from the content hash unless the task names one."""
+    as int16); the split comes from the melody (amadeus.corpus.splits) unless the task names one."""
     from amadeus.features import extract_features
 
     name, path, data, caption, forced_split = task
@@ -225,7 +217,7 @@ def encode_file(task: tuple[str, str | None, bytes | None, str | None, str | Non
         "n_notes": n_notes,
         "caption": caption,
         "features": json.dumps(features, sort_keys=True, default=json_default),
-        "split": forced_split or split_of(piece_id, _STATE["val"], _STATE["test"]),
+        "split": forced_split or split_for_key(melody_key(score), _STATE["val"], _STATE["test"]),
         "tokenizer_hash": tokenizer.config_hash,
         "stats": stats.as_dict(),
     }
@@ -286,9 +278,8 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
     workers: worker processes (default: the usable CPU cores); 0 encodes in this process (no crash
         isolation; for profiling).
     timeout: seconds one file may take before its worker is killed and the file skipped.
-    splits: {location: "train" | "validation" | "test"} (matched like captions) overriding the content
-        hash, so that a corpus can keep related files (the same tune twice) in one split and give
-        every style its test share.
+    splits: {location: "train" | "validation" | "test"} (matched like captions) overriding the split by
+        melody (an embedded corpus passes the splits it recorded in its captions.jsonl).
     text_max_length: when given, count (after the shards are written, in this process) the captions
         longer than this many tokens of `text_encoder`'s tokenizer: report.caption_tokens.
     """
@@ -309,7 +300,8 @@ def preprocess(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | 
         shard_dir = out / "shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
         options = {"format": SHARD_FORMAT, "tokenizer_hash": tokenizer.config_hash, "captions": caption_tag,
-                   "auto_captions": auto_captions, "val": val_fraction, "test": test_fraction}
+                   "auto_captions": auto_captions, "val": val_fraction, "test": test_fraction,
+                   "split_version": SPLIT_VERSION}
         if split_tag is not None:  # only when given: shards of earlier runs keep their keys
             options["splits"] = split_tag
         n_shards = (len(entries) + shard_size - 1) // shard_size

@@ -13,12 +13,15 @@ Tempo and instruments are left out on purpose: in the corpus they come from per-
 and CS should judge the music, not the instrument token.
 
 The training data are the *train* split of a shard folder, decoded from their tokens as generated
-pieces are; each piece's style comes from its features JSON (`style`) or, for shards that do not
-store it, from the corpus' captions.jsonl beside the shards (amadeus.corpus.music21 writes
-ROOT/midi/captions.jsonl next to ROOT/shards; the manifest's `source` names that folder). Styles
-with fewer than `min_pieces` training pieces are left out. `corpus_style_classifier(data)` fits once
-and caches the model as JSON (STYLE_FILE in the shard folder by default, keyed by the manifest's
-shards), with its accuracy on the held-out (validation + test) pieces: the ceiling of CS.
+pieces are and, with `max_rows`, cut like them (the first `max_rows` rows: `amadeus evaluate` passes its
+generation length, so the classifier judges 128-row openings as it will see them, not whole pieces); each
+piece's style comes from its features JSON (`style`) or, for shards that do not store it, from the
+corpus' captions.jsonl beside the shards (amadeus.corpus.music21 writes ROOT/midi/captions.jsonl next to
+ROOT/shards; the manifest's `source` names that folder). Styles with fewer than `min_pieces` training
+pieces are left out. `exclude=METRE_FEATURES` fits it without the time-signature features, so that CS
+does not repeat CTS (a jig told from a reel by its 6/8 alone). `corpus_style_classifier(data)` fits once
+and caches the model as JSON (in the shard folder by default, one file per set of options, keyed by the
+manifest's shards), with its accuracy on the held-out (validation + test) pieces: the ceiling of CS.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import numpy as np
 from symusic import Score
 
 STYLE_FILE = "style-classifier.json"
-STYLE_FORMAT = 1  # bump when piece_vector or the fit changes: cached classifiers are refitted
+STYLE_FORMAT = 2  # bump when piece_vector or the fit changes: cached classifiers are refitted
 METERS = ("2/4", "3/4", "4/4", "2/2", "3/2", "4/2", "3/8", "6/8", "9/8", "12/8")
 LENGTH_EDGES = (0.25, 0.34, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # note lengths in quarters (upper bin edges)
 PHASE_STEPS = 12  # onset phase inside a quarter note
@@ -50,6 +53,7 @@ def _feature_names() -> tuple[str, ...]:
 
 
 FEATURE_NAMES = _feature_names()
+METRE_FEATURES = tuple(f for f in FEATURE_NAMES if f.startswith("meter_"))  # the first time signature, one-hot
 
 
 def _histogram(values: np.ndarray, bins: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -90,6 +94,7 @@ class StyleClassifier:
     """Multinomial logistic regression on standardized `piece_vector`s: predict(scores) -> styles."""
 
     classes: list[str]
+    features: list[str]  # the FEATURE_NAMES it reads (all but the excluded ones), in order
     mean: np.ndarray  # [F] training means (also what an undefined descriptor is replaced with)
     scale: np.ndarray  # [F] training standard deviations (1 where constant)
     weights: np.ndarray  # [F, C]
@@ -97,12 +102,13 @@ class StyleClassifier:
     info: dict[str, Any] = field(default_factory=dict)  # training counts, held-out accuracy, cache key
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, styles: Sequence[str], *, l2: float = 1e-3, steps: int = 500,
-            lr: float = 0.5) -> "StyleClassifier":
-        """Fit on [N, F] vectors and their N style labels (at least two styles); classes are weighted
-        equally (a rare style counts as much as a common one). Full-batch gradient descent with
-        Nesterov momentum on the convex, L2-regularised cross-entropy."""
-        x = np.asarray(vectors, np.float64)
+    def fit(cls, vectors: np.ndarray, styles: Sequence[str], *, exclude: Sequence[str] = (), l2: float = 1e-3,
+            steps: int = 500, lr: float = 0.5) -> "StyleClassifier":
+        """Fit on [N, len(FEATURE_NAMES)] vectors and their N style labels (at least two styles), reading
+        every feature but `exclude`; classes are weighted equally (a rare style counts as much as a common
+        one). Full-batch gradient descent with Nesterov momentum on the convex, L2-regularised cross-entropy."""
+        features = [f for f in FEATURE_NAMES if f not in set(exclude)]
+        x = _columns(np.asarray(vectors, np.float64), features)
         classes = sorted(set(styles))
         if len(classes) < 2 or len(x) != len(styles):
             raise ValueError(f"a style classifier needs pieces of at least two styles, got {classes}")
@@ -126,13 +132,14 @@ class StyleClassifier:
             vb = 0.9 * vb - lr * g.sum(axis=0)
             w, b = w + vw, b + vb
         info = {"train_pieces": {c: int(n) for c, n in zip(classes, counts)}, "l2": l2, "steps": steps}
-        return cls(classes, mean, scale, w, b, info)
+        return cls(classes, features, mean, scale, w, b, info)
 
     def predict_vectors(self, vectors: np.ndarray) -> list[str]:
         """Styles of [N, F] piece vectors."""
         x = np.atleast_2d(np.asarray(vectors, np.float64))
         if not len(x):
             return []
+        x = _columns(x, self.features)
         x = np.where(np.isfinite(x), x, self.mean)
         return [self.classes[i] for i in np.argmax(((x - self.mean) / self.scale) @ self.weights + self.bias, axis=1)]
 
@@ -154,15 +161,15 @@ class StyleClassifier:
                 "per_style": per_style}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": STYLE_FORMAT, "features": list(FEATURE_NAMES), "classes": self.classes,
+        return {"format": STYLE_FORMAT, "features": list(self.features), "classes": self.classes,
                 "mean": self.mean.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
                 "bias": self.bias.tolist(), "info": self.info}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StyleClassifier":
-        if d.get("format") != STYLE_FORMAT or list(d.get("features", [])) != list(FEATURE_NAMES):
+        if d.get("format") != STYLE_FORMAT or not set(d.get("features", [])) <= set(FEATURE_NAMES):
             raise ValueError("style classifier: made by another version (format or features differ)")
-        return cls(list(d["classes"]), np.asarray(d["mean"]), np.asarray(d["scale"]), np.asarray(d["weights"]),
+        return cls(list(d["classes"]), list(d["features"]), np.asarray(d["mean"]), np.asarray(d["scale"]), np.asarray(d["weights"]),
                    np.asarray(d["bias"]), dict(d.get("info") or {}))
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -177,6 +184,13 @@ class StyleClassifier:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StyleClassifier":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _columns(x: np.ndarray, features: Sequence[str]) -> np.ndarray:
+    """The columns of full piece vectors [N, len(FEATURE_NAMES)] that `features` name, in their order."""
+    if x.shape[-1] != len(FEATURE_NAMES):
+        raise ValueError(f"style classifier: vectors of {x.shape[-1]} features, expected {len(FEATURE_NAMES)}")
+    return x[..., [FEATURE_NAMES.index(f) for f in features]]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -258,18 +272,30 @@ def _cache_key(data: Path, options: Mapping[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
+def style_file(data: str | os.PathLike, max_rows: int | None = None, exclude: Sequence[str] = ()) -> Path:
+    """Where a shard folder's classifier with these options is cached: DATA/style-classifier[-rowsN][-no-metre
+    | -without-K].json (one file per option set, so that two classifiers never overwrite each other)."""
+    stem = Path(STYLE_FILE).stem + (f"-rows{max_rows}" if max_rows else "")
+    if exclude:
+        stem += "-no-metre" if set(exclude) == set(METRE_FEATURES) else f"-without-{len(exclude)}"
+    return Path(data) / f"{stem}.json"
+
+
 def corpus_style_classifier(data: str | os.PathLike, path: str | os.PathLike | None = None, *,
                             max_per_style: int = 400, min_pieces: int = 10, max_rows: int | None = None,
-                            seed: int = 0, log: Callable[[str], None] = lambda msg: None) -> StyleClassifier | None:
-    """The style classifier of a shard folder: loaded from `path` (default DATA/STYLE_FILE) when it
-    was fitted on these shards with these options, else fitted on the train split (at most
+                            exclude: Sequence[str] = (), seed: int = 0,
+                            log: Callable[[str], None] = lambda msg: None) -> StyleClassifier | None:
+    """The style classifier of a shard folder: loaded from `path` (default `style_file(data, ...)`) when
+    it was fitted on these shards with these options, else fitted on the train split (at most
     `max_per_style` pieces per style, drawn with `seed`; styles with fewer than `min_pieces` left out),
     scored on the held-out splits (info["held_out"]) and saved there (a read-only folder keeps it in
-    memory only). Pieces are cut to their first `max_rows` rows when given, as generation cuts. None
-    when the shards have fewer than two styles."""
+    memory only). Pieces are cut to their first `max_rows` rows when given, as generation cuts; the
+    features named in `exclude` (e.g. METRE_FEATURES) are not read. None when the shards have fewer
+    than two styles."""
     data = Path(data)
-    path = Path(path) if path is not None else data / STYLE_FILE
-    options = {"max_per_style": max_per_style, "min_pieces": min_pieces, "max_rows": max_rows, "seed": seed}
+    path = Path(path) if path is not None else style_file(data, max_rows, exclude)
+    options = {"max_per_style": max_per_style, "min_pieces": min_pieces, "max_rows": max_rows, "seed": seed,
+               "exclude": sorted(exclude)}
     key = _cache_key(data, options)
     if path.is_file():
         try:
@@ -289,7 +315,7 @@ def corpus_style_classifier(data: str | os.PathLike, path: str | os.PathLike | N
         return None
     log(f"style classifier: fitting on {len(pick)} training pieces of {len({styles[i] for i in pick})} styles ...")
     x = np.array([piece_vector(tokenizer.decode(cut(tokens[i]))) for i in pick])
-    model = StyleClassifier.fit(x, [styles[i] for i in pick])
+    model = StyleClassifier.fit(x, [styles[i] for i in pick], exclude=exclude)
     held_tokens, held_styles = read_styled(data, ("validation", "test"))
     held = np.array([piece_vector(tokenizer.decode(cut(t))) for t in held_tokens]).reshape(-1, len(FEATURE_NAMES))
     model.info.update(key=key, options=options, held_out=model.accuracy(held, held_styles))

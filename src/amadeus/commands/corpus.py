@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _bach(args: argparse.Namespace) -> int:
     from amadeus.corpus import BACH_SHARD_SIZE, CORPORA, build_bach_corpus, corpus_statistics
+    from amadeus.corpus.splits import moved_text
     from amadeus.preprocess import preprocess
 
     root = Path(args.out) if args.out else CORPORA["bach"].default_dir()
@@ -68,9 +69,10 @@ def _bach(args: argparse.Namespace) -> int:
     print(f"corpus: {len(report.pieces)} chorales -> {report.out_dir} ({how}, music21 {report.music21})")
     for item in report.skipped:
         print(f"  skipped {item['path']}: {item['reason']}")
+    print(moved_text(report.moved))
     if not args.midi_only:
-        pre = preprocess(report.out_dir, root / "shards", captions=report.captions, workers=args.workers,
-                         shard_size=BACH_SHARD_SIZE, progress=not args.quiet)
+        pre = preprocess(report.out_dir, root / "shards", captions=report.captions, splits=report.splits(),
+                         workers=args.workers, shard_size=BACH_SHARD_SIZE, progress=not args.quiet)
         print(f"shards: {pre.summary()}")
     print(f"statistics: {corpus_statistics(report.out_dir).summary()}")
     return 0
@@ -78,6 +80,7 @@ def _bach(args: argparse.Namespace) -> int:
 
 def _music21(args: argparse.Namespace) -> int:
     from amadeus.corpus import CORPORA, FOLK_COLLECTIONS, build_music21_corpus, build_music21_shards, format_music21_report
+    from amadeus.corpus.splits import moved_text
 
     folk = args.name == "folk"
     root = Path(args.out) if args.out else CORPORA[args.name].default_dir()
@@ -90,6 +93,7 @@ def _music21(args: argparse.Namespace) -> int:
     else:
         report, pre = build_music21_shards(root, **options)
     print(format_music21_report(report))
+    print(moved_text(report.moved))
     if pre is not None:
         print(f"shards: {pre.summary()}")
     return 0

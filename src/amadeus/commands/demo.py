@@ -5,8 +5,9 @@
 2. trains `configs/tiny.yaml` on the chorales (CPU, a few minutes) and reports the validation loss;
 3. writes sampled chorales as MIDI + piano-roll PNG into OUT;
 4. fine-tunes the tiny model on the captioned folk tunes (`configs/tiny-text.yaml`), then evaluates it
-   on held-out captions with and without the text (`amadeus evaluate`: key, metre, tempo and style
-   adherence, OUT/evaluation.json) and writes two pieces generated from two of those captions.
+   on the captions of held-out pieces (the captions are templated: it is the pieces that are held out, not
+   the text) with and without the text (`amadeus evaluate`: key, metre, tempo and style adherence with
+   95 % intervals, OUT/evaluation.json) and writes two pieces generated from two of those captions.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from amadeus.commands._common import DEMO_MAX_NOTES, fail
 
-EVAL_PROMPTS = 96  # held-out captions of the text stage, round-robin over styles (at least 48: issue 12)
+EVAL_PROMPTS = 96  # held-out pieces whose captions prompt the text stage, round-robin over styles (at least 48: issue 12)
 EVAL_MAX_NOTES = 128  # rows per generated piece in the text evaluation (folk tunes: 50-150 notes)
 HEADLINE = ("CK", "CTS", "TBT", "CS")  # the text-adherence metrics the demo prints first
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=4, help="unconditional samples to write")
     parser.add_argument("--no-text", action="store_true", help="skip the text fine-tuning stage")
     parser.add_argument("--prompts", type=int, default=EVAL_PROMPTS,
-                        help=f"held-out captions the text stage is evaluated on (default {EVAL_PROMPTS})")
+                        help=f"held-out pieces whose captions the text stage is evaluated on (default {EVAL_PROMPTS})")
     parser.add_argument("--workers", type=int, default=None, help="preprocessing processes")
 
 
@@ -63,26 +64,21 @@ def _write_samples(scores: list, out: Path, stem: str) -> list[Path]:
     return written
 
 
-def _voices(score) -> int:
-    """Most notes sounding at one onset (polyphony), over all tracks."""
-    import numpy as np
-
-    onsets = np.concatenate([t.notes.numpy()["time"] for t in score.tracks if len(t.notes)] or [np.zeros(0)])
-    return int(np.unique(onsets, return_counts=True)[1].max()) if onsets.size else 0
-
-
 def _corpus(workers: int | None, text: bool) -> dict[str, str]:
     print("== 1/4 embedded corpora (built offline from music21)")
-    from amadeus.corpus import (FOLK_COLLECTIONS, build_music21_shards, corpus_statistics, default_bach_dir,
-                                default_folk_dir, ensure_bach_shards)
+    from amadeus.corpus import (FOLK_COLLECTIONS, build_bach_corpus, build_music21_shards, corpus_statistics,
+                                default_bach_dir, default_folk_dir, ensure_bach_shards)
+
+    from amadeus.corpus.splits import moved_text
 
     shards = ensure_bach_shards(workers=workers)
     stats = {"bach": corpus_statistics(default_bach_dir() / "midi").summary()}
-    print(f"Bach chorales (pretraining): {stats['bach']}\nshards: {shards}")
+    moved = build_bach_corpus(default_bach_dir() / "midi", workers=workers, progress=False).moved  # cached: its stamp
+    print(f"Bach chorales (pretraining): {stats['bach']}\n{moved_text(moved)}\nshards: {shards}")
     if text:
         report, pre = build_music21_shards(default_folk_dir(), FOLK_COLLECTIONS, workers=workers)
         stats["folk"] = report.summary()
-        print(f"folk tunes (text): {stats['folk']}\nshards: {pre.out}")
+        print(f"folk tunes (text): {stats['folk']}\n{moved_text(report.moved)}\nshards: {pre.out}")
     return stats
 
 
@@ -101,25 +97,41 @@ def _pretrain(args: argparse.Namespace, out: Path) -> tuple[Path, dict[str, floa
     return ckpt, metrics
 
 
-def _sample(ckpt: Path, out: Path, num: int) -> list[Path]:
+def _sample(ckpt: Path, out: Path, num: int, data: Path | None = None) -> tuple[list[Path], dict[str, Any]]:
+    """Write `num` samples at the sampler's defaults; flag each degenerate one (above 1.5 x the most notes
+    at once or onsets per beat of the pieces of `data`, default the chorales: amadeus.descriptors.degenerate)."""
     print("== 3/4 sampling")
     from amadeus.api import Amadeus
+    from amadeus.corpus import CORPORA
+    from amadeus.datamodule import MusicDataModule
+    from amadeus.descriptors import degenerate, describe_set
+    from amadeus.evaluate import corpus_limits_of
 
     model = Amadeus.load(ckpt)
     scores = model.generate(num=num, max_notes=DEMO_MAX_NOTES, seed=0)  # the sampler's defaults
     written = _write_samples(scores, out, "sample")
-    for path, score in zip(written, scores):
-        print(f"  {path}  ({score.note_num()} notes, up to {_voices(score)} voices at once)")
-    return written
+    dm = MusicDataModule(data_dir=str(data or CORPORA["bach"].shards_dir()), num_workers=0,
+                         tokenizer_hash=model.tokenizer.config_hash)
+    limits = corpus_limits_of(dm, model.tokenizer, DEMO_MAX_NOTES)
+    described = describe_set(scores)
+    flags = degenerate(described, limits)
+    for i, (path, score) in enumerate(zip(written, scores)):
+        voices, beat = int(described["max_voices"][i]), int(described["max_notes_per_beat"][i])
+        print(f"  {path}  ({score.note_num()} notes, at most {voices} at once and {beat} onsets in a beat"
+              + (": DEGENERATE)" if i in flags["pieces"] else ")"))
+    print(f"degenerate samples: {len(flags['pieces'])} of {len(scores)} (above {flags['factor']:g} x the corpus' "
+          f"most notes at once, {limits['max_voices']:g}, or onsets in one beat, {limits['max_notes_per_beat']:g})")
+    return written, {"degenerate_rate": flags["rate"], "degenerate": flags["pieces"], "limits": limits}
 
 
 def _text_stage(ckpt: Path, out: Path, data: Path, prompts: int, max_notes: int = EVAL_MAX_NOTES,
                 **evaluation: Any) -> dict[str, Any]:
-    """Evaluate the text model on `prompts` held-out captions of `data` (with and without the text, at the
-    sampler's defaults unless `evaluation` holds other `evaluate` arguments) into OUT/evaluation.json, print
-    the report, write two pieces from the first two captions."""
+    """Evaluate the text model on the captions of `prompts` held-out pieces of `data` (with and without the
+    text, at the sampler's defaults unless `evaluation` holds other `evaluate` arguments) into
+    OUT/evaluation.json, print the report, write two pieces from the first two captions."""
     from amadeus.api import Amadeus
-    from amadeus.evaluate import evaluate, format_report
+    from amadeus.evaluate import evaluate
+    from amadeus.evaluation_tables import format_report
 
     report = evaluate(ckpt, data=data, split="test", num=prompts, max_notes=max_notes, **evaluation)
     guidance = report["settings"]["guidance"]
@@ -127,9 +139,15 @@ def _text_stage(ckpt: Path, out: Path, data: Path, prompts: int, max_notes: int 
     print(format_report(report))
     features = report["adherence"]["features"]
     headline = {mode: {m: features[mode][m] for m in HEADLINE} for mode in ("with_text", "without_text")}
-    print(f"\nheld-out captions ({report['settings']['num']}, guidance {guidance:g}), % of pieces "
-          "matching the prompt piece: " + "; ".join(
-              f"{m} {headline['with_text'][m]:.1f} with text vs {headline['without_text'][m]:.1f} without"
+    diff = report["adherence_difference"]["features"] or {}
+
+    def span(m: str) -> str:
+        low, high = (diff.get(m) or {}).get("ci95") or (None, None)
+        return f" (difference {low:+.1f}..{high:+.1f})" if low is not None else ""
+
+    print(f"\nthe captions of {report['settings']['num']} held-out pieces (guidance {guidance:g}), % of pieces "
+          "matching the prompt piece, 95 % interval of the paired difference: " + "; ".join(
+              f"{m} {headline['with_text'][m]:.1f} with text vs {headline['without_text'][m]:.1f} without{span(m)}"
               for m in HEADLINE))
     model = Amadeus.load(ckpt)
     for i, piece in enumerate(report["pieces"][:2]):
@@ -138,7 +156,8 @@ def _text_stage(ckpt: Path, out: Path, data: Path, prompts: int, max_notes: int 
         _write_samples(scores, out, f"text{i}")
         print(f"  {out}/text{i}_0.mid  from: {piece['caption']}")
     return {"evaluation": str(out / "evaluation.json"), "adherence": headline,
-            "style_ceiling": (report.get("style") or {}).get("held_out")}
+            "adherence_difference": {m: diff.get(m) for m in HEADLINE},
+            "style_ceiling": ((report.get("style") or {}).get("CS") or {}).get("held_out")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,11 +172,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     stats = _corpus(args.workers, text=not args.no_text)
     ckpt, metrics = _pretrain(args, out)
-    written = _sample(ckpt, out, args.samples)
+    written, checked = _sample(ckpt, out, args.samples)
     summary: dict[str, Any] = {"corpus": stats, "val_loss": metrics.get("val/loss"),
-                               "val_diffusion": metrics.get("val/diffusion"), "samples": [str(p) for p in written]}
+                               "val_diffusion": metrics.get("val/diffusion"), "samples": [str(p) for p in written],
+                               "samples_degenerate": checked}
     if not args.no_text:
-        print("== 4/4 text fine-tuning on the captioned folk tunes, then held-out captions with and without text")
+        print("== 4/4 text fine-tuning on the captioned folk tunes, then the captions of held-out pieces with and "
+              "without text")
         extra = [f"--model.init_from={ckpt}"] + ([f"--trainer.max_steps={args.text_steps}"] if args.text_steps else [])
         last, _ = _fit(args.text_config, out / "text", extra)
         text_ckpt = out / "model-text.ckpt"

@@ -36,7 +36,7 @@ def _defaults() -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `amadeus evaluate`."""
-    from amadeus.evaluate import SPLITS
+    from amadeus.evaluate import CHOSEN_ON, HELD_OUT, SPLITS
 
     d = _defaults()
     parser.add_argument("--ckpt", required=True, help="Lightning .ckpt or exported folder (amadeus export)")
@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shard folder (amadeus preprocess); default: the embedded Bach corpus shards")
     parser.add_argument("--split", default=d["split"], choices=SPLITS,
                         help=f"split to evaluate on (default {d['split']})")
+    parser.add_argument("--reference-split", default=None, choices=HELD_OUT,
+                        help="the real pieces the sample quality compares with: test to report, validation to "
+                             "choose settings on (default: --split when it is one of them, else test)")
+    parser.add_argument("--chosen-on", default=None, metavar="SPLIT",
+                        help="where the sampler settings given were chosen, recorded in the report (default: where "
+                             "the defaults were, " + ", ".join(f"{k} {v}" for k, v in CHOSEN_ON.items()) + ")")
     parser.add_argument("--num", type=int, default=d["num"],
                         help=f"captioned pieces used as prompts (default {d['num']})")
     parser.add_argument("--max-notes", type=int, default=d["max_notes"],
@@ -101,7 +107,8 @@ def _default_out(ckpt: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the JSON report, print the tables; 2 on bad arguments or unusable inputs."""
-    from amadeus.evaluate import evaluate, format_report
+    from amadeus.evaluate import evaluate
+    from amadeus.evaluation_tables import format_report
     from amadeus.metrics import MetricUnavailable
 
     try:
@@ -113,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
                               nll_windows=args.nll_windows, nll_length=args.nll_length,
                               nll_samples=args.nll_samples, device=device, adherence=args.adherence,
                               style_model=args.style_model, stratify=not args.first,
+                              reference_split=args.reference_split,
+                              chosen_on=args.chosen_on and {"sampler": args.chosen_on, "guidance": args.chosen_on},
                               log=lambda msg: print(msg, file=sys.stderr))
     except (ValueError, OSError, MetricUnavailable) as e:  # checkpoint, data, tokenizer and CLAP errors
         return fail("evaluate", e)

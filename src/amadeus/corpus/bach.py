@@ -13,7 +13,8 @@ with three fixes over music21's own MIDI export:
   Soprano/Alto/Tenor/Bass -> voice, Oboe -> oboe, ...), instead of all becoming piano.
 
 The output folder holds NAME.mid files, captions.jsonl (MidiCaps format: `location`, `caption`, plus
-the feature fields of amadeus.features) and corpus.json, a stamp with the music21 version and the
+the feature fields of amadeus.features, the piece's `melody_key` and `split`: amadeus.corpus.splits, the
+same rule as every corpus) and corpus.json, a stamp with the music21 version and the
 corpus config: a second build with the same stamp returns at once. `amadeus corpus bach OUT` builds
 OUT/midi, preprocesses it into OUT/shards and prints statistics.
 """
@@ -29,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from amadeus.corpus.common import CAPTIONS, STAMP, CorpusBuild, _read_stamp, _write_jsonl, cache_root
+from amadeus.corpus.splits import SPLIT_VERSION, assign_splits, melody_key, moved_pieces, previous_splits
 
-CORPUS_FORMAT = 1  # bump when the conversion changes: cached corpora are rebuilt
+CORPUS_FORMAT = 2  # bump when the conversion or the captions change: cached corpora are rebuilt (2: splits)
 BACH_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn")
 NOT_CHORALES = {"bwv846"}  # the C major prelude (keyboard) lives in the same corpus folder
 BACH_SHARD_SIZE = 100  # files per shard for the embedded corpus: several shards, so workers share them
@@ -214,7 +216,8 @@ def convert_chorale(task: tuple[str, str]) -> dict[str, Any]:
     os.replace(tmp, target)
     features = extract_features(score)
     caption = make_caption(features, rng=random.Random(name))
-    return {"location": name, "caption": caption, **features, "notes": int(score.note_num())}
+    return {"location": name, "caption": caption, **features, "melody_key": melody_key(score),
+            "notes": int(score.note_num())}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +233,7 @@ class CorpusReport(CorpusBuild):
 
 
 def _config(limit: int | None) -> dict[str, Any]:
-    return {"corpus": "bach", "format": CORPUS_FORMAT, "limit": limit}
+    return {"corpus": "bach", "format": CORPUS_FORMAT, "split": SPLIT_VERSION, "limit": limit}
 
 
 def build_bach_corpus(out_dir: str | os.PathLike | None = None, workers: int | None = None, timeout: float = 60,
@@ -252,7 +255,7 @@ def build_bach_corpus(out_dir: str | os.PathLike | None = None, workers: int | N
     if (cached and cached.get("music21") == music21.__version__ and cached.get("config") == config
             and (out / CAPTIONS).is_file() and all((out / n).is_file() for n in cached["pieces"])):
         return CorpusReport(out, cached["skipped"], cached["music21"], time.perf_counter() - t0, cached=True,
-                            pieces=cached["pieces"], notes=cached["notes"])
+                            moved=cached.get("moved", {}), pieces=cached["pieces"], notes=cached["notes"])
 
     out.mkdir(parents=True, exist_ok=True)
     paths = bach_chorale_paths()[: limit if limit is not None else None]
@@ -275,13 +278,18 @@ def build_bach_corpus(out_dir: str | os.PathLike | None = None, workers: int | N
                     skipped.append({"path": rel, "reason": str(result).splitlines()[0]})
                 bar.update(1)
     pieces = sorted(records)
-    _write_jsonl(out / CAPTIONS, [{k: v for k, v in records[n].items() if k != "notes"} for n in pieces])
+    previous = previous_splits(out / CAPTIONS, out.parent / "shards")  # before the captions are rewritten
+    split = assign_splits(list(records.values()))
+    _write_jsonl(out / CAPTIONS, [{**{k: v for k, v in records[n].items() if k != "notes"}, "split": split[n]}
+                                  for n in pieces])
+    moved = moved_pieces(previous, split)
     notes = sum(records[n]["notes"] for n in pieces)
     skipped.sort(key=lambda x: x["path"])
     for stale in out.glob("*.mid"):  # from an earlier, larger build
         if stale.name not in records:
             stale.unlink()
-    stamp = {"music21": music21.__version__, "config": config, "pieces": pieces, "notes": notes, "skipped": skipped}
+    stamp = {"music21": music21.__version__, "config": config, "pieces": pieces, "notes": notes, "skipped": skipped,
+             "moved": moved}
     transient = any(x["reason"].startswith(("timed out", "worker")) for x in skipped)
     if transient:  # a timeout or a crashed worker may not happen again: no stamp, the next call retries
         stamp_path.unlink(missing_ok=True)
@@ -289,7 +297,8 @@ def build_bach_corpus(out_dir: str | os.PathLike | None = None, workers: int | N
         tmp = stamp_path.with_name(STAMP + ".tmp")
         tmp.write_text(json.dumps(stamp, indent=1) + "\n")
         os.replace(tmp, stamp_path)
-    return CorpusReport(out, skipped, music21.__version__, time.perf_counter() - t0, pieces=pieces, notes=notes)
+    return CorpusReport(out, skipped, music21.__version__, time.perf_counter() - t0, moved=moved, pieces=pieces,
+                        notes=notes)
 
 
 def _corpus_relative(path: str) -> str:
@@ -314,8 +323,8 @@ def ensure_bach_shards(root: str | os.PathLike | None = None, workers: int | Non
     with FileLock(root / ".lock"):
         report = build_bach_corpus(root / "midi", workers=workers, progress=progress)
         shards = root / "shards"
-        preprocess(report.out_dir, shards, captions=report.captions, workers=workers, shard_size=BACH_SHARD_SIZE,
-                   progress=progress)
+        preprocess(report.out_dir, shards, captions=report.captions, splits=report.splits(), workers=workers,
+                   shard_size=BACH_SHARD_SIZE, progress=progress)
     return shards
 
 

@@ -51,7 +51,13 @@ class CorpusBuild:
     music21: str = ""
     seconds: float = 0.0
     cached: bool = False
+    moved: dict[str, Any] = field(default_factory=dict)  # splits.moved_pieces against the previous build
 
     @property
     def captions(self) -> Path:
         return self.out_dir / CAPTIONS
+
+    def splits(self) -> dict[str, str]:
+        """{location: split} from captions.jsonl (amadeus.corpus.splits decided them at the build)."""
+        with open(self.captions) as f:
+            return {r["location"]: r["split"] for r in map(json.loads, f) if r.get("split")}

@@ -26,9 +26,10 @@ warnings are sent to /dev/null), written as OUT/<collection>/<name>.mid and desc
 OUT/captions.jsonl: `location`, `caption`, `style`, `split`, the metadata (collection, region,
 composer, title, dance, tempo_source) and the features of amadeus.features. OUT/corpus.json is the
 cache stamp and holds the statistics per style (pieces, notes, tokenizer fidelity, skipped with
-reasons, metres, tempo sources). Pieces with the same note content after transposition (the same tune
-in two collections or files) share a split; every style has at least 3 % of its pieces in the test
-split.
+reasons, metres, tempo sources). Splits are amadeus.corpus.splits' (the same rule for every corpus):
+a piece's split is a function of its melody (the first top-line intervals), so the same tune in two
+collections, files or corpora (the chorales here and in the Bach corpus) shares one; a rebuild reports how
+many pieces moved split since the previous build.
 """
 from __future__ import annotations
 
@@ -45,9 +46,11 @@ from typing import Any, Iterable, Mapping, Sequence
 from amadeus.corpus.abc import (DANCE_TEMPO, SONG_BEAT, TUNE_BEAT, abc_fields, abc_fraction, abc_metre, beat_quarters,
                                 dance_kind, essen_style, parse_abc_tempo, split_abc, strip_ornaments)
 from amadeus.corpus.common import CAPTIONS, STAMP, CorpusBuild, _read_stamp, _write_jsonl, _write_stamp, cache_root
-from amadeus.corpus.splits import assign_splits, content_key
+from amadeus.corpus.splits import (SPLIT_VERSION, assign_splits, content_key, melody_key, moved_pieces,
+                                   previous_splits)
 
-MUSIC21_FORMAT = 1  # bump when the conversion changes: cached corpora are rebuilt
+MUSIC21_FORMAT = 1  # bump when the conversion changes: cached collections are converted again
+# the corpus stamp also holds SPLIT_VERSION: a new split rule re-splits (and re-shards) without converting
 MUSIC21_SHARD_SIZE = 500
 PIECES = "pieces.txt"
 VOICE, VIOLIN, VIOLA, CELLO, PICCOLO = 53, 40, 41, 42, 72
@@ -320,7 +323,7 @@ def convert_piece(task: dict[str, Any]) -> dict[str, Any]:
     caption = make_caption(features, rng=random.Random(task["location"]))
     info = {k: meta[k] for k in ("collection", "region", "title", "dance", "tempo_source")}
     return {"location": task["location"], "caption": caption, **features, **info, "source": task["source"],
-            "content_key": content_key(score), "_notes": fid.notes, "_exact": fid.exact, "_lost": fid.lost}
+            "content_key": content_key(score), "melody_key": melody_key(score), "_notes": fid.notes, "_exact": fid.exact, "_lost": fid.lost}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,12 +361,6 @@ class Music21Report(CorpusBuild):
                 f"{self.fidelity:.2f}% (lost: {lost_text}), {len(self.skipped)} skipped; {how} -> "
                 f"{self.out_dir} (music21 {self.music21}; collections: {', '.join(self.collections)})")
 
-    def splits(self) -> dict[str, str]:
-        """{location: split} from captions.jsonl."""
-        import json
-
-        with open(self.captions) as f:
-            return {r["location"]: r["split"] for r in map(json.loads, f) if r.get("split")}
 
 
 def _new_style() -> dict[str, Any]:
@@ -393,7 +390,7 @@ def _style_stats(records: Iterable[Mapping[str, Any]], skipped: Iterable[Mapping
 
 
 def _config(collections: Sequence[str], corpus_dir: Path | None) -> dict[str, Any]:
-    return {"corpus": "music21", "format": MUSIC21_FORMAT, "collections": list(collections),
+    return {"corpus": "music21", "format": MUSIC21_FORMAT, "split": SPLIT_VERSION, "collections": list(collections),
             "corpus_dir": str(corpus_dir) if corpus_dir is not None else None}
 
 
@@ -404,7 +401,7 @@ def _cached(out: Path, config: dict[str, Any], version: str, t0: float) -> Music
             or not all((out / n).is_file() for n in stamp["locations"]):
         return None
     return Music21Report(out, stamp["skipped"], version, time.perf_counter() - t0, cached=True,
-                         collections=config["collections"], pieces=stamp["pieces"], notes=stamp["notes"],
+                         moved=stamp.get("moved", {}), collections=config["collections"], pieces=stamp["pieces"], notes=stamp["notes"],
                          styles=stamp["styles"])
 
 
@@ -455,6 +452,15 @@ def _collection(name: str, root: Path, out: Path, config: dict[str, Any], versio
     return done
 
 
+def _add_melody_keys(records: list[dict[str, Any]], out: Path) -> None:
+    """Give records converted before melody keys existed (cached collections) the key of their MIDI file."""
+    import symusic
+
+    for r in records:
+        if not r.get("melody_key"):
+            r["melody_key"] = melody_key(symusic.Score(str(out / r["location"])))
+
+
 def _inline(tasks: Iterable[tuple[str, dict[str, Any]]]) -> Iterable[tuple[str, bool, Any]]:
     for key, task in tasks:
         try:
@@ -498,7 +504,10 @@ def build_music21_corpus(out_dir: str | os.PathLike | None = None, collections: 
         records += done["records"]
         skipped += done["skipped"]
     records.sort(key=lambda r: r["location"])
+    _add_melody_keys(records, out)
+    previous = previous_splits(out / CAPTIONS, out.parent / "shards")  # before the captions are rewritten
     split = assign_splits(records)
+    moved = moved_pieces(previous, split)
     _write_jsonl(out / CAPTIONS, [{**{k: v for k, v in r.items() if not k.startswith("_")},
                                    "split": split[r["location"]]} for r in records])
     kept = {r["location"] for r in records}
@@ -508,11 +517,11 @@ def build_music21_corpus(out_dir: str | os.PathLike | None = None, collections: 
     (out / PIECES).write_text("".join(f"{loc}\n" for loc in sorted(kept)))  # what preprocess reads
     styles = _style_stats(records, skipped, split)
     notes = sum(s["notes"] for s in styles.values())
-    report = Music21Report(out, skipped, music21.__version__, time.perf_counter() - t0, collections=names,
-                           pieces=len(records), notes=notes, styles=styles)
+    report = Music21Report(out, skipped, music21.__version__, time.perf_counter() - t0, moved=moved,
+                           collections=names, pieces=len(records), notes=notes, styles=styles)
     _write_stamp(out / STAMP, {"music21": music21.__version__, "config": config, "pieces": len(records),
                                "notes": notes, "styles": styles, "skipped": skipped, "seconds": report.seconds,
-                               "locations": sorted(kept)})
+                               "locations": sorted(kept), "moved": moved})
     return report
 
 
