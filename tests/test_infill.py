@@ -93,10 +93,10 @@ def test_prompt_state_after_a_middle_marker_opens_a_bar():
     span = find_span(tok, 5, 6)
     prompt, seen = infill_prompt(tok, span, 10_000, *LAYOUT)
     assert seen.before == (1, 4) and seen.after == (7, 9)
-    assert prompt_state(prompt, TOK) == (4, TOK.default_ts, 0, 0, 0, 0)  # four bars before; the next row opens bar 5
+    assert prompt_state(prompt, TOK) == (4, TOK.default_ts, 0, 0, 0, 0, 0)  # four bars before; the next row opens bar 5
     small, seen = infill_prompt(tok, span, 40, *LAYOUT)
     assert len(small) < len(prompt) and seen.before[0] > 1 and seen.before[1] == 4
-    assert prompt_state(small, TOK)[1:] == (TOK.default_ts, 0, 0, 0, 0)
+    assert prompt_state(small, TOK)[1:] == (TOK.default_ts, 0, 0, 0, 0, 0)
 
 
 @pytest.fixture(scope="module")

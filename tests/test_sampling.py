@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from amadeus.grammar import note_rows
 from amadeus.syntax import SYNTAX_ERRORS, syntax_errors
 from amadeus.model.config import ModelConfig
 from amadeus.model.head import AttributeDiffusionHead
@@ -35,6 +36,7 @@ from amadeus.tokenizer import (
     COL_POSITION,
     COL_VELOCITY,
     METRIC_EOS,
+    METRIC_SAME_ONSET,
     METRIC_SOS,
     METRIC_TS_OFFSET,
     NoteTokenizer,
@@ -168,6 +170,15 @@ def test_guards_make_untrained_output_decode(untrained):
     drums = generate(untrained, 1, max_notes=64, steps=8, seed=0, controls=["instrument=drums"]).tokens[0]
     pitches = drums[drums[:, COL_PITCH] > 0, COL_PITCH] - 1
     assert len(pitches) and pitches.min() >= 27 and pitches.max() <= 87
+    for cap in (1, 3):  # at most `cap` notes start at one onset, from the prompt's last onset on
+        prompt = tok.encode(make_score([part(block_chords([(60, 64, 67, 72)]))]))  # four notes at one onset
+        capped = generate(untrained, 2, prompt=prompt, max_notes=64, min_notes=64, steps=2, seed=0,
+                          max_onset_notes=cap)
+        for t in capped.tokens:
+            assert_well_formed(tok, t)
+            metric = t[note_rows(t), COL_METRIC]
+            onset = np.cumsum(metric != METRIC_SAME_ONSET)[4:]  # the generated notes' onsets
+            assert len(onset) > 10 and np.bincount(onset).max() <= cap
     raw = generate(untrained, 2, max_notes=64, min_notes=64, steps=2, seed=0, guards=False)
     skipped = sum(tok.decode_with_stats(t)[1].skipped for t in raw.tokens)
     assert skipped > 0  # without guards the same model writes rows that cannot be decoded
@@ -447,8 +458,8 @@ def test_sure_slots_are_revealed_without_using_the_step_budget(trained_tiny, mon
     model = trained_tiny[0]
     calls = record_masks(model, monkeypatch)
     everything = generate(model, 2, max_notes=40, steps=8, seed=0, reveal_threshold=1e-6)
-    rows = sum(len(t) - 1 for t in everything.tokens)  # generated rows (EOS included, SOS not)
-    assert everything.head_passes <= rows // 2 + 1  # one pass per row of the batch: all slots sure at once
+    rows = max(len(t) - 1 for t in everything.tokens)  # notes of the batch (EOS included, SOS not)
+    assert everything.head_passes <= rows  # one pass per note of the batch: all slots sure at once
     assert all(m.all() for m in calls)  # ... and every pass starts from a fully masked row
     for t in everything.tokens:
         assert_well_formed(model.tokenizer, t)

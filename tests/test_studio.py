@@ -114,6 +114,9 @@ def test_cli_api_and_studio_write_the_same_notes(text_model, tmp_path):
     assert len(cli_notes) > 0
     assert cli_notes == _note_list(tmp_path / "api.mid") == _note_list(studio.midi)
     assert api.last_result.settings["guidance"] == 1.5  # the caption's default, TEXT_GUIDANCE
+    assert main(["generate", "--ckpt", str(folder), "--text", CAPTION, "--seed", "5", "--num", "1",
+                 "--max-notes", "24", "--min-notes", "24", "--decode", "static", "--out", str(tmp_path / "static")]) == 0
+    assert _note_list(tmp_path / "static" / "sample_000.mid") == cli_notes  # static decoding: the same notes
 
 
 def test_continue_and_regenerate_an_upload(plain_model, tmp_path):

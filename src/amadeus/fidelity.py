@@ -30,7 +30,8 @@ class _Counts:
 
 @dataclass
 class EncodeStats(_Counts):
-    """What encoding saw and what the grid/bins changed (all counts; only zero-length notes are dropped)."""
+    """What encoding saw and what the grid/bins changed (all counts; encoding drops only zero-length notes
+    and unisons: a pitch one instrument starts twice at one grid onset sounds once)."""
 
     notes: int = 0
     drum_notes: int = 0
@@ -41,6 +42,7 @@ class EncodeStats(_Counts):
     off_grid_duration: int = 0  # duration not a whole number of grid steps (rounded)
     zero_duration: int = 0  # duration 0 ticks (silent: dropped, the only notes encoding drops)
     duration_snapped: int = 0  # grid duration not a bin (too long or between bins): nearest bin
+    unison_merged: int = 0  # a second note of one instrument and pitch at one grid onset: merged into one
     time_signature_changes: int = 0  # NEW_BAR_TS rows written after bar 0
     time_signature_moved: int = 0  # change not on a bar line (or off the grid): moved to the next one
     time_signature_replaced: int = 0  # unsupported signature replaced (same bar length, else 4/4)
@@ -74,7 +76,8 @@ class DecodeStats(_Counts):
                 + self.position_beyond_bar + self.no_instrument + self.no_duration + self.no_velocity)
 
 
-LOSS_REASONS = ("zero_duration", "off_grid_onset", "off_grid_duration", "duration_snapped", "unexplained")
+LOSS_REASONS = ("zero_duration", "off_grid_onset", "off_grid_duration", "duration_snapped", "unison_merged",
+                "unexplained")
 
 
 @dataclass
@@ -92,6 +95,12 @@ class FidelityReport:
     def percent(self) -> float:
         return 100.0 * self.exact / self.notes if self.notes else 100.0
 
+    @property
+    def sounding_percent(self) -> float:
+        """Exact notes per note that sounds: a merged unison is one sound in MIDI, so it is not counted."""
+        sounding = self.notes - self.lost.get("unison_merged", 0)
+        return 100.0 * self.exact / sounding if sounding else 100.0
+
     def __add__(self, other: FidelityReport) -> FidelityReport:
         lost = {k: self.lost.get(k, 0) + other.lost.get(k, 0) for k in {*self.lost, *other.lost}}
         return FidelityReport("total", self.notes + other.notes, self.exact + other.exact, lost,
@@ -99,7 +108,9 @@ class FidelityReport:
 
     def summary(self) -> str:
         lost = ", ".join(f"{k}={v}" for k, v in sorted(self.lost.items()) if v) or "none"
-        return f"{self.percent:7.3f}%  {self.exact}/{self.notes} exact  lost: {lost}  {self.source}"
+        merged = self.lost.get("unison_merged", 0)
+        sounding = f" ({self.sounding_percent:.3f}% of the notes that sound)" if merged else ""
+        return f"{self.percent:7.3f}%  {self.exact}/{self.notes} exact{sounding}  lost: {lost}  {self.source}"
 
 
 def compare_notes(original: dict[str, np.ndarray], original_tpq: int, decoded: dict[str, np.ndarray],
@@ -127,8 +138,8 @@ def compare_notes(original: dict[str, np.ndarray], original_tpq: int, decoded: d
     cd = np.bincount(inv[n:], minlength=u)
     matched = np.minimum(co, cd)
     excess = co - matched
-    key_reason = np.full(u, len(LOSS_REASONS) - 1, np.int64)
-    key_reason[inv[:n]] = np.where(reason >= 0, reason, len(LOSS_REASONS) - 1)
+    key_reason = np.full(u, len(LOSS_REASONS) - 1, np.int64)  # a key's reason: the first of its notes'
+    np.minimum.at(key_reason, inv[:n], np.where(reason >= 0, reason, len(LOSS_REASONS) - 1))
     per = np.bincount(key_reason, weights=excess, minlength=len(LOSS_REASONS))
     lost = {k: int(v) for k, v in zip(LOSS_REASONS, per)}
     return FidelityReport(label, n, int(matched.sum()), lost, int((cd - matched).sum()), stats)

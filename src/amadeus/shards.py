@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 SPLITS = ("train", "validation", "test")
-SHARD_FORMAT = 1  # bump when the row layout changes: finished shards are then redone
+SHARD_FORMAT = 2  # bump when the row layout or what encoding writes changes: finished shards are then redone
+# 2: unisons merged (`NoteTokenizer` writes one note per instrument, pitch and onset)
 ROW_GROUP_SIZE = 64  # pieces per Parquet row group (the streaming unit of the DataModule)
-LOSS_KEYS = ("off_grid_onset", "off_grid_duration", "zero_duration", "duration_snapped",
+LOSS_KEYS = ("off_grid_onset", "off_grid_duration", "zero_duration", "duration_snapped", "unison_merged",
              "time_signature_moved", "time_signature_replaced", "tempo_change_off_onset", "tempo_out_of_range")
 
 

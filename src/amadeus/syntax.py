@@ -33,7 +33,7 @@ SYNTAX_ERRORS = (
     "orphan_onset",  # SAME_ONSET / NEW_POSITION with no note of the same bar before it
     "position_backwards",  # NEW_POSITION at or before the previous onset of the bar
     "same_onset_moved",  # SAME_ONSET with a position different from the previous note's
-    "onset_order",  # SAME_ONSET with (instrument, pitch) below the previous note's (the tokenizer sorts them)
+    "onset_order",  # SAME_ONSET with (instrument, pitch) not above the previous note's (the tokenizer sorts them)
     "position_outside_bar",  # position beyond the bar length of the current time signature
     "note_missing_attribute",  # a note row with 0 (n/a) in a column (pitch 0 included)
     "drum_pitch",  # a drum note outside the drum range DRUM_PITCHES
@@ -87,7 +87,7 @@ def syntax_errors(tok: Any, tokenizer: NoteTokenizer) -> tuple[np.ndarray, int]:
     key = inst * 1000 + pitch  # (instrument, pitch) in lexicographic order
     prev_key = np.zeros(len(t), np.int64)
     prev_key[1:] = key[:-1]
-    flags[:end, col["onset_order"]] = ~bad & (m == METRIC_SAME_ONSET) & prev_note & (key < prev_key)
+    flags[:end, col["onset_order"]] = ~bad & (m == METRIC_SAME_ONSET) & prev_note & (key <= prev_key)
     flags[:end, col["position_outside_bar"]] = notes & (pos > 0) & (pos - 1 >= bar_len)
     flags[:end, col["note_missing_attribute"]] = notes & (t[:, 1:] == 0).any(axis=1)
     flags[:end, col["drum_pitch"]] = notes & (inst == DRUM_INSTRUMENT) & (pitch > 0) & ~is_drum_pitch(pitch)

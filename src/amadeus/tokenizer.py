@@ -110,6 +110,18 @@ def note_table(score: Score) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in cols.items()}
 
 
+def _unisons(onset: np.ndarray, instrument: np.ndarray, pitch: np.ndarray, steps: np.ndarray,
+             velocity: np.ndarray, silent: np.ndarray) -> np.ndarray:
+    """Bool [notes]: the notes that repeat an earlier (grid onset, instrument, pitch) of a sounding note, the
+    longest then loudest of each group first (silent notes are no group's member)."""
+    order = np.lexsort((-velocity, -steps, pitch, instrument, onset))
+    order = order[~silent[order]]
+    key = np.stack([onset[order], instrument[order], pitch[order]], axis=1)
+    repeat = np.zeros(len(onset), bool)
+    repeat[order[1:]] = (key[1:] == key[:-1]).all(axis=1)
+    return repeat
+
+
 def _excl_cumsum(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(x)[:-1]]).astype(np.int64)
 
@@ -246,10 +258,15 @@ class NoteTokenizer:
         stats.notes = n
         stats.drum_notes = int((t["instrument"] == DRUM_INSTRUMENT).sum())
         onset, steps, dur_idx, reason = self._quantise(t, tpq, stats)
-        zero = t["duration"] <= 0
-        if zero.any():  # a zero-length note is silent in the source: dropped, counted as zero_duration
-            t = {k: v[~zero] for k, v in t.items()}
-            onset, steps, dur_idx, n = onset[~zero], steps[~zero], dur_idx[~zero], n - int(zero.sum())
+        # a zero-length note is silent in the source; a unison (one instrument starting one pitch twice at
+        # one grid onset) sounds once in MIDI: the longest and loudest of them stays. Both counted, as lost
+        unison = _unisons(onset, t["instrument"], t["pitch"], steps, t["velocity"], t["duration"] <= 0)
+        stats.unison_merged = int(unison.sum())
+        reason[unison] = LOSS_REASONS.index("unison_merged")
+        drop = (t["duration"] <= 0) | unison
+        if drop.any():
+            t = {k: v[~drop] for k, v in t.items()}
+            onset, steps, dur_idx, n = onset[~drop], steps[~drop], dur_idx[~drop], n - int(drop.sum())
         bar_start, bar_ts, bar_ts_row = self._bar_grid(score, int(onset.max()) + 1 if n else 1, stats, label)
         n_bars = len(bar_start)
 

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from amadeus.grammar import ATTRIBUTES
 from amadeus.sampling.options import (
+    DECODE_MODES,
     DEFAULT_STEPS,
     REVEAL_ORDERS,
     TEXT_GUIDANCE,
@@ -62,13 +63,21 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plausibility", type=float, default=d.plausibility,
                         help="guidance re-weights only values at least this share as likely as the conditional "
                              f"model's top value (default {d.plausibility:g}; 0 = plain guidance over every value)")
+    parser.add_argument("--max-onset-notes", type=int, default=d.max_onset_notes,
+                        help=f"at most this many notes start at one onset (default {d.max_onset_notes}; 0 = no "
+                             "limit): a safety net for a model stuck on one chord")
+    parser.add_argument("--decode", choices=DECODE_MODES, default=d.decode,
+                        help="how each note's work runs: eager (op by op, finished pieces leave the batch), "
+                             "static (fixed shapes, CUDA graphs on a GPU), compile (static + torch.compile); "
+                             "auto = static on CUDA, eager elsewhere. Same pieces either way")
 
 
 def sampling_options(args: argparse.Namespace, **fixed: Any) -> SamplingOptions:
     """SamplingOptions from the flags of `add_sampling_arguments` (and `fixed` settings such as
     max_notes); UsageError with SamplingOptions' own message when a value is out of range."""
     values: dict[str, Any] = dict(steps=args.steps, order=args.order, reveal_threshold=args.reveal_threshold,
-                                  guidance=args.guidance, plausibility=args.plausibility, **fixed)
+                                  guidance=args.guidance, plausibility=args.plausibility, decode=args.decode,
+                                  max_onset_notes=args.max_onset_notes or None, **fixed)
     for name, flag, cast in (("temperature", "temperature", float), ("top_p", "top-p", float),
                              ("top_k", "top-k", int)):
         setting = getattr(_DEFAULTS, name)

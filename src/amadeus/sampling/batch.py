@@ -25,7 +25,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from amadeus.grammar import COL_INSTRUMENT, COL_METRIC, COL_PITCH, COL_POSITION, METRIC_EOS, METRIC_TS_OFFSET
+from amadeus.grammar import (COL_INSTRUMENT, COL_METRIC, COL_PITCH, COL_POSITION, METRIC_EOS, METRIC_SAME_ONSET,
+                             METRIC_TS_OFFSET)
 from amadeus.sampling.prompts import prompt_state
 from amadeus.sampling.replay import NoteReplay
 from amadeus.sampling.rng import lane_keys, piece_keys, uniforms
@@ -58,6 +59,7 @@ class State:
     n_in_bar: torch.Tensor  # notes in the current bar
     n_gen: torch.Tensor  # generated rows
     length: torch.Tensor  # rows fed so far (prompt + generated)
+    n_onset: torch.Tensor  # notes at the last note's onset (0 if none)
     inst: torch.Tensor  # instrument of the last note in the current bar (0 if none)
     pitch: torch.Tensor  # its pitch (0 if none)
 
@@ -72,10 +74,10 @@ class State:
 
 def initial_state(prompts: list[np.ndarray], tokenizer: NoteTokenizer, device: torch.device) -> State:
     """The grammar state after each prompt (bars, time signature, last position, notes in the bar)."""
-    st = np.array([prompt_state(p, tokenizer) for p in prompts], dtype=np.int64).reshape(len(prompts), 6)
+    st = np.array([prompt_state(p, tokenizer) for p in prompts], dtype=np.int64).reshape(len(prompts), 7)
     lens = np.array([len(p) for p in prompts], dtype=np.int64)
     zeros = np.zeros_like(lens)
-    host = np.stack([st[:, 0], zeros, st[:, 1], st[:, 2], st[:, 3], zeros, lens, st[:, 4], st[:, 5]])
+    host = np.stack([st[:, 0], zeros, st[:, 1], st[:, 2], st[:, 3], zeros, lens, st[:, 4], st[:, 5], st[:, 6]])
     t = torch.as_tensor(host, device=device)  # one copy to the device
     return State(*t.clone().unbind(0))
 
@@ -211,6 +213,7 @@ class Batch:
                     pos=torch.where(is_note, row[:, COL_POSITION], state.pos * (1 - nb)),
                     n_in_bar=state.n_in_bar * (1 - nb) + is_note.long(),
                     n_gen=state.n_gen + 1, length=state.length + 1,
+                    n_onset=torch.where(is_note, torch.where(m == METRIC_SAME_ONSET, state.n_onset + 1, 1), 0),
                     inst=torch.where(is_note, row[:, COL_INSTRUMENT], state.inst * (1 - nb)),
                     pitch=torch.where(is_note, row[:, COL_PITCH], state.pitch * (1 - nb)))
         is_eos = m == METRIC_EOS

@@ -5,9 +5,9 @@ control honoured.
 (`amadeus.controls`) on the sampler's device; per note it gives the metric values the next row may take
 and the positions each of them allows (`note_tables`, from the piece's state), and per denoising step the
 values every slot may take given the slots already revealed (`allowed`, arc consistent: every allowed
-value can be completed into a valid row). Notes at one onset come in the tokenizer's order, (instrument,
-pitch) non-decreasing: a SAME_ONSET row may not step back below the note before it, so that a piece cannot
-pile dozens of notes onto one onset in an order the model never saw. `consistent` tells whether slots revealed in one step agree.
+value can be completed into a valid row). Notes at one onset come as the tokenizer writes them, (instrument,
+pitch) ascending (one note per instrument and pitch): a SAME_ONSET row goes above the note before it, so
+that a piece cannot pile dozens of notes onto one onset in an order the model never saw. `consistent` tells whether slots revealed in one step agree.
 All of it is batched tensor work on the device, without a branch on the data (the host never reads the
 device here: static decoding captures these masks in CUDA graphs).
 """
@@ -50,6 +50,7 @@ class PieceState(Protocol):
     pos: torch.Tensor  # position value (1 + step) of the last note in the current bar, 0 if none
     n_in_bar: torch.Tensor  # notes in the current bar
     n_gen: torch.Tensor  # generated rows
+    n_onset: torch.Tensor  # notes at the last note's onset
     inst: torch.Tensor  # instrument of the last note (0 if none): a SAME_ONSET row continues from it
     pitch: torch.Tensor  # pitch of the last note (0 if none)
 
@@ -61,7 +62,7 @@ class NoteTables(NamedTuple):
     compatible_position: torch.Tensor  # bool [B, Vm, Vp]: positions each metric value allows
     can_be_empty: torch.Tensor  # bool [B, Vm]: metric values of a row of zeros (EOS, empty bar, TS marker)
     onset_instrument: torch.Tensor  # [B]: a SAME_ONSET row's instrument is at least this one
-    onset_pitch: torch.Tensor  # [B]: ... and with the same instrument, its pitch at least this one
+    onset_pitch: torch.Tensor  # [B]: ... and with the same instrument, its pitch above this one
 
     def take(self, idx: torch.Tensor) -> NoteTables:
         """The tables of the pieces `idx`."""
@@ -71,7 +72,8 @@ class NoteTables(NamedTuple):
 class Guards:
     """Static tables of the token grammar + controls, and the logit masks they imply."""
 
-    def __init__(self, tokenizer: NoteTokenizer, controls: Controls, device: torch.device, guards: bool = True):
+    def __init__(self, tokenizer: NoteTokenizer, controls: Controls, device: torch.device, guards: bool = True,
+                 max_onset_notes: int | None = None):
         self.tok = tokenizer
         sizes = tokenizer.vocab_sizes
         self.K, self.V = len(sizes), max(sizes)
@@ -97,6 +99,7 @@ class Guards:
         if controls.time_signature is not None:
             self.ts_allowed = ~self.is_ts | (m == METRIC_TS_OFFSET + controls.time_signature)
         self.density = controls.density
+        self.max_onset_notes = max_onset_notes or (1 << 30)
         # controls: static masks [K, V] (built on the host, so that nothing here reads the device) and scoped rules
         vocab = np.arange(self.V)[None, :] < np.asarray(sizes)[:, None]  # [K, V]
         static = controls.static_masks(sizes)
@@ -135,7 +138,7 @@ class Guards:
         ms = torch.zeros(B, self.Vm, dtype=torch.bool, device=st.bar.device)
         ms |= self.is_eos & eos_ok[:, None]
         ms |= self.is_empty & (started & can_leave & empty_ok)[:, None]
-        ms |= self.is_same & can_add[:, None]
+        ms |= self.is_same & (can_add & (st.n_onset < self.max_onset_notes))[:, None]
         ms |= self.is_newpos & (can_add & (st.pos < cur_len))[:, None]
         ms |= self.is_newbar & (started & can_leave)[:, None]
         ms |= self.is_ts & self.ts_allowed & can_leave[:, None]
@@ -225,7 +228,7 @@ class Guards:
     def _instrument_pitch(self, t: NoteTables, ctrl: torch.Tensor, tok: torch.Tensor, rev: torch.Tensor):
         """The nonzero instruments and pitches [B, V] a note row may take given the revealed slots (drums
         play drum sounds, pitched notes obey the pitch controls), and those a SAME_ONSET row may take:
-        (instrument, pitch) at least the previous note's. Returns (inst, pitch, same_inst, same_pitch)."""
+        (instrument, pitch) above the previous note's. Returns (inst, pitch, same_inst, same_pitch)."""
         v, zero = self.v, self.v == 0
         pitch_nz = rev[:, COL_PITCH] & (tok[:, COL_PITCH] > 0)
         p = tok[:, COL_PITCH].clamp(0, self.V - 1)
@@ -239,7 +242,7 @@ class Guards:
                  | (inst_set[:, 1:DRUM_INSTRUMENT].any(1, keepdim=True) & pitch_rule))
         pitch_set = torch.where(pitch_nz[:, None], F.one_hot(p, self.V).bool(), pitch)
         pi, pp = t.onset_instrument[:, None], t.onset_pitch[:, None]  # [B, 1]
-        pi_pitches = torch.where(pi == DRUM_INSTRUMENT, self.drum_pitch, pitch_rule) & pitch_set & (v >= pp)
+        pi_pitches = torch.where(pi == DRUM_INSTRUMENT, self.drum_pitch, pitch_rule) & pitch_set & (v > pp)
         same_inst = inst_set & ((v > pi) | ((v == pi) & pi_pitches.any(1, keepdim=True)))
         above = same_inst & (v > pi)
         same_pitch = ((above[:, DRUM_INSTRUMENT, None] & self.drum_pitch)
@@ -269,6 +272,6 @@ class Guards:
         fits = torch.where(i == DRUM_INSTRUMENT, self.drum_pitch[h],
                            ctrl[:, COL_PITCH].gather(1, h[:, None]).squeeze(1))
         ok &= ~both | fits
-        # onset order: a SAME_ONSET note does not step below the previous note's (instrument, pitch)
+        # onset order: a SAME_ONSET note goes above the previous note's (instrument, pitch)
         same_ok = self._instrument_pitch(t, ctrl, tok, rev)[2].any(1)
         return ok & (~(m_rev & (m == METRIC_SAME_ONSET)) | same_ok)

@@ -207,7 +207,7 @@ class _Run:
         """Build the guards and the note sampler on the backbone's device."""
         dev = next(backbone.parameters()).device
         decode = options.decode_for(dev.type)
-        guards = Guards(tokenizer, controls, dev, guards=options.guards)
+        guards = Guards(tokenizer, controls, dev, guards=options.guards, max_onset_notes=options.max_onset_notes)
         temps, tps, tks = options.per_attribute(tokenizer.attribute_names)
         kind = AttributeSampler if head.autoregressive else NoteSampler
         sampler = kind(head, guards, options.steps_for(tokenizer.K), temps, tps, tks, guidance,

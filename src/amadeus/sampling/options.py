@@ -28,6 +28,10 @@ REVEAL_ORDERS = {
     "harmony": ("metric", "position", "instrument", "chord", "tempo", "velocity", "pitch", "duration"),
 }
 
+MAX_ONSET_NOTES = 16
+"""SamplingOptions.max_onset_notes: above the most notes any embedded corpus starts at one onset (Bach: 15,
+before unisons merged; folk songs: 5), far below the 20 to 130 of the pieces an undertrained model piled up."""
+
 DECODE_MODES = ("auto", "eager", "static", "compile")
 """SamplingOptions.decode: how the loop runs the work of a note (amadeus.sampling.batch)."""
 
@@ -155,6 +159,9 @@ class SamplingOptions:
     """At most this many generated bars per piece: the row that would open the next one becomes EOS."""
     min_notes: int = 0
     """EOS is forbidden before this many generated rows."""
+    max_onset_notes: int | None = MAX_ONSET_NOTES
+    """At most this many notes start at one onset (one note row and the SAME_ONSET rows after it); None: no
+    limit. A safety net for a model stuck on one chord; raise it for music denser than the embedded corpora."""
     steps: int | None = None
     """Denoising steps per note (head passes at most), 1..K (the number of attributes); None: DEFAULT_STEPS."""
     temperature: float | Mapping[str, float] = DEFAULT_TEMPERATURE
@@ -220,6 +227,8 @@ class SamplingOptions:
             raise ValueError(f"max_bars must be >= 1, got {self.max_bars}")
         if self.min_notes < 0:
             raise ValueError(f"min_notes must be >= 0, got {self.min_notes}")
+        if self.max_onset_notes is not None and self.max_onset_notes < 1:
+            raise ValueError(f"max_onset_notes must be >= 1 (None: no limit), got {self.max_onset_notes}")
         self.reveal_order(ATTRIBUTES)  # raises for an unknown order
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")

@@ -74,6 +74,7 @@ class PromptState(NamedTuple):
     ts: int  # current time-signature index (-1 before the first bar)
     pos: int  # position value of the last note in the current bar (0 if none)
     n_in_bar: int  # notes in the current bar
+    n_onset: int  # notes at the last note's onset (0 if none)
     inst: int  # instrument of the last note in the current bar (0 if none)
     pitch: int  # its pitch (0 if none)
 
@@ -89,7 +90,7 @@ def prompt_state(tok: np.ndarray, tokenizer: NoteTokenizer) -> PromptState:
             return _state(tok[markers[-1] + 1:], tokenizer)
         prefix = markers[(tok[markers, COL_POSITION] == MARKER_PREFIX)]
         before = _state(tok[(prefix[-1] + 1 if len(prefix) else markers[-1]):markers[-1]], tokenizer)
-        return PromptState(before.bars, before.ts, 0, 0, 0, 0)
+        return PromptState(before.bars, before.ts, 0, 0, 0, 0, 0)
     return _state(tok, tokenizer)
 
 
@@ -98,16 +99,17 @@ def _state(tok: np.ndarray, tokenizer: NoteTokenizer) -> PromptState:
     starts = is_bar_start(m)
     bars = int(starts.sum())
     if bars == 0:
-        return PromptState(0, -1, 0, 0, 0, 0)
+        return PromptState(0, -1, 0, 0, 0, 0, 0)
     ts_rows = np.nonzero(is_ts_change(m))[0]
     ts = int(m[ts_rows[-1]] - METRIC_TS_OFFSET) if len(ts_rows) else tokenizer.default_ts
     last = int(np.nonzero(starts)[0][-1])
     bar_rows = tok[last:]
     note = bar_rows[:, COL_PITCH] > 0
     if not note.any():
-        return PromptState(bars, ts, 0, 0, 0, 0)
+        return PromptState(bars, ts, 0, 0, 0, 0, 0)
     last = bar_rows[note][-1]
-    return PromptState(bars, ts, int(last[COL_POSITION]), int(note.sum()), int(last[COL_INSTRUMENT]),
+    n_onset = int((bar_rows[note, COL_POSITION] == last[COL_POSITION]).sum())
+    return PromptState(bars, ts, int(last[COL_POSITION]), int(note.sum()), n_onset, int(last[COL_INSTRUMENT]),
                        int(last[COL_PITCH]))
 
 
