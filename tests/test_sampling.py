@@ -369,6 +369,15 @@ def test_guidance_does_not_resurrect_implausible_values():
                              torch.ones(1), torch.zeros(1, dtype=torch.long), torch.ones(1), False, False)
     assert only_rare[0, 0, 2] == 1.0  # a grammar that allows only the implausible value still gets it
     torch.testing.assert_close(guide(cond, uncond, 1.0, 0.1)[0, :2], cond[0, :2])  # g = 1: the conditional
+    # a control forbids the conditional favourite: plausibility is judged among the values it allows
+    cond = torch.tensor([[5.0, 1.0, 0.9]])
+    uncond = torch.tensor([[5.0, 2.0, 0.0]])
+    allowed = torch.tensor([[False, True, True]])
+    blind = guide(cond, uncond, 3.0, 0.5)  # both allowed values implausible next to value 0: no guidance
+    assert blind[0, 1] > blind[0, 2]
+    aware = guide(cond, uncond, 3.0, 0.5, allowed)  # both plausible among the allowed: guided, value 2 wins
+    torch.testing.assert_close(aware[0, 1:], (uncond + 3 * (cond - uncond))[0, 1:])
+    assert aware[0, 2] > aware[0, 1]
     with pytest.raises(ValueError, match="plausibility"):
         SamplingOptions(plausibility=1.0)
 

@@ -347,9 +347,17 @@ class CorpusStats:
         """Percent of notes that survive encode -> decode exactly."""
         return 100.0 * self.exact / self.notes if self.notes else 100.0
 
+    @property
+    def sounding_fidelity(self) -> float:
+        """Percent of the notes that sound (merged unisons apart) that survive exactly."""
+        sounding = self.notes - self.lost.get("unison_merged", 0)
+        return 100.0 * self.exact / sounding if sounding else 100.0
+
     def summary(self) -> str:
         lost = ", ".join(f"{k} {v}" for k, v in sorted(self.lost.items()) if v) or "none"
-        return (f"{self.pieces} pieces, {self.notes} notes, fidelity {self.fidelity:.2f}% "
+        sounding = (f", {self.sounding_fidelity:.2f}% of the notes that sound"
+                    if self.lost.get("unison_merged") else "")
+        return (f"{self.pieces} pieces, {self.notes} notes, fidelity {self.fidelity:.2f}%{sounding} "
                 f"({self.exact} exact; lost: {lost}), {self.skipped} skipped")
 
 

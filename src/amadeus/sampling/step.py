@@ -42,11 +42,14 @@ from amadeus.sampling.guards import Guards, NoteTables
 IMPLAUSIBLE = -1e4  # added to the logits of values outside the plausible set: last resort of the guards
 
 
-def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, plausibility: float) -> torch.Tensor:
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, plausibility: float,
+          allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Classifier-free guidance over the last dim: l_u + g (l_c - l_u) on the values whose conditional
     probability is at least `plausibility` times the conditional maximum; every other value keeps its
     conditional logit minus 10^4, below any plausible value, so that it is drawn only when the grammar
-    allows no plausible one.
+    allows no plausible one. With `allowed` (bool, the shape of cond: what the grammar and the controls
+    allow) the probabilities are taken over the allowed values only, so that a favourite the controls
+    forbid does not switch guidance off for every value they allow.
 
     Why: guidance multiplies a value's probability by (p_c / p_u)^(g - 1). A value that both models find
     unlikely, such as a 1/4 bar in a corpus of 4/4 and 3/4, can have a large ratio (p_c = 0.01, p_u = 0.001)
@@ -57,7 +60,7 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, plausibility: 
     mixed = torch.where(finite, uncond + scale * (cond - uncond), cond)
     if plausibility <= 0:
         return mixed
-    logp = torch.log_softmax(cond, -1)
+    logp = torch.log_softmax(cond if allowed is None else cond.masked_fill(~allowed, float("-inf")), -1)
     keep = logp >= logp.amax(-1, keepdim=True) + math.log(plausibility)
     return torch.where(keep, mixed, cond + IMPLAUSIBLE)
 
@@ -151,8 +154,10 @@ class NoteSampler:
         True without looking otherwise (the work is done and its result kept where it applies)."""
         return bool(x.any()) if self.looks else True
 
-    def raw_logits(self, C: torch.Tensor, tok: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        """Padded logits [B, K, V] (-inf outside each vocabulary); with guidance C holds [cond; uncond]."""
+    def raw_logits(self, C: torch.Tensor, tok: torch.Tensor, masked: torch.Tensor,
+                   allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Padded logits [B, K, V] (-inf outside each vocabulary); with guidance C holds [cond; uncond], and
+        the plausible values are those of `allowed` [B, K, V] (see `guide`)."""
         B = tok.shape[0]
         guided = C.shape[0] == 2 * B
         if guided:
@@ -161,7 +166,7 @@ class NoteSampler:
         self.passes.add_(1)
         padded = flat[:, self.pad_index].masked_fill(~self.g.vocab_valid, float("-inf"))  # [B', K, V]
         if guided:
-            return guide(padded[:B], padded[B:], self.guidance, self.plausibility)
+            return guide(padded[:B], padded[B:], self.guidance, self.plausibility, allowed)
         return padded
 
     def _belief(self, raw: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -207,8 +212,8 @@ class NoteSampler:
         g = self.g
         zero_ts = torch.zeros(tok.shape[0], dtype=torch.bool, device=tok.device)
         if metric_open:
-            raw = self.raw_logits(C, tok, ~rev)
             allowed = g.allowed(tables, ctrl, tok, rev)
+            raw = self.raw_logits(C, tok, ~rev, allowed)
             y, _ = draw(self._probs(raw, allowed)[:, COL_METRIC], u[:, 0, COL_METRIC])
             newly = torch.zeros_like(rev)
             newly[:, COL_METRIC] = ~rev[:, COL_METRIC]
@@ -219,7 +224,7 @@ class NoteSampler:
             # metric just drawn (the logits recomputed with it revealed, not the all-masked ones)
             allowed = g.allowed(tables, ctrl, tok, rev)
             if self._any(is_ts_change(tok[:, COL_METRIC])):  # the only rows where p0 is used
-                raw = self.raw_logits(C, tok, ~rev)
+                raw = self.raw_logits(C, tok, ~rev, allowed)
             p0 = self._probs(raw, allowed)[:, COL_POSITION, 0]
             zero_ts = ~rev[:, COL_POSITION] & (u[:, 0, COL_POSITION] < p0)
         m = tok[:, COL_METRIC]
@@ -235,8 +240,8 @@ class NoteSampler:
     def _pass(self, s, C, tables, ctrl, tok, masked, u, note_forced, live, open_slots):
         """Denoising pass s: draw every masked slot, reveal the next ones; returns (tok, masked)."""
         g = self.g
-        raw = self.raw_logits(C, tok, masked)
         allowed = g.allowed(tables, ctrl, tok, ~masked, note_forced)
+        raw = self.raw_logits(C, tok, masked, allowed)
         y, q = draw(self._probs(raw, allowed), u[:, 1 + s])
         # near-certain slots (drawn value's probability >= the threshold) are revealed now and cost none
         # of the step budget; of the uncertain ones, the most confident go now and each later step keeps
@@ -328,13 +333,13 @@ class AttributeSampler(NoteSampler):
         tok, rev = tok.clone(), rev.clone()
         ctrl = ctrl_static
         for k in range(K):
+            allowed = g.allowed(tables, ctrl, tok, rev)[:, k: k + 1]
             lg = self.head.attribute_logits(C, torch.cat([tok, tok]) if C.shape[0] == 2 * B else tok, k).float()
             if C.shape[0] == 2 * B:
-                lg = guide(lg[:B], lg[B:], self.guidance, self.plausibility)
+                lg = guide(lg[:B], lg[B:], self.guidance, self.plausibility, allowed[:, 0, : lg.shape[-1]])
             self.passes.add_(1)
             raw = lg.new_full((B, 1, g.V), float("-inf"))
             raw[:, 0, : lg.shape[-1]] = lg
-            allowed = g.allowed(tables, ctrl, tok, rev)[:, k: k + 1]
             probs = filter_probs(raw, allowed, self.temps[k: k + 1], self.top_k[k: k + 1], self.top_p[k: k + 1],
                                  self.use_k, self.use_p)
             y, _ = draw(probs[:, 0], u[:, 1, k])
