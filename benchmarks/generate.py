@@ -16,7 +16,7 @@ backbone sizes:
                       one after another.
 Network sizes come from configs/size/*.yaml.
 
-Decode paths (`SamplingOptions.decode`, docs/decoding.md), one column each: "auto" (what `generate` uses
+Decode paths (`SamplingOptions.decode`, docs/decoders.md), one column each: "auto" (what `generate` uses
 by default: eager on the CPU, static with CUDA graphs on CUDA), "eager", "static", and with `--compile`
 "compile" (static + torch.compile; its compile time is the `compile_s` column: the first, warm-up call
 minus a timed one). Each static and compiled row also says whether its pieces equal the eager path's

@@ -202,7 +202,7 @@ class SamplingOptions:
     every note (the KV cache preallocated, finished pieces kept in the batch and masked) and the host looks
     at the device once per two notes; on CUDA each note is captured once as a CUDA graph and replayed.
     "compile": "static" with the note compiled by torch.compile first (fused kernels; compiling takes
-    minutes). "auto": "static" on CUDA, "eager" on the CPU (faster there: docs/decoding.md). "static" and
+    minutes). "auto": "static" on CUDA, "eager" on the CPU (faster there: docs/decoders.md, "Decoding on the device"). "static" and
     "compile" need use_cache."""
 
     def __post_init__(self) -> None:
