@@ -18,7 +18,7 @@ from amadeus.finetune_training import Recipe
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = Recipe(lr=3e-3, warmup_steps=1, max_notes=32, batch_size=4)
-FAST = dict(eval_pieces=2, eval_notes=24, samples=2, progress=False, device="cpu", log=lambda m: None)
+FAST = dict(eval_pieces=2, eval_notes=24, samples=2, progress=False, device="cpu", workers=0, log=lambda m: None)
 
 
 def _pieces(folder, n: int, seed: int = 0):
@@ -98,7 +98,8 @@ def test_few_pieces_train_on_all_and_say_so(trained_tiny, tmp_path):
 def test_command_runs_and_prints_two_lines(songs, trained_tiny, tmp_path, capsys):
     out = tmp_path / "cmd"
     code = main(["finetune", str(songs), "--from", str(trained_tiny[1]), "--out", str(out), "--max-steps", "1",
-                 "--eval-pieces", "1", "--batch-size", "4", "--quiet"])
+                 "--eval-pieces", "1", "--eval-notes", "24", "--batch-size", "4", "--workers", "0",
+                 "--quiet"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("fine-tuned 1 steps") and "descriptor OA" in lines[1]

@@ -277,9 +277,10 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def open_work(out: Path, settings: dict[str, Any], log: Callable[[str], None]) -> tuple[Path, bool, dict | None]:
-    """(work folder, whether this call created it, the finished report of OUT when OUT already holds this
-    fine-tune). FinetuneError when OUT holds something else."""
+def open_work(out: Path, settings: dict[str, Any], budget_left: Callable[[dict[str, Any]], bool],
+              log: Callable[[str], None]) -> tuple[Path | None, bool, dict | None]:
+    """(work folder, whether this call created it, the report of OUT when OUT already holds this fine-tune);
+    no work folder when OUT's run has no budget left. FinetuneError when OUT holds something else."""
     work = work_folder(out)
     finished = None
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -287,6 +288,8 @@ def open_work(out: Path, settings: dict[str, Any], log: Callable[[str], None]) -
             raise FinetuneError(f"{out} exists and is not a fine-tune of this SRC, checkpoint and recipe "
                                 f"({SETTINGS} differs or is missing): choose another output folder or remove it")
         finished = _read_json(out / REPORT)
+        if not budget_left(finished):
+            return None, False, finished
     if work.exists() and _read_json(work / SETTINGS) == settings:
         log(f"continuing the interrupted run in {work}")
         return work, False, finished
@@ -362,11 +365,10 @@ def finetune(src: str | os.PathLike | Sequence[str | os.PathLike], ckpt: str | o
     args = base_arguments(run.ckpt)
     list_sources(src)  # an empty or MIDI-less SRC fails here, before anything is written
     settings = run_settings(src, ckpt, captions, run.recipe, seed, eval_pieces, eval_notes)
-    run.work, created, finished = open_work(run.out, settings, log)
-    if finished is not None and not _budget_left(run, finished):
-        if created:
-            shutil.rmtree(run.work)
-        return FinetuneResult(run.out, finished, trained=False)
+    work, created, finished = open_work(run.out, settings, lambda report: _budget_left(run, report), log)
+    if work is None:
+        return FinetuneResult(run.out, finished or {}, trained=False)
+    run.work = work
     try:
         _stages(run, args)
     except FinetuneInterrupted:

@@ -48,7 +48,7 @@ class Recipe:
     """
 
     lr: float = 1e-3
-    warmup_steps: int = 10
+    warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     ema_decay: float = 0.0

@@ -47,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"torch CPU threads, 0 = torch's default (default {FINETUNE_THREADS}: fastest on a busy "
                              "machine; more can help on idle cores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and of the report's pieces")
-    parser.add_argument("--eval-pieces", type=int, default=8, help="pieces each model generates for the report")
+    parser.add_argument("--eval-pieces", type=int, default=8,
+                        help="pieces each model generates for the report (the first 4 are the samples; default 8)")
+    parser.add_argument("--eval-notes", type=int, default=256,
+                        help="rows of each generated piece, samples included (default 256)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
     recipe = parser.add_argument_group("recipe (defaults measured for small corpora, docs/finetune.md)")
     recipe.add_argument("--lr", type=float, default=r.lr, help=f"peak learning rate (default {r.lr:g})")
@@ -95,10 +98,14 @@ def run(args: argparse.Namespace) -> int:
         with torch_runtime(args.device, args.threads) as device:
             result = finetune(args.src, args.ckpt, args.out, max_steps=args.max_steps, minutes=args.minutes,
                               captions=args.captions, workers=args.workers, recipe=recipe, device=device,
-                              seed=args.seed, eval_pieces=args.eval_pieces, samples=min(4, args.eval_pieces),
+                              seed=args.seed, eval_pieces=args.eval_pieces, eval_notes=args.eval_notes,
+                              samples=min(4, args.eval_pieces),
                               progress=not args.quiet, log=log)
     except FinetuneInterrupted as e:
         print(f"amadeus finetune: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside training: a run with a checkpoint keeps it, one without leaves nothing
+        print("amadeus finetune: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
     except FinetuneError as e:
         return fail("finetune", e)
