@@ -79,6 +79,36 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def thread_timings(ckpt: Path, songs: Path, work: Path) -> list[dict]:
+    """Seconds of one training step, of sampling 4 pieces of 256 rows and of the held-out NLL, at 1 and 2
+    torch threads (one row each): what `amadeus finetune --threads` trades."""
+    import torch
+
+    from amadeus.api import load_module
+    from amadeus.finetune import exact_nll_per_note, prepare_data, reference_tokens
+    from amadeus.finetune_training import Recipe, build_module, step_seconds
+    from amadeus.sampling import generate
+
+    model = load_module(ckpt)
+    data = work / "data"
+    prepare_data(songs, data, model.tokenizer, captions=None, workers=0, progress=False)
+    reference = reference_tokens(data, "test", model.tokenizer.config_hash)
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        generate(model, 4, max_notes=256, seed=0)
+        sample_s = time.perf_counter() - t
+        t = time.perf_counter()
+        exact_nll_per_note(model, reference, 128)
+        nll_s = time.perf_counter() - t
+        step_s = step_seconds(build_module(ckpt, Recipe()), data, Recipe(), "cpu")
+        rows.append({"threads": threads, "step_s": round(step_s, 2), "sample_4x256_s": round(sample_s, 1),
+                     "nll_s": round(nll_s, 1)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="the pretrained model (e.g. configs/tiny.yaml's last.ckpt)")
@@ -88,6 +118,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--eval-pieces", type=int, default=8)
     parser.add_argument("--seeds", default="0,1,2", help="seeds of training and of the report's pieces")
+    parser.add_argument("--threads", action="store_true",
+                        help="only time a step, sampling and the NLL at 1 and 2 torch threads (finetune-threads.json)")
     args = parser.parse_args()
     import torch
 
@@ -101,6 +133,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="amadeus-finetune-bench-") as tmp:
         songs = Path(tmp) / "songs"
         write_songs(songs, songs_n, seed=0, styles=TRAIN_STYLES)
+        if args.threads:
+            import os
+
+            rows = thread_timings(Path(args.ckpt), songs, Path(tmp))
+            out = HERE / "results" / "finetune-threads.json"
+            out.write_text(json.dumps({"command": " ".join(sys.argv), "load_average": os.getloadavg(),
+                                       "rows": rows}, indent=1) + "\n")
+            print(f"-> {out}")
+            return
         for name in names:
             for seed in seeds:
                 rows.append(run_recipe(name, songs, Path(args.ckpt), Path(tmp), steps, pieces, seed))

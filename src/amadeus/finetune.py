@@ -455,11 +455,20 @@ def _stages(run: _Run, args: dict[str, Any]) -> None:
 
 
 def _measure_checkpoint(run: _Run, path: Path, reference: list[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """`measure` of a checkpoint, on one CPU thread: sampling a small model's per-note tensors was 31x slower
+    on two threads than on one here (benchmarks/results/finetune-threads.json), as `amadeus evaluate` found."""
+    import torch
+
     from amadeus.api import load_module
 
     module = load_module(path, run.device)
-    return measure(module, reference, pieces=run.eval_pieces, notes=run.eval_notes, window=run.recipe.max_notes,
-                   seed=run.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return measure(module, reference, pieces=run.eval_pieces, notes=run.eval_notes, window=run.recipe.max_notes,
+                       seed=run.seed)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _write_samples(tokens: Sequence[np.ndarray], tokenizer: Any, folder: Path) -> list[Path]:

@@ -19,8 +19,9 @@ import warnings
 
 from amadeus.commands._common import UsageError, check_threads, fail, torch_runtime
 
-# torch CPU threads. One: on the shared 2-core machine, with other jobs running, two threads made a training
-# step 5x and sampling 26x slower than one (docs/finetune.md); small tensors gain little from more threads.
+# torch CPU threads of training (the report's sampling always runs on one). One: on the shared 2-core machine
+# two threads made a step 1.8x faster when the other jobs left room (0.30 s vs 0.53 s) but 5x slower when
+# they did not (31 s vs 6 s; docs/finetune.md, benchmarks/finetune.py --threads).
 FINETUNE_THREADS = 1
 
 
@@ -44,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="preprocessing processes (default: the CPU cores)")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, default=FINETUNE_THREADS,
-                        help=f"torch CPU threads, 0 = torch's default (default {FINETUNE_THREADS}: fastest on a busy "
-                             "machine; more can help on idle cores)")
+                        help=f"torch CPU threads of training, 0 = torch's default (default {FINETUNE_THREADS}: safest "
+                             "on a busy machine; more help on idle cores); the report samples on one")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and of the report's pieces")
     parser.add_argument("--eval-pieces", type=int, default=8,
                         help="pieces each model generates for the report (the first 4 are the samples; default 8)")
