@@ -22,6 +22,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("amadeus.commands.generate", "sample MIDI (and WAV/PNG) from a checkpoint, with controls and text"),
     "evaluate": ("amadeus.commands.evaluate", "text-adherence and unconditional metrics of a checkpoint"),
     "export": ("amadeus.commands.export", "checkpoint -> folder with model.safetensors, config.json, tokenizer.json"),
+    "finetune": ("amadeus.commands.finetune", "fine-tune a checkpoint on your own MIDI: model, samples, before/after report"),
     "fidelity": ("amadeus.commands.fidelity", "how many notes of MIDI/ABC files survive encode -> decode, per file"),
     "studio": ("amadeus.commands.studio", "the browser studio: caption, controls, piano roll, audio, MIDI (loopback)"),
     "demo": ("amadeus.commands.demo", "the main job: corpus -> train tiny -> samples (what `make demo` runs)"),
