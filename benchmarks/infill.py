@@ -15,12 +15,30 @@ Accompaniment: on the first `--acc-bars` bars of the same pieces the melody (top
 model writes the other parts; their descriptors against the real other parts, and the NLL of the real
 other parts given the melody vs given nothing (the parts alone).
 Writes benchmarks/results/infill.json (--quick: infill-quick.json) and prints a table.
+
+    python benchmarks/infill.py --ckpt CKPT --acceptance [--seed 0] [--song-seed 5000] [--song-style rock]
+
+Acceptance (issue 24): two hidden pieces, the first `--split` chorale of the shards with a bar after the
+span, and a multi-track General MIDI song with drums (`songs.make_song`; seed 5000, style rock: no other
+benchmark makes it), have bars A-B rewritten twice each (seeds S and S + 1) through the public API
+(`Amadeus.infill` on a MIDI file), because that is what a user runs. Per run: the share of the source's
+notes outside the span (onset outside its ticks) found unchanged in the result, compared as a multiset of
+(program, is_drum, pitch, onset, duration, velocity); the result's extra notes outside the span as a share
+of the same; the span's note count over the source's (all notes, drums too); the cosine between the
+duration-weighted pitch-class histograms (drums excluded) of the written span and of the source's notes
+outside it. Thresholds: >= 98 %, <= 2 %, 0.5x-2x, >= 0.75. Reported beside them, not judged: the share of
+the span's notes on the source's own instruments (program, is_drum) and its drum notes, which the thresholds
+do not see. Writes benchmarks/results/infill-acceptance.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
+import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +46,11 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+REQUIREMENT = ("A hidden chorale and a hidden multi-track song with drums, bars 5-6 infilled twice each: >= 98 % of "
+               "the notes outside the span unchanged, <= 2 % extra notes there; the span holds 0.5x-2x the source's "
+               "notes; its pitch classes agree with the context (cosine >= 0.75).")
+THRESHOLDS = {"kept_outside": (0.98, None), "extra_outside": (None, 0.02), "span_ratio": (0.5, 2.0),
+              "pc_cosine": (0.75, None)}  # figure -> (lowest, highest) allowed
 
 
 def _excerpt(score, start: int, end: int):
@@ -120,6 +143,123 @@ def accompany_rows(module, tokens: list[np.ndarray], bars: int, options, seed: i
     return written, real, given[0] / max(1, given[1]), alone[0] / max(1, alone[1])
 
 
+# ------------------------------------------------------------------------------------------------ acceptance
+
+
+def span_ticks(tokenizer, score, first: int, last: int) -> tuple[int, int]:
+    """Ticks [start, end) of bars first..last of `score`, as `Amadeus.infill` computes them."""
+    from amadeus.infill import bar_onsets
+
+    layout = (tokenizer.default_ts, len(tokenizer.config.time_signatures))
+    steps = bar_onsets(tokenizer.encode(score), tokenizer.config.bar_lengths(), *layout)[[first - 1, last]]
+    return tuple(int(round(s * score.ticks_per_quarter / tokenizer.config.resolution)) for s in steps)
+
+
+def split_notes(score, lo: int, hi: int) -> tuple[Counter, Counter]:
+    """(outside, inside) multisets of the notes of `score` by onset against [lo, hi) ticks, each note as
+    (program, is_drum, pitch, onset, duration, velocity)."""
+    out, ins = Counter(), Counter()
+    for track in score.tracks:
+        for n in track.notes:
+            key = (int(track.program), bool(track.is_drum), n.pitch, n.time, n.duration, n.velocity)
+            (ins if lo <= n.time < hi else out)[key] += 1
+    return out, ins
+
+
+def pc_histogram(notes: Counter) -> np.ndarray:
+    """Duration-weighted pitch-class histogram (12 bins) of the pitched notes of a multiset."""
+    h = np.zeros(12)
+    for (_, drum, pitch, _, duration, _), n in notes.items():
+        if not drum:
+            h[pitch % 12] += duration * n
+    return h
+
+
+def acceptance_figures(source, result, ticks: tuple[int, int]) -> dict[str, float]:
+    """The issue-24 figures of one infilled `result` of `source` (same ticks per quarter) for span `ticks`."""
+    src_out, src_in = split_notes(source, *ticks)
+    res_out, res_in = split_notes(result, *ticks)
+    n_out = max(1, sum(src_out.values()))
+    a, b = pc_histogram(res_in), pc_histogram(src_out)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    kinds = {(int(t.program), bool(t.is_drum)) for t in source.tracks if len(t.notes)}
+    written = max(1, sum(res_in.values()))
+    return {"kept_outside": sum((src_out & res_out).values()) / n_out,
+            "extra_outside": sum((res_out - src_out).values()) / n_out,
+            "span_notes_source": sum(src_in.values()), "span_notes_result": sum(res_in.values()),
+            "span_ratio": sum(res_in.values()) / max(1, sum(src_in.values())),
+            "pc_cosine": float(a @ b) / norm if norm else 0.0,
+            # reported, not thresholds: whether the span is written for the piece's own instruments
+            "span_on_source_instruments": sum(n for k, n in res_in.items() if k[:2] in kinds) / written,
+            "span_drum_notes_source": sum(n for k, n in src_in.items() if k[1]),
+            "span_drum_notes_result": sum(n for k, n in res_in.items() if k[1])}
+
+
+def passes(figures: dict[str, float]) -> dict[str, bool]:
+    """Threshold name -> whether `figures` meet it."""
+    return {k: (lo is None or figures[k] >= lo) and (hi is None or figures[k] <= hi)
+            for k, (lo, hi) in THRESHOLDS.items()}
+
+
+def acceptance(args: argparse.Namespace) -> None:
+    """Run the issue-24 acceptance check (module docstring) and write its JSON."""
+    from symusic import Score
+
+    from amadeus.api import Amadeus
+    from amadeus.corpus import CORPORA
+    from amadeus.datamodule import MusicDataModule
+    from amadeus.evaluate import read_tokens
+    from amadeus.infill import bar_starts
+    from amadeus.sampling import SamplingOptions
+    from songs import make_song
+
+    t0 = time.perf_counter()
+    first, last = (int(x) for x in args.bars.split("-"))
+    model = Amadeus.load(args.ckpt)
+    data = args.data or str(CORPORA["bach"].ensure_shards(progress=False))
+    dm = MusicDataModule(data_dir=data, num_workers=0, tokenizer_hash=model.tokenizer.config_hash)
+    index, chorale = next((i, t) for i, t in enumerate(read_tokens(dm, (args.split,))) if len(bar_starts(t)) > last)
+    pieces = {"chorale": (model.tokenizer.decode(chorale), f"{args.split} piece #{index} of {data}"),
+              "song": (make_song(args.song_seed, args.song_style),
+                       f"benchmarks/songs.py make_song(seed={args.song_seed}, style={args.song_style!r})")}
+    options = SamplingOptions(steps=args.steps)
+    runs, about = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (score, origin) in pieces.items():
+            path = Path(tmp) / f"{name}.mid"
+            score.dump_midi(str(path))
+            source = Score(str(path))  # what the model is given, as symusic reads it
+            ticks = span_ticks(model.tokenizer, source, first, last)
+            tracks = [(t.name, int(t.program), bool(t.is_drum)) for t in source.tracks]
+            about[name] = {"source": origin, "tracks": tracks, "notes": source.note_num(), "span_ticks": list(ticks)}
+            for seed in (args.seed, args.seed + 1):
+                result = model.infill(str(path), bars=(first, last), seed=seed, options=options)[0]
+                figures = acceptance_figures(source, result, ticks)
+                runs.append({"piece": name, "seed": seed, **figures, "pass": passes(figures)})
+    verdict = {k: all(r["pass"][k] for r in runs) for k in THRESHOLDS}
+    row = {"requirement": REQUIREMENT, "ckpt": args.ckpt, "bars": [first, last],
+           "steps": options.steps_for(model.tokenizer.K),
+           "histogram": "pitch classes weighted by duration (ticks), drums excluded; span (result) vs outside (source)",
+           "thresholds": THRESHOLDS, "pieces": about, "runs": runs, "passed": verdict,
+           "all_passed": all(verdict.values()),
+           "seconds": round(time.perf_counter() - t0, 1),
+           "command": "python benchmarks/infill.py " + shlex.join(sys.argv[1:])}
+    out = Path(args.out) if args.out else RESULTS / "infill-acceptance.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=2) + "\n")
+    print(f"acceptance (issue 24): bars {first}-{last}, {args.ckpt}")
+    print(f"{'piece':8} {'seed':>4} {'kept out':>9} {'extra out':>9} {'span notes':>11} {'ratio':>6} {'pc cos':>6} "
+          f"{'own instr':>9} {'drums':>7}  failed")
+    for r in runs:
+        failed = ", ".join(k for k, ok in r["pass"].items() if not ok) or "-"
+        print(f"{r['piece']:8} {r['seed']:>4} {r['kept_outside']:>9.1%} {r['extra_outside']:>9.1%} "
+              f"{r['span_notes_result']:>4} / {r['span_notes_source']:<4}{r['span_ratio']:>6.2f} {r['pc_cosine']:>6.3f} "
+              f"{r['span_on_source_instruments']:>9.0%} {r['span_drum_notes_result']:>3}/{r['span_drum_notes_source']:<3}  "
+              f"{failed}")
+    print("thresholds: " + ", ".join(f"{k} {'pass' if ok else 'FAIL'}" for k, ok in verdict.items()))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     from amadeus.api import Amadeus
     from amadeus.corpus import CORPORA
@@ -142,8 +282,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="16 pieces")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--acceptance", action="store_true", help="the issue-24 acceptance check instead (docstring)")
+    ap.add_argument("--song-seed", type=int, default=5000, help="acceptance: the song's seed")
+    ap.add_argument("--song-style", default="rock", help="acceptance: the song's style (benchmarks/songs.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.acceptance:
+        return acceptance(args)
     first, last = (int(x) for x in args.bars.split("-"))
     t0 = time.perf_counter()
     model = Amadeus.load(args.ckpt)
@@ -199,8 +344,7 @@ def main() -> None:
            "accompaniment_mean_oa_ci95": acc_cmp.get("mean_oa_ci95"),
            "nll_parts_given_melody": nll_given, "nll_parts_alone": nll_alone,
            "seconds": round(time.perf_counter() - t0, 1),
-           "command": "python benchmarks/infill.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                              vars(args).items() if v not in (None, False) and k != "out")}
+           "command": "python benchmarks/infill.py " + shlex.join(sys.argv[1:])}
     out = Path(args.out) if args.out else RESULTS / ("infill-quick.json" if args.quick else "infill.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(row, indent=2, default=float) + "\n")

@@ -44,7 +44,7 @@ from typing import Mapping
 
 import torch
 
-from amadeus.sampling import SamplingOptions, plain_setting, setting_text
+from amadeus.sampling import DEFAULT_STEPS, SamplingOptions, plain_setting, setting_text
 
 DEFAULTS = SamplingOptions()  # the decoders are compared at the sampler's defaults
 OFF = 2.0  # a reveal threshold above 1: no slot is revealed outside the step budget
@@ -165,7 +165,7 @@ def _chosen_on(setting: tuple, reference: dict):
     if reference.get("chosen_on"):
         return reference["chosen_on"]
     s, order, t, p, thr = setting
-    default = (s in (None, DEFAULTS.steps) and order == DEFAULTS.order and t == DEFAULTS.temperature
+    default = (s in (None, DEFAULT_STEPS) and order == DEFAULTS.order and t == DEFAULTS.temperature
                and p == DEFAULTS.top_p and thr in (None, DEFAULTS.reveal_threshold))
     return CHOSEN_ON["sampler"] if default else None
 

@@ -183,3 +183,32 @@ def test_the_stream_reorders_a_share_of_windows(tiny_shards):
     plain = MusicDataModule(str(tiny_shards), max_notes=64, batch_size=2, num_workers=0, pack=False, transpose=None)
     assert [r["mask"].sum() for r in rows] == [r["mask"].sum() for r in plain.train_windows()]  # lengths kept
     assert not any(is_marker(b["notes"][0][b["mask"][0]]).any() for b in dm.val_dataloader())  # left to right
+
+
+def test_acceptance_figures_of_the_infill_benchmark():
+    """benchmarks/infill.py --acceptance (issue 24): notes kept and added outside the span, the span's size and
+    its pitch classes against the context."""
+    import importlib.util
+    from pathlib import Path
+
+    from symusic import Note
+
+    path = Path(__file__).parents[1] / "benchmarks" / "infill.py"
+    spec = importlib.util.spec_from_file_location("infill_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    src = song(0)
+    ticks = bench.span_ticks(TOK, src, 5, 6)
+    assert ticks == (4 * 4 * 480, 6 * 4 * 480)
+    same = bench.acceptance_figures(src, src, ticks)
+    assert same["kept_outside"] == 1 and same["extra_outside"] == 0 and same["span_ratio"] == 1
+    assert same["pc_cosine"] > 0.75 and same["span_on_source_instruments"] == 1 and all(bench.passes(same).values())
+    out = src.copy()
+    out.tracks[0].notes = [n for n in out.tracks[0].notes if not ticks[0] <= n.time < ticks[1]]  # the flute's span gone
+    out.tracks[1].notes.append(Note(0, 480, 61, 70))  # an extra note outside the span
+    out.tracks[2].notes.pop(0)  # a note outside the span lost
+    got = bench.acceptance_figures(src, out, ticks)
+    outside = sum(1 for t in src.tracks for n in t.notes if not ticks[0] <= n.time < ticks[1])
+    assert got["kept_outside"] == (outside - 1) / outside and got["extra_outside"] == 1 / outside
+    assert got["span_ratio"] == (same["span_notes_source"] - 8) / same["span_notes_source"]
+    assert got["span_drum_notes_result"] == got["span_drum_notes_source"] == 8

@@ -13,6 +13,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import pytest
 
+from amadeus.sampling import TEXT_GUIDANCE
 from midi_factory import make_score, part, write
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,7 +114,7 @@ def test_cli_api_and_studio_write_the_same_notes(text_model, tmp_path):
     cli_notes = _note_list(tmp_path / "cli" / "sample_000.mid")
     assert len(cli_notes) > 0
     assert cli_notes == _note_list(tmp_path / "api.mid") == _note_list(studio.midi)
-    assert api.last_result.settings["guidance"] == 1.5  # the caption's default, TEXT_GUIDANCE
+    assert api.last_result.settings["guidance"] == TEXT_GUIDANCE  # the caption's default, TEXT_GUIDANCE
     assert main(["generate", "--ckpt", str(folder), "--text", CAPTION, "--seed", "5", "--num", "1",
                  "--max-notes", "24", "--min-notes", "24", "--decode", "static", "--out", str(tmp_path / "static")]) == 0
     assert _note_list(tmp_path / "static" / "sample_000.mid") == cli_notes  # static decoding: the same notes

@@ -220,7 +220,7 @@ def exact_nll_per_note(module: Any, pieces: Sequence[np.ndarray], window: int,
     the decoder's exact NLL, the chain rule in column order, as training's validation reports it."""
     import torch
 
-    from amadeus.datamodule import cut_window, eval_starts
+    from amadeus.windows import cut_window, eval_starts
 
     cut = [cut_window(t, int(s), window) for t in pieces for s in eval_starts(len(t), window)][:limit]
     if not cut:

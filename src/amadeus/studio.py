@@ -247,7 +247,7 @@ def steps_tradeoff(path: str | Path | None = None) -> str:
                 speeds = ", ".join(f"S={r['steps']}: {r['notes_per_s']:.0f}" for r in sorted(picked, key=lambda r: r["steps"]))
                 return (f"Measured speed (notes/s, tiny model, {picked[0].get('device', 'cpu')}, one piece): {speeds}. "
                         "Fewer steps are faster; more steps let each attribute see the others before it is "
-                        "chosen (quality per S: docs/results.md, \"Sample quality\").")
+                        "chosen (quality per S: docs/results.md#step-count-and-reveal-order).")
     return "Speed per S: not measured (run benchmarks/generate.py)."
 
 

@@ -69,7 +69,7 @@ def _bach(args: argparse.Namespace) -> int:
     print(f"corpus: {len(report.pieces)} chorales -> {report.out_dir} ({how}, music21 {report.music21})")
     for item in report.skipped:
         print(f"  skipped {item['path']}: {item['reason']}")
-    print(moved_text(report.moved))
+    print(moved_text(report.moved, report.cached))
     if not args.midi_only:
         pre = preprocess(report.out_dir, root / "shards", captions=report.captions, splits=report.splits(),
                          workers=args.workers, shard_size=BACH_SHARD_SIZE, progress=not args.quiet)
@@ -93,7 +93,7 @@ def _music21(args: argparse.Namespace) -> int:
     else:
         report, pre = build_music21_shards(root, **options)
     print(format_music21_report(report))
-    print(moved_text(report.moved))
+    print(moved_text(report.moved, report.cached))
     if pre is not None:
         print(f"shards: {pre.summary()}")
     return 0

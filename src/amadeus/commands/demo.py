@@ -73,12 +73,12 @@ def _corpus(workers: int | None, text: bool) -> dict[str, str]:
 
     shards = ensure_bach_shards(workers=workers)
     stats = {"bach": corpus_statistics(default_bach_dir() / "midi").summary()}
-    moved = build_bach_corpus(default_bach_dir() / "midi", workers=workers, progress=False).moved  # cached: its stamp
-    print(f"Bach chorales (pretraining): {stats['bach']}\n{moved_text(moved)}\nshards: {shards}")
+    build = build_bach_corpus(default_bach_dir() / "midi", workers=workers, progress=False)  # cached: its stamp
+    print(f"Bach chorales (pretraining): {stats['bach']}\n{moved_text(build.moved, build.cached)}\nshards: {shards}")
     if text:
         report, pre = build_music21_shards(default_folk_dir(), FOLK_COLLECTIONS, workers=workers)
         stats["folk"] = report.summary()
-        print(f"folk tunes (text): {stats['folk']}\n{moved_text(report.moved)}\nshards: {pre.out}")
+        print(f"folk tunes (text): {stats['folk']}\n{moved_text(report.moved, report.cached)}\nshards: {pre.out}")
     return stats
 
 

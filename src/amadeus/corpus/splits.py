@@ -173,10 +173,12 @@ def moved_pieces(previous: Mapping[str, str], current: Mapping[str, str]) -> dic
     return {"compared": compared, "moved": sum(moves.values()), "moves": dict(sorted(moves.items()))}
 
 
-def moved_text(moved: Mapping[str, Any] | None) -> str:
-    """One line for a build report: how many pieces moved split since the previous build."""
+def moved_text(moved: Mapping[str, Any] | None, cached: bool = False) -> str:
+    """One line for a build report: how many pieces moved split against the build before; `cached`: the
+    corpus came from the cache, so the line repeats what its build found."""
     if not moved or not moved.get("compared"):
-        return "splits: first build (nothing to compare with)"
+        return "splits: first build (nothing to compare with)" + (" (cached)" if cached else "")
     detail = ", ".join(f"{k} {v}" for k, v in moved["moves"].items())
-    return (f"splits: {moved['moved']} of {moved['compared']} pieces moved split since the previous build"
+    when = "when this cached corpus was built" if cached else "since the previous build"
+    return (f"splits: {moved['moved']} of {moved['compared']} pieces moved split {when}"
             + (f" ({detail})" if detail else ""))
